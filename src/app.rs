@@ -1,0 +1,228 @@
+//! Wiring: listeners → receivers → ingest → WAL → buffer → flusher, and a graceful stop.
+//!
+//! Start order: listeners serve at once (ingest answers 503 until ready), the WAL is
+//! replayed into the buffer (flushing when it passes a threshold, so memory stays
+//! bounded), then the WAL writer opens a new segment and ingestion opens. Stop order:
+//! stop accepting and finish in-flight requests, flush every buffer to Parquet, stop the
+//! WAL writer.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::buffer::{Buffer, FlushThresholds};
+use crate::config::ServeConfig;
+use crate::flush::{ParquetFlusher, flush_replayed, remove_leftovers};
+use crate::ingest::Ingester;
+use crate::metrics::Metrics;
+use crate::receive::grpc::OtlpGrpcReceiver;
+use crate::receive::http::{HttpState, router};
+use crate::schema::path;
+use crate::wal::{self, Wal, WalConfig, WalStats};
+
+/// A running server.
+pub struct Server {
+    grpc_addr: SocketAddr,
+    http_addr: SocketAddr,
+    shutdown: CancellationToken,
+    ingester: Arc<Ingester>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Server {
+    /// Starts serving on the given listeners; returns at once (replay runs in the
+    /// background; see [`Server::is_ready`]).
+    pub async fn start(
+        config: ServeConfig,
+        grpc: TcpListener,
+        http: TcpListener,
+    ) -> anyhow::Result<Self> {
+        let grpc_addr = grpc.local_addr()?;
+        let http_addr = http.local_addr()?;
+        let wal_dir = config.data_dir.join(path::WAL_DIR);
+        std::fs::create_dir_all(&wal_dir)
+            .with_context(|| format!("creating {}", wal_dir.display()))?;
+        remove_leftovers(&config.data_dir)
+            .with_context(|| format!("cleaning {}", config.data_dir.display()))?;
+
+        let metrics = Arc::new(Metrics::default());
+        let buffer = Arc::new(Buffer::new(FlushThresholds {
+            rows: config.flush_rows,
+            bytes: config.flush_bytes,
+        }));
+        let ingester = Arc::new(Ingester::new(buffer.clone(), config.buffer_max_bytes));
+        let shutdown = CancellationToken::new();
+        let stop_accepting = CancellationToken::new();
+
+        let http_app = router(HttpState {
+            ingester: ingester.clone(),
+            metrics: metrics.clone(),
+            max_body_bytes: config.max_message_bytes,
+        });
+        let http_stop = stop_accepting.clone();
+        let http_task = tokio::spawn(async move {
+            axum::serve(http, http_app)
+                .with_graceful_shutdown(http_stop.cancelled_owned())
+                .await
+        });
+        let receiver =
+            OtlpGrpcReceiver::new(ingester.clone(), metrics.clone(), config.max_message_bytes);
+        let grpc_stop = stop_accepting.clone();
+        let grpc_task = tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(receiver)
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(grpc),
+                    grpc_stop.cancelled(),
+                )
+                .await
+        });
+
+        let task = tokio::spawn(run(
+            config,
+            metrics,
+            buffer,
+            ingester.clone(),
+            shutdown.clone(),
+            stop_accepting,
+            http_task,
+            grpc_task,
+        ));
+        Ok(Self {
+            grpc_addr,
+            http_addr,
+            shutdown,
+            ingester,
+            task,
+        })
+    }
+
+    /// The gRPC listener's address.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    /// The HTTP listener's address.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// Whether the WAL is replayed and ingestion is open.
+    pub fn is_ready(&self) -> bool {
+        self.ingester.is_ready()
+    }
+
+    /// A token that stops the server when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Waits until the server has stopped (after the shutdown token is cancelled).
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.task.await.context("server task panicked")?
+    }
+
+    /// Stops accepting, flushes every buffer to Parquet, and returns when done.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        self.wait().await
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run(
+    config: ServeConfig,
+    metrics: Arc<Metrics>,
+    buffer: Arc<Buffer>,
+    ingester: Arc<Ingester>,
+    shutdown: CancellationToken,
+    stop_accepting: CancellationToken,
+    http_task: JoinHandle<std::io::Result<()>>,
+    grpc_task: JoinHandle<Result<(), tonic::transport::Error>>,
+) -> anyhow::Result<()> {
+    let data_dir = config.data_dir.clone();
+    let wal_dir = data_dir.join(path::WAL_DIR);
+    let replay_buffer = buffer.clone();
+    let replay_dir = data_dir.clone();
+    let summary = tokio::task::spawn_blocking(move || replay(&replay_dir, &replay_buffer))
+        .await
+        .context("replay panicked")??;
+    info!(
+        records = summary.records,
+        rows = summary.rows,
+        cut_tails = summary.cut_tails,
+        "Replayed the write-ahead log."
+    );
+    let stats = Arc::new(WalStats::default());
+    stats
+        .bytes_on_disk
+        .store(summary.bytes_on_disk, Ordering::Relaxed);
+    let sink_buffer = buffer.clone();
+    let wal = Arc::new(
+        Wal::start(
+            WalConfig {
+                dir: wal_dir,
+                sync: config.wal_sync,
+                queue_capacity: config.wal_queue,
+                max_bytes: config.wal_max_bytes,
+            },
+            summary.next_segment,
+            stats.clone(),
+            Box::new(move |segment, workspace, batch| sink_buffer.push(segment, workspace, batch)),
+        )
+        .context("starting the WAL writer")?,
+    );
+    metrics.attach(stats, buffer.clone());
+    ingester.set_ready(wal.clone());
+    println!(
+        "spanlake: ready (replayed {} WAL records, {} spans)",
+        summary.records, summary.rows
+    );
+
+    let flusher = Arc::new(ParquetFlusher::new(
+        data_dir,
+        buffer,
+        wal.clone(),
+        metrics,
+        config.flush_interval,
+    ));
+    let flusher_task = tokio::spawn(flusher.clone().run(shutdown.clone()));
+
+    shutdown.cancelled().await;
+    info!("Shutting down: no new requests; finishing those in flight.");
+    stop_accepting.cancel();
+    let http = http_task.await;
+    let grpc = grpc_task.await;
+    let _ = flusher_task.await;
+    info!("Flushing every buffer to Parquet.");
+    let flushed = flusher.checkpoint().await;
+    wal.stop();
+    flushed.context("final flush")?;
+    http.context("HTTP server panicked")?
+        .context("HTTP server failed")?;
+    grpc.context("gRPC server panicked")?
+        .context("gRPC server failed")?;
+    info!("Stopped.");
+    Ok(())
+}
+
+/// Replays the WAL into `buffer`, flushing to Parquet whenever a threshold is passed.
+fn replay(data_dir: &Path, buffer: &Buffer) -> anyhow::Result<wal::ReplaySummary> {
+    let wal_dir = data_dir.join(path::WAL_DIR);
+    let summary = wal::replay(&wal_dir, |position, segment, workspace, batch| {
+        buffer.push(segment, workspace, batch);
+        if buffer.over_threshold() {
+            flush_replayed(data_dir, buffer, position).map_err(std::io::Error::other)?;
+        }
+        Ok(())
+    })
+    .with_context(|| format!("replaying the WAL in {}", wal_dir.display()))?;
+    Ok(summary)
+}

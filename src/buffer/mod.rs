@@ -1,0 +1,174 @@
+//! Buffer: the acknowledged batches not yet in Parquet, per workspace.
+//!
+//! Input: batches from the WAL writer, each tagged with the WAL segment that holds it.
+//! Output: snapshots for the flusher (and for queries: a batch is visible from the moment
+//! its request is acknowledged). Invariants: per workspace, batches are kept in WAL order,
+//! so the batches of segments below a given id are always a prefix; the totals of rows
+//! and bytes are bounded by the ingest path's overload check, and the flusher is woken
+//! when they pass the flush thresholds.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use arrow::array::RecordBatch;
+use tokio::sync::Notify;
+
+use crate::wal::SegmentId;
+use crate::workspace::Workspace;
+
+/// When the buffer asks to be flushed.
+#[derive(Debug, Clone, Copy)]
+pub struct FlushThresholds {
+    /// Buffered rows (all workspaces).
+    pub rows: u64,
+    /// Buffered bytes (all workspaces, Arrow memory).
+    pub bytes: u64,
+}
+
+struct Entry {
+    segment: SegmentId,
+    batch: RecordBatch,
+    bytes: u64,
+}
+
+#[derive(Default)]
+struct Inner {
+    workspaces: BTreeMap<Workspace, Vec<Entry>>,
+    oldest: Option<Instant>,
+}
+
+/// The in-memory part of every workspace's `spans`.
+pub struct Buffer {
+    inner: Mutex<Inner>,
+    rows: AtomicU64,
+    bytes: AtomicU64,
+    thresholds: FlushThresholds,
+    flush_wanted: Notify,
+}
+
+/// The batches of one workspace taken for a flush.
+pub struct Taken {
+    /// The workspace.
+    pub workspace: Workspace,
+    /// Its batches from segments below the flush point, in WAL order.
+    pub batches: Vec<RecordBatch>,
+}
+
+impl Buffer {
+    /// An empty buffer.
+    pub fn new(thresholds: FlushThresholds) -> Self {
+        Self {
+            inner: Mutex::new(Inner::default()),
+            rows: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            thresholds,
+            flush_wanted: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves the map consistent (every operation is a
+        // single push or drain), so a poisoned lock is still safe to use.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds a committed batch.
+    pub fn push(&self, segment: SegmentId, workspace: Workspace, batch: RecordBatch) {
+        let rows = batch.num_rows() as u64;
+        let bytes = batch.get_array_memory_size() as u64;
+        {
+            let mut inner = self.lock();
+            inner.oldest.get_or_insert_with(Instant::now);
+            inner.workspaces.entry(workspace).or_default().push(Entry {
+                segment,
+                batch,
+                bytes,
+            });
+        }
+        let rows = self.rows.fetch_add(rows, Ordering::Relaxed) + rows;
+        let bytes = self.bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        if rows >= self.thresholds.rows || bytes >= self.thresholds.bytes {
+            self.flush_wanted.notify_one();
+        }
+    }
+
+    /// Buffered rows.
+    pub fn rows(&self) -> u64 {
+        self.rows.load(Ordering::Relaxed)
+    }
+
+    /// Buffered bytes.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Whether a flush threshold is passed.
+    pub fn over_threshold(&self) -> bool {
+        self.rows() >= self.thresholds.rows || self.bytes() >= self.thresholds.bytes
+    }
+
+    /// When the oldest buffered batch arrived.
+    pub fn oldest(&self) -> Option<Instant> {
+        self.lock().oldest
+    }
+
+    /// Completes when a flush threshold is passed.
+    pub async fn flush_wanted(&self) {
+        self.flush_wanted.notified().await
+    }
+
+    /// Snapshots every workspace's batches from segments below `below` (all when `None`).
+    /// They stay buffered (and visible) until [`Buffer::release`].
+    pub fn take(&self, below: Option<SegmentId>) -> Vec<Taken> {
+        let inner = self.lock();
+        inner
+            .workspaces
+            .iter()
+            .map(|(ws, entries)| Taken {
+                workspace: ws.clone(),
+                batches: entries
+                    .iter()
+                    .take_while(|e| below.is_none_or(|b| e.segment < b))
+                    .map(|e| e.batch.clone())
+                    .collect(),
+            })
+            .filter(|t| !t.batches.is_empty())
+            .collect()
+    }
+
+    /// Drops what [`Buffer::take`] returned, once it is durable in Parquet.
+    pub fn release(&self, taken: &[Taken]) {
+        let (mut rows, mut bytes) = (0, 0);
+        let mut inner = self.lock();
+        for t in taken {
+            if let Some(entries) = inner.workspaces.get_mut(&t.workspace) {
+                for e in entries.drain(..t.batches.len()) {
+                    rows += e.batch.num_rows() as u64;
+                    bytes += e.bytes;
+                }
+                if entries.is_empty() {
+                    inner.workspaces.remove(&t.workspace);
+                }
+            }
+        }
+        if inner.workspaces.is_empty() {
+            inner.oldest = None;
+        } else if rows > 0 {
+            inner.oldest = Some(Instant::now());
+        }
+        drop(inner);
+        self.rows.fetch_sub(rows, Ordering::Relaxed);
+        self.bytes.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
+    /// The buffered batches of one workspace, for queries.
+    pub fn snapshot(&self, workspace: &Workspace) -> Vec<RecordBatch> {
+        self.lock()
+            .workspaces
+            .get(workspace)
+            .map(|entries| entries.iter().map(|e| e.batch.clone()).collect())
+            .unwrap_or_default()
+    }
+}

@@ -1,0 +1,124 @@
+//! Every setting, as command-line flags; each flag also reads `SPANLAKE_<FLAG>`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::wal::WalSync;
+
+/// spanlake: a trace store for OpenTelemetry and LLM-observability spans.
+#[derive(Debug, Parser)]
+#[command(name = "spanlake", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Receive OTLP traces and store them as Parquet.
+    Serve(ServeConfig),
+}
+
+const MIB: usize = 1024 * 1024;
+
+/// Settings of `spanlake serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeConfig {
+    /// Where the WAL and the Parquet tree live.
+    #[arg(long, env = "SPANLAKE_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// OTLP/gRPC listen address.
+    #[arg(long, env = "SPANLAKE_GRPC_ADDR", default_value = "127.0.0.1:4317")]
+    pub grpc_addr: SocketAddr,
+    /// HTTP listen address (OTLP/HTTP and every other route).
+    #[arg(long, env = "SPANLAKE_HTTP_ADDR", default_value = "127.0.0.1:4318")]
+    pub http_addr: SocketAddr,
+    /// `always`: acknowledge after fsync (group commit). `none`: acknowledge after the
+    /// write reaches the OS, before fsync — a machine crash can lose acknowledged spans.
+    #[arg(long, env = "SPANLAKE_WAL_SYNC", value_enum, default_value = "always")]
+    pub wal_sync: WalSync,
+    /// Largest request (gRPC message or HTTP body), in bytes, after decompression.
+    #[arg(long, env = "SPANLAKE_MAX_MESSAGE_BYTES", default_value_t = 64 * MIB)]
+    pub max_message_bytes: usize,
+    /// Flush the buffer to Parquet once it holds this many rows.
+    #[arg(long, env = "SPANLAKE_FLUSH_ROWS", default_value_t = 1_000_000)]
+    pub flush_rows: u64,
+    /// Flush the buffer to Parquet once it holds this many bytes.
+    #[arg(long, env = "SPANLAKE_FLUSH_BYTES", default_value_t = 256 * MIB as u64)]
+    pub flush_bytes: u64,
+    /// Flush buffered spans at the latest this long after they arrived (e.g. `30s`, `500ms`).
+    #[arg(long, env = "SPANLAKE_FLUSH_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub flush_interval: Duration,
+    /// Refuse ingestion (503 / UNAVAILABLE) while the buffer holds this many bytes.
+    #[arg(long, env = "SPANLAKE_BUFFER_MAX_BYTES", default_value_t = 1024 * MIB as u64)]
+    pub buffer_max_bytes: u64,
+    /// Refuse ingestion (503 / UNAVAILABLE) while WAL segments on disk hold this many bytes.
+    #[arg(long, env = "SPANLAKE_WAL_MAX_BYTES", default_value_t = 4096 * MIB as u64)]
+    pub wal_max_bytes: u64,
+    /// Requests that may wait for the WAL writer at once; more are refused as overload.
+    #[arg(long, env = "SPANLAKE_WAL_QUEUE", default_value_t = 4096)]
+    pub wal_queue: usize,
+}
+
+impl ServeConfig {
+    /// The defaults with another data directory (for tests and embedding).
+    pub fn with_data_dir(data_dir: impl Into<PathBuf>) -> Self {
+        let mut config = Cli::parse_from(["spanlake", "serve"]);
+        let Command::Serve(ref mut serve) = config.command;
+        serve.data_dir = data_dir.into();
+        let Command::Serve(serve) = config.command;
+        serve
+    }
+}
+
+/// Parses `500ms`, `30s`, `5m`, `1h` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 500ms, 30s, 5m or 1h"))?;
+    let secs = match unit.trim() {
+        "ms" => n / 1000.0,
+        "" | "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        other => {
+            return Err(format!(
+                "unknown duration unit {other:?} (use ms, s, m or h)"
+            ));
+        }
+    };
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let c = ServeConfig::with_data_dir("/tmp/x");
+        assert_eq!(c.grpc_addr.to_string(), "127.0.0.1:4317");
+        assert_eq!(c.http_addr.to_string(), "127.0.0.1:4318");
+        assert_eq!(c.wal_sync, WalSync::Always);
+        assert_eq!(c.max_message_bytes, 64 * MIB);
+    }
+}

@@ -1,0 +1,178 @@
+//! The one place where errors become protocol answers: gRPC codes, HTTP statuses and
+//! OTLP/HTTP error bodies (`google.rpc.Status` in the request's encoding). Each error is
+//! logged here, once, at the boundary.
+
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, StatusCode, header};
+use prost::Message;
+use tracing::{debug, error, warn};
+
+use crate::decode::{DecodeError, Encoding};
+use crate::normalize::NormalizeError;
+use crate::proto::google_rpc;
+use crate::wal::WalError;
+use crate::workspace::InvalidWorkspace;
+
+/// Seconds a client is asked to wait after an overload answer.
+pub const RETRY_AFTER_SECS: u64 = 1;
+
+/// Every failure a request can meet.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The body is not a valid request.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// The workspace name is invalid.
+    #[error(transparent)]
+    Workspace(#[from] InvalidWorkspace),
+    /// The body (after decompression) is over the cap.
+    #[error("request body exceeds the limit of {limit} bytes (checked after decompression)")]
+    TooLarge {
+        /// The cap in bytes.
+        limit: usize,
+    },
+    /// Neither `application/x-protobuf` nor `application/json`.
+    #[error("unsupported media type {0:?}, supported: [application/json, application/x-protobuf]")]
+    UnsupportedMediaType(String),
+    /// Not `POST`.
+    #[error("method not allowed, supported: [POST]")]
+    MethodNotAllowed,
+    /// A `Content-Encoding` we do not decode.
+    #[error("unsupported Content-Encoding: {0}")]
+    UnsupportedEncoding(String),
+    /// A compressed body that does not decompress.
+    #[error("corrupt {encoding} body: {message}")]
+    Decompress {
+        /// The content encoding.
+        encoding: &'static str,
+        /// What the decompressor said.
+        message: String,
+    },
+    /// The body could not be read from the connection.
+    #[error("reading the request body failed: {0}")]
+    Body(String),
+    /// The WAL is still being replayed.
+    #[error("not ready: the write-ahead log is still being replayed; retry shortly")]
+    NotReady,
+    /// The in-memory buffer is over its bound.
+    #[error("the ingest buffer is full ({bytes} bytes buffered); retry later")]
+    BufferFull {
+        /// Bytes buffered.
+        bytes: u64,
+    },
+    /// The WAL refused or failed.
+    #[error(transparent)]
+    Wal(#[from] WalError),
+    /// A bug while building the batch.
+    #[error(transparent)]
+    Normalize(#[from] NormalizeError),
+}
+
+impl Error {
+    /// Whether the client should retry later (overload).
+    pub fn is_overload(&self) -> bool {
+        match self {
+            Error::NotReady | Error::BufferFull { .. } => true,
+            Error::Wal(WalError::Overloaded(_)) => true,
+            Error::Wal(e) => e.is_disk_full(),
+            _ => false,
+        }
+    }
+
+    /// The gRPC code of this error.
+    pub fn grpc_code(&self) -> tonic::Code {
+        match self {
+            _ if self.is_overload() => tonic::Code::Unavailable,
+            Error::Decode(_)
+            | Error::Workspace(_)
+            | Error::UnsupportedMediaType(_)
+            | Error::UnsupportedEncoding(_)
+            | Error::Decompress { .. } => tonic::Code::InvalidArgument,
+            Error::TooLarge { .. } => tonic::Code::ResourceExhausted,
+            Error::MethodNotAllowed => tonic::Code::Unimplemented,
+            Error::Body(_) => tonic::Code::Cancelled,
+            Error::NotReady | Error::BufferFull { .. } | Error::Wal(_) | Error::Normalize(_) => {
+                tonic::Code::Internal
+            }
+        }
+    }
+
+    /// The HTTP status of this error.
+    pub fn http_status(&self) -> StatusCode {
+        match self {
+            _ if self.is_overload() => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Decode(_)
+            | Error::Workspace(_)
+            | Error::UnsupportedEncoding(_)
+            | Error::Decompress { .. }
+            | Error::Body(_) => StatusCode::BAD_REQUEST,
+            Error::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Error::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Error::NotReady | Error::BufferFull { .. } | Error::Wal(_) | Error::Normalize(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        }
+    }
+
+    fn log(&self) {
+        if self.is_overload() {
+            warn!(error = %self, "Refused a request: overloaded.");
+        } else if self.http_status().is_server_error() {
+            error!(error = %self, "Request failed.");
+        } else {
+            debug!(error = %self, "Refused a request.");
+        }
+    }
+
+    /// The gRPC status answering this error.
+    pub fn to_grpc_status(&self) -> tonic::Status {
+        self.log();
+        tonic::Status::new(self.grpc_code(), self.to_string())
+    }
+
+    /// The OTLP/HTTP answer: a `google.rpc.Status` in the request's encoding (plain text
+    /// when the request's media type is not one we speak).
+    pub fn to_http_response(&self, encoding: Option<Encoding>) -> Response {
+        self.log();
+        let status = self.http_status();
+        let message = self.to_string();
+        let mut response = match encoding {
+            Some(Encoding::Protobuf) => {
+                let body = google_rpc::Status {
+                    code: self.grpc_code() as i32,
+                    message,
+                    details: Vec::new(),
+                }
+                .encode_to_vec();
+                (
+                    status,
+                    [(header::CONTENT_TYPE, Encoding::Protobuf.content_type())],
+                    body,
+                )
+                    .into_response()
+            }
+            Some(Encoding::Json) => {
+                let body = serde_json::json!({
+                    "code": self.grpc_code() as i32,
+                    "message": message,
+                    "details": [],
+                })
+                .to_string();
+                (
+                    status,
+                    [(header::CONTENT_TYPE, Encoding::Json.content_type())],
+                    body,
+                )
+                    .into_response()
+            }
+            None => (status, [(header::CONTENT_TYPE, "text/plain")], message).into_response(),
+        };
+        if self.is_overload() {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+        }
+        response
+    }
+}

@@ -1,0 +1,331 @@
+//! Flush: buffered batches → Hive-partitioned Parquet, then the WAL checkpoint.
+//!
+//! Input: the [`Buffer`]'s batches from WAL segments below a rotation point. Output:
+//! `<data-dir>/workspace=<ws>/date=YYYY-MM-DD/hour=HH/<ulid>.parquet`, partitioned by span
+//! start time (UTC), rows sorted by (trace_id, start_time), zstd, row groups of 128K rows,
+//! page statistics, a bloom filter on trace_id. Invariants: a file appears under its real
+//! name only whole and fsynced (temporary name, fsync, rename, fsync of the directory);
+//! the WAL checkpoint moves, and segments are deleted, only after every file covering them
+//! is durable; batches leave the buffer only then too, so nothing acknowledged is ever
+//! invisible or lost. Old spans are never dropped: a span from 2018 goes to `date=2018-…`.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::{AsArray, RecordBatch, UInt32Array};
+use arrow::compute::{SortColumn, concat_batches, lexsort_to_indices, take_record_batch};
+use arrow::datatypes::TimestampNanosecondType;
+use arrow::error::ArrowError;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::errors::ParquetError;
+use parquet::file::metadata::SortingColumn;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info};
+
+use crate::buffer::{Buffer, Taken};
+use crate::metrics::Metrics;
+use crate::schema::{col, column_index, path, spans_schema};
+use crate::time::{civil_hour, hour_bucket};
+use crate::wal::{Wal, WalError, WalPosition, sync_dir, write_checkpoint};
+use crate::workspace::Workspace;
+
+/// Rows per Parquet row group.
+pub const ROW_GROUP_ROWS: usize = 128 * 1024;
+
+/// Flush failures; the batches stay buffered and the WAL keeps them.
+#[derive(Debug, thiserror::Error)]
+pub enum FlushError {
+    /// Writing a file or the checkpoint failed.
+    #[error("flush I/O failed at {path}: {source}")]
+    Io {
+        /// What was being written.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// Assembling the batch failed.
+    #[error("flush failed to assemble batches: {0}")]
+    Arrow(#[from] ArrowError),
+    /// Encoding Parquet failed.
+    #[error("flush failed to encode Parquet: {0}")]
+    Parquet(#[from] ParquetError),
+    /// Rotating the WAL failed.
+    #[error(transparent)]
+    Wal(#[from] WalError),
+    /// The blocking task died.
+    #[error("flush task failed: {0}")]
+    Task(String),
+}
+
+fn io_at(path: &Path) -> impl FnOnce(io::Error) -> FlushError + '_ {
+    move |source| FlushError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The Parquet writer settings of the storage layout.
+pub fn writer_properties() -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+        .set_statistics_enabled(EnabledStatistics::Page)
+        .set_column_bloom_filter_enabled(ColumnPath::from(col::TRACE_ID), true)
+        .set_sorting_columns(Some(vec![
+            SortingColumn {
+                column_idx: column_index(col::TRACE_ID) as i32,
+                descending: false,
+                nulls_first: false,
+            },
+            SortingColumn {
+                column_idx: column_index(col::START_TIME) as i32,
+                descending: false,
+                nulls_first: false,
+            },
+        ]))
+        .build()
+}
+
+/// The directory of one hour of one workspace.
+pub fn partition_dir(data_dir: &Path, workspace: &Workspace, hour: i64) -> PathBuf {
+    let (y, m, d, h) = civil_hour(hour);
+    data_dir
+        .join(format!("{}{}", path::WORKSPACE_PREFIX, workspace))
+        .join(format!("{}{y:04}-{m:02}-{d:02}", path::DATE_PREFIX))
+        .join(format!("{}{h:02}", path::HOUR_PREFIX))
+}
+
+/// Writes one workspace's batches as one sorted file per hour; returns the files.
+pub fn write_workspace(
+    data_dir: &Path,
+    workspace: &Workspace,
+    batches: &[RecordBatch],
+) -> Result<Vec<PathBuf>, FlushError> {
+    let schema = spans_schema();
+    let batch = concat_batches(&schema, batches)?;
+    if batch.num_rows() == 0 {
+        return Ok(Vec::new());
+    }
+    let start = batch.column(column_index(col::START_TIME)).clone();
+    let order = lexsort_to_indices(
+        &[
+            SortColumn {
+                values: batch.column(column_index(col::TRACE_ID)).clone(),
+                options: None,
+            },
+            SortColumn {
+                values: start.clone(),
+                options: None,
+            },
+        ],
+        None,
+    )?;
+    let start = start.as_primitive::<TimestampNanosecondType>();
+    let mut hours: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
+    for &i in order.values() {
+        hours
+            .entry(hour_bucket(start.value(i as usize)))
+            .or_default()
+            .push(i);
+    }
+    let mut files = Vec::with_capacity(hours.len());
+    for (hour, rows) in hours {
+        let part = take_record_batch(&batch, &UInt32Array::from(rows))?;
+        files.push(write_file(
+            &partition_dir(data_dir, workspace, hour),
+            &part,
+        )?);
+    }
+    Ok(files)
+}
+
+/// Writes `batch` to `dir/<ulid>.parquet` via a temporary name; durable on return.
+fn write_file(dir: &Path, batch: &RecordBatch) -> Result<PathBuf, FlushError> {
+    std::fs::create_dir_all(dir).map_err(io_at(dir))?;
+    let name = ulid::Ulid::new().to_string();
+    let tmp = dir.join(format!(".{name}.{}{}", path::PARQUET_EXT, path::TMP_SUFFIX));
+    let target = dir.join(format!("{name}.{}", path::PARQUET_EXT));
+    let file = File::create(&tmp).map_err(io_at(&tmp))?;
+    let mut writer = ArrowWriter::try_new(file, batch.schema(), Some(writer_properties()))?;
+    writer.write(batch)?;
+    let file = writer.into_inner()?;
+    file.sync_all().map_err(io_at(&tmp))?;
+    drop(file);
+    std::fs::rename(&tmp, &target).map_err(io_at(&target))?;
+    // Make the new name, and any directory created for it, survive a crash.
+    let mut d = Some(dir);
+    for _ in 0..4 {
+        let Some(p) = d else { break };
+        sync_dir(p).map_err(io_at(p))?;
+        d = p.parent();
+    }
+    debug!(path = %target.display(), rows = batch.num_rows(), "Wrote Parquet file.");
+    Ok(target)
+}
+
+/// Writes every taken workspace; returns the files and rows written.
+pub fn write_taken(data_dir: &Path, taken: &[Taken]) -> Result<(usize, u64), FlushError> {
+    let mut files = 0;
+    let mut rows = 0;
+    for t in taken {
+        files += write_workspace(data_dir, &t.workspace, &t.batches)?.len();
+        rows += t.batches.iter().map(|b| b.num_rows() as u64).sum::<u64>();
+    }
+    Ok((files, rows))
+}
+
+/// Removes temporary files left by a crash in the middle of a flush.
+pub fn remove_leftovers(data_dir: &Path) -> io::Result<usize> {
+    fn walk(dir: &Path, removed: &mut usize) -> io::Result<()> {
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            let p = entry.path();
+            if entry.file_type()?.is_dir() {
+                if entry.file_name() != path::WAL_DIR {
+                    walk(&p, removed)?;
+                }
+            } else if p
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with('.') && n.ends_with(path::TMP_SUFFIX))
+            {
+                std::fs::remove_file(&p)?;
+                *removed += 1;
+            }
+        }
+        Ok(())
+    }
+    let mut removed = 0;
+    if data_dir.exists() {
+        walk(data_dir, &mut removed)?;
+    }
+    Ok(removed)
+}
+
+/// Moves buffered batches to Parquet and advances the WAL checkpoint.
+pub struct ParquetFlusher {
+    data_dir: PathBuf,
+    wal_dir: PathBuf,
+    buffer: Arc<Buffer>,
+    wal: Arc<Wal>,
+    metrics: Arc<Metrics>,
+    max_age: Duration,
+    /// One checkpoint at a time.
+    running: tokio::sync::Mutex<()>,
+}
+
+impl ParquetFlusher {
+    /// A flusher over `buffer` and `wal`, flushing data older than `max_age`.
+    pub fn new(
+        data_dir: PathBuf,
+        buffer: Arc<Buffer>,
+        wal: Arc<Wal>,
+        metrics: Arc<Metrics>,
+        max_age: Duration,
+    ) -> Self {
+        Self {
+            wal_dir: data_dir.join(path::WAL_DIR),
+            data_dir,
+            buffer,
+            wal,
+            metrics,
+            max_age,
+            running: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Flushes on thresholds and age until `shutdown`; the final flush is the caller's.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(
+            self.max_age
+                .clamp(Duration::from_millis(50), Duration::from_secs(1)),
+        );
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = self.buffer.flush_wanted() => {}
+                _ = tick.tick() => {
+                    let due = self.buffer.over_threshold()
+                        || self.buffer.oldest().is_some_and(|t| t.elapsed() >= self.max_age);
+                    if !due {
+                        continue;
+                    }
+                }
+            }
+            if let Err(e) = self.checkpoint().await {
+                self.metrics.flush_failed();
+                error!(error = %e, "Flush failed; the data stays in the WAL and the buffer, retrying.");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    }
+
+    /// Rotates the WAL, writes everything buffered before the rotation to Parquet,
+    /// moves the checkpoint and deletes the covered segments.
+    pub async fn checkpoint(&self) -> Result<(), FlushError> {
+        let _one = self.running.lock().await;
+        let next = self.wal.rotate().await?;
+        let taken = self.buffer.take(Some(next));
+        let data_dir = self.data_dir.clone();
+        let started = std::time::Instant::now();
+        let (taken, written) = tokio::task::spawn_blocking(move || {
+            let r = write_taken(&data_dir, &taken);
+            (taken, r)
+        })
+        .await
+        .map_err(|e| FlushError::Task(e.to_string()))?;
+        let (files, rows) = written?;
+        self.buffer.release(&taken);
+        let wal_dir = self.wal_dir.clone();
+        let wal = self.wal.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), FlushError> {
+            write_checkpoint(
+                &wal_dir,
+                WalPosition {
+                    segment: next,
+                    offset: 0,
+                },
+            )
+            .map_err(io_at(&wal_dir))?;
+            wal.delete_segments_before(next).map_err(io_at(&wal_dir))
+        })
+        .await
+        .map_err(|e| FlushError::Task(e.to_string()))??;
+        self.metrics.flushed(files as u64, rows);
+        if rows > 0 {
+            info!(
+                files,
+                rows,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "Flushed buffer to Parquet."
+            );
+        }
+        Ok(())
+    }
+}
+
+/// During replay: writes everything buffered and checkpoints at `position` (every record
+/// before it has been replayed into the buffer).
+pub fn flush_replayed(
+    data_dir: &Path,
+    buffer: &Buffer,
+    position: WalPosition,
+) -> Result<(), FlushError> {
+    let taken = buffer.take(None);
+    write_taken(data_dir, &taken)?;
+    buffer.release(&taken);
+    let wal_dir = data_dir.join(path::WAL_DIR);
+    write_checkpoint(&wal_dir, position).map_err(io_at(&wal_dir))
+}

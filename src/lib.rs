@@ -1,0 +1,34 @@
+//! spanlake: a trace store for OpenTelemetry and LLM-observability spans.
+//!
+//! ```text
+//!  OTLP gRPC :4317 ─┐                          ┌─> wal/      append + fsync (group commit)  ── ack
+//!  OTLP HTTP :4318 ─┼─> receive/ ─> decode/ ─> normalize/ ─┤
+//!                   ┘   (limits,    (bytes →    (typed      └─> buffer/  Arrow batches per workspace
+//!                        workspace)  OTLP)       columns)              │   (queryable at once)
+//!                                                                      v
+//!                                                              flush/  Parquet, tmp + rename
+//! ```
+//!
+//! A request is decoded into OTLP messages, normalized into one Arrow `RecordBatch` in the
+//! `spans` schema ([`schema`]), made durable in the [`wal`] and only then acknowledged; the
+//! WAL writer hands the batch to the [`buffer`], and the [`flush`] stage writes buffered
+//! batches to Hive-partitioned Parquet before the WAL segments they came from are deleted.
+
+pub mod app;
+pub mod buffer;
+pub mod config;
+pub mod decode;
+pub mod error;
+pub mod flush;
+pub mod ingest;
+pub mod metrics;
+pub mod normalize;
+pub mod proto;
+pub mod receive;
+pub mod schema;
+pub mod time;
+pub mod wal;
+pub mod workspace;
+
+pub use error::Error;
+pub use workspace::Workspace;

@@ -1,0 +1,68 @@
+//! The `spanlake` binary: parses the command line and runs the chosen command.
+
+use anyhow::Context as _;
+use clap::Parser as _;
+use spanlake::app::Server;
+use spanlake::config::{Cli, Command};
+use tokio::net::TcpListener;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Serve(config) => serve(config).await,
+    }
+}
+
+async fn serve(config: spanlake::config::ServeConfig) -> anyhow::Result<()> {
+    let grpc = TcpListener::bind(config.grpc_addr)
+        .await
+        .with_context(|| format!("binding the gRPC address {}", config.grpc_addr))?;
+    let http = TcpListener::bind(config.http_addr)
+        .await
+        .with_context(|| format!("binding the HTTP address {}", config.http_addr))?;
+    let data_dir = config.data_dir.clone();
+    let server = Server::start(config, grpc, http).await?;
+    println!("spanlake: OTLP/gRPC listening on {}", server.grpc_addr());
+    println!(
+        "spanlake: HTTP listening on {} (OTLP/HTTP at /v1/traces)",
+        server.http_addr()
+    );
+    println!("spanlake: storing data in {}", data_dir.display());
+    let token = server.shutdown_token();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        token.cancel();
+    });
+    server.wait().await?;
+    println!("spanlake: stopped; every buffer is flushed to Parquet");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

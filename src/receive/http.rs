@@ -1,0 +1,172 @@
+//! OTLP/HTTP and the operational routes, on one axum router.
+//!
+//! `POST /v1/traces` takes `application/x-protobuf` and `application/json` (media type
+//! parsed leniently), answers in the request's encoding with exactly its media type, and
+//! every error body is a `google.rpc.Status` in that encoding (see `crate::error`).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use http::{HeaderMap, StatusCode, header};
+use prost::Message;
+
+use super::body::{decompress, read_limited};
+use super::{WORKSPACE_HEADER, workspace_from};
+use crate::decode::{Encoding, decode};
+use crate::error::Error;
+use crate::ingest::{IngestOutcome, Ingester};
+use crate::metrics::{Metrics, Protocol};
+use crate::proto::ExportTraceServiceResponse;
+use crate::workspace::Workspace;
+
+/// What the HTTP handlers share.
+#[derive(Clone)]
+pub struct HttpState {
+    /// The ingest path.
+    pub ingester: Arc<Ingester>,
+    /// Process metrics.
+    pub metrics: Arc<Metrics>,
+    /// The body cap, after decompression.
+    pub max_body_bytes: usize,
+}
+
+/// The router serving every HTTP route.
+pub fn router(state: HttpState) -> Router {
+    Router::new()
+        .route("/v1/traces", post(otlp_traces).fallback(method_not_allowed))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        // The cap is ours, applied while reading and again after decompression.
+        .layer(DefaultBodyLimit::disable())
+        .with_state(state)
+}
+
+fn request_encoding(headers: &HeaderMap) -> Option<Encoding> {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(Encoding::from_content_type)
+}
+
+async fn method_not_allowed(headers: HeaderMap) -> Response {
+    let mut response = Error::MethodNotAllowed.to_http_response(request_encoding(&headers));
+    response
+        .headers_mut()
+        .insert(header::ALLOW, http::HeaderValue::from_static("POST"));
+    response
+}
+
+async fn otlp_traces(State(state): State<HttpState>, headers: HeaderMap, body: Body) -> Response {
+    let started = Instant::now();
+    let Some(encoding) = request_encoding(&headers) else {
+        let got = headers
+            .get(header::CONTENT_TYPE)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .unwrap_or_default();
+        return Error::UnsupportedMediaType(got).to_http_response(None);
+    };
+    let protocol = match encoding {
+        Encoding::Protobuf => Protocol::HttpProtobuf,
+        Encoding::Json => Protocol::HttpJson,
+    };
+    let mut workspace: Option<Workspace> = None;
+    let result: Result<IngestOutcome, Error> = async {
+        let ws = workspace_from(headers.get(WORKSPACE_HEADER).map(|v| v.as_bytes()))?;
+        workspace = Some(ws.clone());
+        let raw = read_limited(body, state.max_body_bytes).await?;
+        let content_encoding = headers
+            .get(header::CONTENT_ENCODING)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        let bytes = decompress(content_encoding.as_deref(), raw, state.max_body_bytes)?;
+        let decoded = decode(encoding, &bytes)?;
+        drop(bytes);
+        state.ingester.ingest(&ws, decoded).await
+    }
+    .await;
+    let elapsed = started.elapsed();
+    match result {
+        Ok(outcome) => {
+            let rejected = outcome.rejected.len() as u64;
+            let label = if rejected > 0 { "partial" } else { "ok" };
+            state.metrics.request(
+                protocol,
+                workspace.as_ref(),
+                label,
+                outcome.accepted as u64,
+                rejected,
+                elapsed,
+            );
+            export_response(encoding, outcome)
+        }
+        Err(e) => {
+            let label = if e.is_overload() {
+                "overloaded"
+            } else {
+                "error"
+            };
+            state
+                .metrics
+                .request(protocol, workspace.as_ref(), label, 0, 0, elapsed);
+            e.to_http_response(Some(encoding))
+        }
+    }
+}
+
+/// The 200 answer: `ExportTraceServiceResponse` in the request's encoding.
+fn export_response(encoding: Encoding, outcome: IngestOutcome) -> Response {
+    let response = ExportTraceServiceResponse {
+        partial_success: outcome.partial_success(),
+    };
+    let body = match encoding {
+        Encoding::Protobuf => response.encode_to_vec(),
+        Encoding::Json => {
+            // proto3 JSON: int64 as a decimal string; an unset message is omitted.
+            let json = match response.partial_success {
+                None => serde_json::json!({}),
+                Some(p) => serde_json::json!({
+                    "partialSuccess": {
+                        "rejectedSpans": p.rejected_spans.to_string(),
+                        "errorMessage": p.error_message,
+                    }
+                }),
+            };
+            json.to_string().into_bytes()
+        }
+    };
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, encoding.content_type())],
+        body,
+    )
+        .into_response()
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(state): State<HttpState>) -> Response {
+    if state.ingester.is_ready() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: replaying the write-ahead log\n",
+        )
+            .into_response()
+    }
+}
+
+async fn metrics(State(state): State<HttpState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+        .into_response()
+}

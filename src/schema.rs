@@ -1,0 +1,182 @@
+//! The `spans` table: column names and the one Arrow schema used in the buffer, the WAL,
+//! Parquet files and SQL. Path pieces of the storage layout live here too.
+
+use std::sync::{Arc, OnceLock};
+
+use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
+
+/// Column names of the `spans` table, in schema order.
+pub mod col {
+    pub const TRACE_ID: &str = "trace_id";
+    pub const SPAN_ID: &str = "span_id";
+    pub const PARENT_SPAN_ID: &str = "parent_span_id";
+    pub const NAME: &str = "name";
+    pub const KIND: &str = "kind";
+    pub const START_TIME: &str = "start_time";
+    pub const END_TIME: &str = "end_time";
+    pub const DURATION_NS: &str = "duration_ns";
+    pub const STATUS_CODE: &str = "status_code";
+    pub const STATUS_MESSAGE: &str = "status_message";
+    pub const STATUS: &str = "status";
+    pub const SERVICE_NAME: &str = "service_name";
+    pub const SCOPE_NAME: &str = "scope_name";
+    pub const SCOPE_VERSION: &str = "scope_version";
+    pub const SPAN_KIND_LLM: &str = "span_kind_llm";
+    pub const SESSION_ID: &str = "session_id";
+    pub const USER_ID: &str = "user_id";
+    pub const MODEL: &str = "model";
+    pub const PROVIDER: &str = "provider";
+    pub const INPUT_TOKENS: &str = "input_tokens";
+    pub const OUTPUT_TOKENS: &str = "output_tokens";
+    pub const CACHED_TOKENS: &str = "cached_tokens";
+    pub const TOTAL_TOKENS: &str = "total_tokens";
+    pub const COST_USD: &str = "cost_usd";
+    pub const COST_INPUT_USD: &str = "cost_input_usd";
+    pub const COST_OUTPUT_USD: &str = "cost_output_usd";
+    pub const INPUT: &str = "input";
+    pub const OUTPUT: &str = "output";
+    pub const EXPERIMENT_ID: &str = "experiment_id";
+    pub const TEST_CASE_ID: &str = "test_case_id";
+    pub const ATTRIBUTES: &str = "attributes";
+    pub const RESOURCE_ATTRIBUTES: &str = "resource_attributes";
+    pub const EVENTS: &str = "events";
+    pub const LINKS: &str = "links";
+}
+
+/// Field names inside the nested columns.
+pub mod nested {
+    pub const MAP_ENTRIES: &str = "entries";
+    pub const MAP_KEYS: &str = "keys";
+    pub const MAP_VALUES: &str = "values";
+    pub const LIST_ITEM: &str = "item";
+    pub const EVENT_TIME: &str = "time";
+    pub const EVENT_NAME: &str = "name";
+    pub const EVENT_ATTRIBUTES: &str = "attributes";
+    pub const LINK_TRACE_ID: &str = "trace_id";
+    pub const LINK_SPAN_ID: &str = "span_id";
+    pub const LINK_TRACE_STATE: &str = "trace_state";
+    pub const LINK_ATTRIBUTES: &str = "attributes";
+}
+
+/// Path pieces of the storage layout (`<data-dir>/workspace=<ws>/date=…/hour=…/<ulid>.parquet`).
+pub mod path {
+    pub const WAL_DIR: &str = "wal";
+    pub const WORKSPACE_PREFIX: &str = "workspace=";
+    pub const DATE_PREFIX: &str = "date=";
+    pub const HOUR_PREFIX: &str = "hour=";
+    pub const PARQUET_EXT: &str = "parquet";
+    pub const TMP_SUFFIX: &str = ".tmp";
+}
+
+/// The timezone of every timestamp column.
+pub const UTC: &str = "UTC";
+
+/// `Timestamp(ns, UTC)`.
+pub fn timestamp_type() -> DataType {
+    DataType::Timestamp(TimeUnit::Nanosecond, Some(UTC.into()))
+}
+
+/// The entries field of a `Map<Utf8, Utf8>` column.
+pub fn map_entries_field() -> Arc<Field> {
+    Arc::new(Field::new(
+        nested::MAP_ENTRIES,
+        DataType::Struct(Fields::from(vec![
+            Field::new(nested::MAP_KEYS, DataType::Utf8, false),
+            Field::new(nested::MAP_VALUES, DataType::Utf8, true),
+        ])),
+        false,
+    ))
+}
+
+/// `Map<Utf8, Utf8>`, keys unsorted.
+pub fn string_map_type() -> DataType {
+    DataType::Map(map_entries_field(), false)
+}
+
+/// The struct fields of one event.
+pub fn event_fields() -> Fields {
+    Fields::from(vec![
+        Field::new(nested::EVENT_TIME, timestamp_type(), false),
+        Field::new(nested::EVENT_NAME, DataType::Utf8, false),
+        Field::new(nested::EVENT_ATTRIBUTES, string_map_type(), false),
+    ])
+}
+
+/// The struct fields of one link.
+pub fn link_fields() -> Fields {
+    Fields::from(vec![
+        Field::new(nested::LINK_TRACE_ID, DataType::Utf8, false),
+        Field::new(nested::LINK_SPAN_ID, DataType::Utf8, false),
+        Field::new(nested::LINK_TRACE_STATE, DataType::Utf8, true),
+        Field::new(nested::LINK_ATTRIBUTES, string_map_type(), false),
+    ])
+}
+
+/// The list item field of a `List<Struct<…>>` column.
+pub fn list_item_field(fields: Fields) -> Arc<Field> {
+    Arc::new(Field::new(
+        nested::LIST_ITEM,
+        DataType::Struct(fields),
+        false,
+    ))
+}
+
+/// The `spans` schema, built once.
+pub fn spans_schema() -> SchemaRef {
+    static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
+    SCHEMA
+        .get_or_init(|| {
+            use col::*;
+            let utf8 = |name: &str, nullable: bool| Field::new(name, DataType::Utf8, nullable);
+            let int64 = |name: &str| Field::new(name, DataType::Int64, true);
+            let float64 = |name: &str| Field::new(name, DataType::Float64, true);
+            Arc::new(Schema::new(vec![
+                utf8(TRACE_ID, false),
+                utf8(SPAN_ID, false),
+                utf8(PARENT_SPAN_ID, true),
+                utf8(NAME, false),
+                utf8(KIND, false),
+                Field::new(START_TIME, timestamp_type(), false),
+                Field::new(END_TIME, timestamp_type(), true),
+                int64(DURATION_NS),
+                utf8(STATUS_CODE, false),
+                utf8(STATUS_MESSAGE, true),
+                utf8(STATUS, false),
+                utf8(SERVICE_NAME, true),
+                utf8(SCOPE_NAME, true),
+                utf8(SCOPE_VERSION, true),
+                utf8(SPAN_KIND_LLM, true),
+                utf8(SESSION_ID, true),
+                utf8(USER_ID, true),
+                utf8(MODEL, true),
+                utf8(PROVIDER, true),
+                int64(INPUT_TOKENS),
+                int64(OUTPUT_TOKENS),
+                int64(CACHED_TOKENS),
+                int64(TOTAL_TOKENS),
+                float64(COST_USD),
+                float64(COST_INPUT_USD),
+                float64(COST_OUTPUT_USD),
+                utf8(INPUT, true),
+                utf8(OUTPUT, true),
+                utf8(EXPERIMENT_ID, true),
+                utf8(TEST_CASE_ID, true),
+                Field::new(ATTRIBUTES, string_map_type(), false),
+                Field::new(RESOURCE_ATTRIBUTES, string_map_type(), false),
+                Field::new(
+                    EVENTS,
+                    DataType::List(list_item_field(event_fields())),
+                    false,
+                ),
+                Field::new(LINKS, DataType::List(list_item_field(link_fields())), false),
+            ]))
+        })
+        .clone()
+}
+
+/// The index of a column in [`spans_schema`].
+pub fn column_index(name: &str) -> usize {
+    spans_schema()
+        .index_of(name)
+        .unwrap_or_else(|_| panic!("column {name} is a constant of the spans schema"))
+}

@@ -1,0 +1,53 @@
+//! Civil-time helpers for partition paths, without a calendar dependency.
+
+/// Nanoseconds in one hour.
+pub const NANOS_PER_HOUR: i64 = 3_600_000_000_000;
+
+/// The UTC hour (hours since the Unix epoch, floor) that a nanosecond timestamp falls in.
+pub fn hour_bucket(ts_ns: i64) -> i64 {
+    ts_ns.div_euclid(NANOS_PER_HOUR)
+}
+
+/// `(year, month, day, hour)` of an hour bucket, proleptic Gregorian, UTC.
+pub fn civil_hour(bucket: i64) -> (i64, u32, u32, u32) {
+    let days = bucket.div_euclid(24);
+    let hour = bucket.rem_euclid(24) as u32;
+    let (y, m, d) = civil_from_days(days);
+    (y, m, d, hour)
+}
+
+/// Howard Hinnant's `civil_from_days`: days since 1970-01-01 → (year, month, day).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_dates() {
+        assert_eq!(civil_hour(0), (1970, 1, 1, 0));
+        // 2018-12-13T05:00:00Z = 1544677200 s
+        assert_eq!(
+            civil_hour(hour_bucket(1_544_677_200 * 1_000_000_000)),
+            (2018, 12, 13, 5)
+        );
+        // 2024-02-29T23:59:59Z
+        assert_eq!(
+            civil_hour(hour_bucket(1_709_251_199 * 1_000_000_000)),
+            (2024, 2, 29, 23)
+        );
+        // one nanosecond before the epoch
+        assert_eq!(civil_hour(hour_bucket(-1)), (1969, 12, 31, 23));
+    }
+}

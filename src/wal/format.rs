@@ -1,0 +1,208 @@
+//! The on-disk form of the WAL: segment files and the checkpoint marker.
+//!
+//! A segment is `wal/<id:020>.wal`: the 8-byte magic `SPLKWAL1`, then records. A record is
+//! `len: u32 LE | crc32: u32 LE | payload` with the CRC over the payload; the payload is
+//! `kind: u8 (1 = spans) | workspace length: u8 | workspace | Arrow IPC stream of one batch`.
+//! The checkpoint `wal/checkpoint` holds `<segment> <offset>`: every record before that
+//! position is in durable Parquet files.
+
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+use arrow::array::RecordBatch;
+use arrow::error::ArrowError;
+use arrow::ipc::reader::StreamReader;
+use arrow::ipc::writer::StreamWriter;
+
+use crate::workspace::Workspace;
+
+/// The first bytes of every segment file.
+pub const MAGIC: &[u8; 8] = b"SPLKWAL1";
+/// Bytes before the first record of a segment.
+pub const HEADER_LEN: u64 = MAGIC.len() as u64;
+/// Bytes of a record's frame before its payload.
+pub const FRAME_LEN: usize = 8;
+/// Payload kind: one Arrow batch of spans.
+pub const KIND_SPANS: u8 = 1;
+/// The largest record accepted on replay; anything claiming more is a torn or corrupt frame.
+pub const MAX_RECORD_LEN: u32 = 1 << 30;
+
+const CHECKPOINT_FILE: &str = "checkpoint";
+const SEGMENT_EXT: &str = "wal";
+
+/// The number of a segment file; segments are written in increasing order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SegmentId(pub u64);
+
+/// A position in the WAL: a segment and a byte offset in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct WalPosition {
+    /// The segment.
+    pub segment: SegmentId,
+    /// Byte offset within the segment.
+    pub offset: u64,
+}
+
+/// The path of a segment file.
+pub fn segment_path(dir: &Path, id: SegmentId) -> PathBuf {
+    dir.join(format!("{:020}.{SEGMENT_EXT}", id.0))
+}
+
+/// The segments in `dir`, oldest first, with their sizes.
+pub fn list_segments(dir: &Path) -> io::Result<Vec<(SegmentId, u64)>> {
+    let mut segments = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(stem) = name
+            .to_str()
+            .and_then(|n| n.strip_suffix(SEGMENT_EXT))
+            .and_then(|n| n.strip_suffix('.'))
+        else {
+            continue;
+        };
+        if let Ok(id) = stem.parse::<u64>() {
+            segments.push((SegmentId(id), entry.metadata()?.len()));
+        }
+    }
+    segments.sort();
+    Ok(segments)
+}
+
+/// Reads the checkpoint; none means nothing was ever flushed.
+pub fn read_checkpoint(dir: &Path) -> io::Result<Option<WalPosition>> {
+    let text = match std::fs::read_to_string(dir.join(CHECKPOINT_FILE)) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut parts = text.split_whitespace().map(str::parse::<u64>);
+    match (parts.next(), parts.next()) {
+        (Some(Ok(segment)), Some(Ok(offset))) => Ok(Some(WalPosition {
+            segment: SegmentId(segment),
+            offset,
+        })),
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("WAL checkpoint file holds {text:?}, not `<segment> <offset>`"),
+        )),
+    }
+}
+
+/// Durably replaces the checkpoint (temporary file, fsync, rename, fsync of the directory).
+pub fn write_checkpoint(dir: &Path, position: WalPosition) -> io::Result<()> {
+    let tmp = dir.join(format!("{CHECKPOINT_FILE}.tmp"));
+    std::fs::write(
+        &tmp,
+        format!("{} {}\n", position.segment.0, position.offset),
+    )?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, dir.join(CHECKPOINT_FILE))?;
+    sync_dir(dir)
+}
+
+/// fsyncs a directory so that entries created or renamed in it survive a crash.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Encodes one framed record holding `batch` for `workspace`.
+pub fn encode_record(workspace: &Workspace, batch: &RecordBatch) -> Result<Vec<u8>, ArrowError> {
+    let ws = workspace.as_str().as_bytes();
+    let mut buf = Vec::with_capacity(FRAME_LEN + 2 + ws.len() + batch.get_array_memory_size());
+    buf.extend_from_slice(&[0u8; FRAME_LEN]);
+    buf.push(KIND_SPANS);
+    // Workspace names are at most 63 bytes (validated by `Workspace::new`).
+    buf.push(ws.len() as u8);
+    buf.extend_from_slice(ws);
+    let mut writer = StreamWriter::try_new(buf, batch.schema_ref())?;
+    writer.write(batch)?;
+    writer.finish()?;
+    let mut buf = writer.into_inner()?;
+    let payload_len = (buf.len() - FRAME_LEN) as u32;
+    let crc = crc32fast::hash(&buf[FRAME_LEN..]);
+    buf[0..4].copy_from_slice(&payload_len.to_le_bytes());
+    buf[4..8].copy_from_slice(&crc.to_le_bytes());
+    Ok(buf)
+}
+
+/// One record read back from a segment.
+pub struct Record {
+    /// The workspace it belongs to.
+    pub workspace: Workspace,
+    /// Its batches (one, as written).
+    pub batches: Vec<RecordBatch>,
+}
+
+/// Why a record could not be read: the segment is cut at that record.
+#[derive(Debug, thiserror::Error)]
+pub enum BadRecord {
+    /// The file ends inside the record (a torn write).
+    #[error("the file ends inside the record (torn write)")]
+    Torn,
+    /// The checksum or contents do not match.
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
+}
+
+/// Reads the next record; `Ok(None)` at a clean end of file.
+pub fn read_record(reader: &mut impl Read) -> io::Result<Result<Option<(Record, u64)>, BadRecord>> {
+    let mut frame = [0u8; FRAME_LEN];
+    match read_full(reader, &mut frame)? {
+        0 => return Ok(Ok(None)),
+        FRAME_LEN => {}
+        _ => return Ok(Err(BadRecord::Torn)),
+    }
+    let len = u32::from_le_bytes([frame[0], frame[1], frame[2], frame[3]]);
+    let crc = u32::from_le_bytes([frame[4], frame[5], frame[6], frame[7]]);
+    if len > MAX_RECORD_LEN {
+        return Ok(Err(BadRecord::Corrupt(format!(
+            "record length {len} is implausible"
+        ))));
+    }
+    let mut payload = vec![0u8; len as usize];
+    if read_full(reader, &mut payload)? != payload.len() {
+        return Ok(Err(BadRecord::Torn));
+    }
+    if crc32fast::hash(&payload) != crc {
+        return Ok(Err(BadRecord::Corrupt("checksum mismatch".into())));
+    }
+    Ok(parse_payload(&payload).map(|r| Some((r, FRAME_LEN as u64 + len as u64))))
+}
+
+fn parse_payload(payload: &[u8]) -> Result<Record, BadRecord> {
+    let corrupt = |what: &str| BadRecord::Corrupt(what.to_string());
+    let (&kind, rest) = payload
+        .split_first()
+        .ok_or_else(|| corrupt("empty payload"))?;
+    if kind != KIND_SPANS {
+        return Err(corrupt(&format!("unknown record kind {kind}")));
+    }
+    let (&ws_len, rest) = rest.split_first().ok_or_else(|| corrupt("no workspace"))?;
+    let (ws, ipc) = rest
+        .split_at_checked(ws_len as usize)
+        .ok_or_else(|| corrupt("workspace cut short"))?;
+    let workspace = std::str::from_utf8(ws)
+        .ok()
+        .and_then(|w| Workspace::new(w).ok())
+        .ok_or_else(|| corrupt("invalid workspace name"))?;
+    let reader = StreamReader::try_new(ipc, None).map_err(|e| corrupt(&e.to_string()))?;
+    let batches = reader
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| corrupt(&e.to_string()))?;
+    Ok(Record { workspace, batches })
+}
+
+/// Reads until `buf` is full or the end of the file; returns the bytes read.
+fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match reader.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
