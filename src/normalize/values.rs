@@ -156,6 +156,7 @@ mod tests {
             &mut s,
             &v(Value::KvlistValue(KeyValueList {
                 values: vec![KeyValue {
+                    key_strindex: 0,
                     key: "k\n".into(),
                     value: Some(v(Value::ArrayValue(ArrayValue {
                         values: vec![v(Value::BoolValue(true)), v(Value::DoubleValue(1.5))],

@@ -1,0 +1,247 @@
+//! The test harness: a real server on `127.0.0.1:0` listeners over a temp data dir, and
+//! helpers that read back what a user would see (the Parquet tree).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use arrow::array::{Array, RecordBatch};
+use arrow::util::display::{ArrayFormatter, FormatOptions};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use spanlake::app::Server;
+use spanlake::config::ServeConfig;
+use tokio::net::TcpListener;
+
+/// A running in-process server and its data directory.
+pub struct TestServer {
+    pub server: Option<Server>,
+    pub dir: tempfile::TempDir,
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(configure: impl FnOnce(&mut ServeConfig)) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = ServeConfig::with_data_dir(dir.path());
+        configure(&mut config);
+        let grpc = TcpListener::bind("127.0.0.1:0").await.expect("bind grpc");
+        let http = TcpListener::bind("127.0.0.1:0").await.expect("bind http");
+        let server = Server::start(config, grpc, http).await.expect("start");
+        let (grpc, http) = (server.grpc_addr(), server.http_addr());
+        wait_until("server ready", || server.is_ready()).await;
+        Self {
+            server: Some(server),
+            dir,
+            grpc,
+            http,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http)
+    }
+
+    pub fn grpc_url(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    /// Stops the server (which flushes every buffer to Parquet).
+    pub async fn stop(&mut self) {
+        if let Some(s) = self.server.take() {
+            s.shutdown().await.expect("clean shutdown");
+        }
+    }
+
+    /// Stops the server and returns every row in the Parquet tree.
+    pub async fn stop_and_read(&mut self) -> Rows {
+        self.stop().await;
+        read_tree(self.dir.path())
+    }
+}
+
+/// Polls `cond` until it holds, failing after a generous deadline.
+pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Every Parquet file under `dir` (not the WAL), sorted by path.
+pub fn parquet_files(dir: &Path) -> Vec<PathBuf> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).expect("read dir") {
+            let p = entry.expect("entry").path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else if p.extension().is_some_and(|e| e == "parquet") {
+                out.push(p);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, &mut out);
+    out.sort();
+    out
+}
+
+/// Rows read back from Parquet, each a column → display-string map, plus its file.
+pub struct Rows(pub Vec<(PathBuf, BTreeMap<String, Option<String>>)>);
+
+impl Rows {
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// The row with this span id (hex); panics if absent or repeated.
+    pub fn span(&self, span_id: &str) -> &BTreeMap<String, Option<String>> {
+        let found: Vec<_> = self
+            .0
+            .iter()
+            .filter(|(_, r)| r["span_id"].as_deref() == Some(span_id))
+            .collect();
+        assert_eq!(
+            found.len(),
+            1,
+            "span {span_id} should be stored exactly once"
+        );
+        &found[0].1
+    }
+
+    pub fn file_of(&self, span_id: &str) -> &Path {
+        &self
+            .0
+            .iter()
+            .find(|(_, r)| r["span_id"].as_deref() == Some(span_id))
+            .expect("span present")
+            .0
+    }
+
+    pub fn span_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .0
+            .iter()
+            .filter_map(|(_, r)| r["span_id"].clone())
+            .collect();
+        ids.sort();
+        ids
+    }
+}
+
+pub fn read_file(path: &Path) -> Vec<RecordBatch> {
+    let file = std::fs::File::open(path).expect("open parquet");
+    ParquetRecordBatchReaderBuilder::try_new(file)
+        .expect("parquet footer")
+        .build()
+        .expect("reader")
+        .collect::<Result<Vec<_>, _>>()
+        .expect("read batches")
+}
+
+pub fn batch_rows(batch: &RecordBatch) -> Vec<BTreeMap<String, Option<String>>> {
+    let options = FormatOptions::default();
+    let formatters: Vec<_> = batch
+        .columns()
+        .iter()
+        .map(|c| ArrayFormatter::try_new(c.as_ref(), &options).expect("formatter"))
+        .collect();
+    (0..batch.num_rows())
+        .map(|i| {
+            batch
+                .schema()
+                .fields()
+                .iter()
+                .zip(batch.columns())
+                .zip(&formatters)
+                .map(|((f, c), fmt)| {
+                    let v = (!c.is_null(i)).then(|| fmt.value(i).to_string());
+                    (f.name().clone(), v)
+                })
+                .collect()
+        })
+        .collect()
+}
+
+pub fn read_tree(dir: &Path) -> Rows {
+    let mut rows = Vec::new();
+    for path in parquet_files(dir) {
+        for batch in read_file(&path) {
+            for row in batch_rows(&batch) {
+                rows.push((path.clone(), row));
+            }
+        }
+    }
+    Rows(rows)
+}
+
+/// A small OTLP request builder for hand-made payloads.
+pub mod otlp {
+    use spanlake::proto::*;
+
+    pub fn kv(key: &str, value: any_value::Value) -> KeyValue {
+        KeyValue {
+            key: key.into(),
+            value: Some(AnyValue { value: Some(value) }),
+            key_strindex: 0,
+        }
+    }
+
+    pub fn s(v: &str) -> any_value::Value {
+        any_value::Value::StringValue(v.into())
+    }
+
+    pub fn span(trace: u8, id: u8, name: &str) -> Span {
+        Span {
+            trace_id: vec![trace; 16],
+            span_id: vec![id; 8],
+            name: name.into(),
+            kind: 2,
+            start_time_unix_nano: 1_700_000_000_000_000_000 + id as u64,
+            end_time_unix_nano: 1_700_000_001_000_000_000,
+            ..Default::default()
+        }
+    }
+
+    pub fn request(spans: Vec<Span>) -> ExportTraceServiceRequest {
+        ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                resource: Some(Resource {
+                    attributes: vec![kv("service.name", s("test-svc"))],
+                    ..Default::default()
+                }),
+                scope_spans: vec![ScopeSpans {
+                    scope: Some(InstrumentationScope {
+                        name: "test-scope".into(),
+                        version: "0.1".into(),
+                        ..Default::default()
+                    }),
+                    spans,
+                    schema_url: String::new(),
+                }],
+                schema_url: String::new(),
+            }],
+        }
+    }
+
+    /// `n` spans of one trace with ~10 attributes each.
+    pub fn many(n: usize, trace: u8) -> ExportTraceServiceRequest {
+        let spans = (0..n)
+            .map(|i| {
+                let mut sp = span(trace, 0, &format!("op-{i}"));
+                sp.span_id = ((i as u64) + 1).to_be_bytes().to_vec();
+                sp.attributes = (0..10)
+                    .map(|a| kv(&format!("attr.{a}"), s(&format!("value-{i}-{a}"))))
+                    .collect();
+                sp
+            })
+            .collect();
+        request(spans)
+    }
+}

@@ -1,0 +1,8 @@
+//! Integration tests: the real server on loopback listeners, real clients.
+
+mod common;
+mod crash;
+mod exporters;
+mod grpc;
+mod http;
+mod json_equivalence;
