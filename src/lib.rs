@@ -19,6 +19,7 @@ pub mod buffer;
 pub mod config;
 pub mod decode;
 pub mod error;
+pub mod fake;
 pub mod flush;
 pub mod ingest;
 pub mod metrics;

@@ -96,12 +96,11 @@ impl Metrics {
         if let Ok(mut r) = self.requests.lock() {
             *r.entry((protocol, outcome)).or_default() += 1;
         }
-        if let (Some(ws), true) = (workspace, accepted + rejected > 0) {
-            if let Ok(mut s) = self.spans.lock() {
-                let e = s.entry((ws.clone(), protocol)).or_default();
-                e[0] += accepted;
-                e[1] += rejected;
-            }
+        if let (Some(ws), true, Ok(mut s)) = (workspace, accepted + rejected > 0, self.spans.lock())
+        {
+            let e = s.entry((ws.clone(), protocol)).or_default();
+            e[0] += accepted;
+            e[1] += rejected;
         }
     }
 

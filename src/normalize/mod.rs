@@ -20,7 +20,7 @@ use arrow::buffer::OffsetBuffer;
 use arrow::error::ArrowError;
 
 use crate::decode::{DecodedRequest, SpanRejection};
-use crate::proto::{AnyValue, InstrumentationScope, KeyValue, Resource, Span, span};
+use crate::proto::{AnyValue, InstrumentationScope, KeyValue, Resource, Span};
 use crate::schema::{self, spans_schema};
 
 pub use values::{write_json, write_json_string, write_text};
@@ -665,11 +665,6 @@ fn sum<T: std::ops::Add<Output = T>>(a: Option<T>, b: Option<T>) -> Option<T> {
         (Some(a), Some(b)) => Some(a + b),
         (a, b) => a.or(b),
     }
-}
-
-/// Whether a span's kind is a known OTLP kind (used by tests and decoders).
-pub fn is_known_kind(kind: i32) -> bool {
-    span::SpanKind::try_from(kind).is_ok()
 }
 
 #[cfg(test)]

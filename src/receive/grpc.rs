@@ -65,7 +65,7 @@ impl OtlpGrpcReceiver {
             )?;
             workspace = Some(ws.clone());
             let decoded = decode_protobuf(request.get_ref())?;
-            Ok(self.ingester.ingest(&ws, decoded).await?)
+            self.ingester.ingest(&ws, decoded).await
         }
         .await;
         let elapsed = started.elapsed();
