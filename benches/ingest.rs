@@ -30,7 +30,9 @@ fn bench(c: &mut Criterion) {
         b.iter(|| normalize(&decode_protobuf(&bytes).unwrap()).unwrap())
     });
     let batch = normalize(&decode_protobuf(&bytes).unwrap()).unwrap().batch;
-    g.bench_function("wal_encode_record", |b| b.iter(|| encode_record(&ws, &batch).unwrap()));
+    g.bench_function("wal_encode_record", |b| {
+        b.iter(|| encode_record(&ws, &batch).unwrap())
+    });
     let dir = tempfile::tempdir().unwrap();
     let mut wal = std::fs::File::create(dir.path().join("bench.wal")).unwrap();
     g.bench_function("decode_normalize_wal_append", |b| {

@@ -2,8 +2,8 @@
 //! server spans and LLM client spans, ~10 attributes each), deterministic per seed.
 
 use crate::proto::{
-    AnyValue, ExportTraceServiceRequest, InstrumentationScope, KeyValue, Resource,
-    ResourceSpans, ScopeSpans, Span, Status, any_value::Value, span,
+    AnyValue, ExportTraceServiceRequest, InstrumentationScope, KeyValue, Resource, ResourceSpans,
+    ScopeSpans, Span, Status, any_value::Value, span,
 };
 
 fn kv(key: &str, value: Value) -> KeyValue {
@@ -54,9 +54,18 @@ pub fn request(spans: usize, seed: u64, start_ns: u64) -> ExportTraceServiceRequ
                 kv("gen_ai.provider.name", s("openai")),
                 kv("gen_ai.request.model", s("gpt-4o")),
                 kv("gen_ai.response.model", s("gpt-4o-2024-08-06")),
-                kv("gen_ai.usage.input_tokens", Value::IntValue((rng.next() % 4000) as i64)),
-                kv("gen_ai.usage.output_tokens", Value::IntValue((rng.next() % 800) as i64)),
-                kv("gen_ai.conversation.id", s(format!("conv-{}", rng.next() % 1000))),
+                kv(
+                    "gen_ai.usage.input_tokens",
+                    Value::IntValue((rng.next() % 4000) as i64),
+                ),
+                kv(
+                    "gen_ai.usage.output_tokens",
+                    Value::IntValue((rng.next() % 800) as i64),
+                ),
+                kv(
+                    "gen_ai.conversation.id",
+                    s(format!("conv-{}", rng.next() % 1000)),
+                ),
                 kv("gen_ai.request.temperature", Value::DoubleValue(0.7)),
                 kv("user.id", s(format!("user-{}", rng.next() % 500))),
                 kv("server.address", s("api.openai.com")),
@@ -64,7 +73,13 @@ pub fn request(spans: usize, seed: u64, start_ns: u64) -> ExportTraceServiceRequ
         } else {
             vec![
                 kv("http.request.method", s("GET")),
-                kv("url.full", s(format!("https://api.example.com/v1/items/{}", rng.next() % 100_000))),
+                kv(
+                    "url.full",
+                    s(format!(
+                        "https://api.example.com/v1/items/{}",
+                        rng.next() % 100_000
+                    )),
+                ),
                 kv("http.response.status_code", Value::IntValue(200)),
                 kv("server.address", s("api.example.com")),
                 kv("server.port", Value::IntValue(443)),
@@ -78,9 +93,21 @@ pub fn request(spans: usize, seed: u64, start_ns: u64) -> ExportTraceServiceRequ
         out.push(Span {
             trace_id: trace_id.to_vec(),
             span_id: span_id.to_vec(),
-            parent_span_id: if i % 8 == 0 { Vec::new() } else { root.to_vec() },
-            name: if llm { "chat gpt-4o".into() } else { "GET /v1/items/{id}".into() },
-            kind: if llm { span::SpanKind::Client } else { span::SpanKind::Server } as i32,
+            parent_span_id: if i % 8 == 0 {
+                Vec::new()
+            } else {
+                root.to_vec()
+            },
+            name: if llm {
+                "chat gpt-4o".into()
+            } else {
+                "GET /v1/items/{id}".into()
+            },
+            kind: if llm {
+                span::SpanKind::Client
+            } else {
+                span::SpanKind::Server
+            } as i32,
             start_time_unix_nano: start,
             end_time_unix_nano: start + 1_000_000 + rng.next() % 50_000_000,
             attributes,
