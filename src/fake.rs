@@ -26,7 +26,7 @@ impl Rng {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d4_9bb1_3311_eb);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         z ^ (z >> 31)
     }
 }
@@ -122,7 +122,7 @@ pub fn request(spans: usize, seed: u64, start_ns: u64) -> ExportTraceServiceRequ
                 Vec::new()
             },
             status: Some(Status {
-                code: if rng.next() % 50 == 0 { 2 } else { 0 },
+                code: if rng.next().is_multiple_of(50) { 2 } else { 0 },
                 message: String::new(),
             }),
             ..Default::default()
