@@ -3,11 +3,14 @@
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
-    let files = ["proto/google/rpc/status.proto"];
+    let files = [
+        "proto/google/rpc/status.proto",
+        "proto/spanlake/query/v1/query.proto",
+    ];
     let fds = protox::compile(files, ["proto"])?;
     tonic_prost_build::configure()
-        .build_client(false)
-        .build_server(false)
+        .build_client(true)
+        .build_server(true)
         .compile_fds(fds)?;
     Ok(())
 }

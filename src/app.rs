@@ -17,11 +17,15 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+use crate::api::ApiState;
+use crate::api::grpc::QueryGrpc;
 use crate::buffer::{Buffer, FlushThresholds};
 use crate::config::ServeConfig;
 use crate::flush::{ParquetFlusher, flush_replayed, remove_leftovers};
 use crate::ingest::Ingester;
 use crate::metrics::Metrics;
+use crate::proto::query::query_service_server::QueryServiceServer;
+use crate::query::QueryEngine;
 use crate::receive::grpc::OtlpGrpcReceiver;
 use crate::receive::http::{HttpState, router};
 use crate::schema::path;
@@ -61,11 +65,21 @@ impl Server {
         let shutdown = CancellationToken::new();
         let stop_accepting = CancellationToken::new();
 
+        let engine = Arc::new(
+            QueryEngine::new(
+                config.data_dir.clone(),
+                Some(buffer.clone()),
+                config.query.limits(),
+            )
+            .context("starting the query engine")?,
+        );
+        let query_service = QueryServiceServer::new(QueryGrpc::new(engine.clone()));
         let http_app = router(HttpState {
             ingester: ingester.clone(),
             metrics: metrics.clone(),
             max_body_bytes: config.max_message_bytes,
-        });
+        })
+        .merge(crate::api::router(ApiState { engine }));
         let http_stop = stop_accepting.clone();
         let http_task = tokio::spawn(async move {
             axum::serve(http, http_app)
@@ -78,6 +92,7 @@ impl Server {
         let grpc_task = tokio::spawn(async move {
             tonic::transport::Server::builder()
                 .add_service(receiver)
+                .add_service(query_service)
                 .serve_with_incoming_shutdown(
                     tokio_stream::wrappers::TcpListenerStream::new(grpc),
                     grpc_stop.cancelled(),

@@ -22,6 +22,8 @@ pub struct Cli {
 pub enum Command {
     /// Receive OTLP traces and store them as Parquet.
     Serve(ServeConfig),
+    /// Run read-only SQL over a workspace's Parquet files, without a server.
+    Sql(SqlArgs),
 }
 
 const MIB: usize = 1024 * 1024;
@@ -63,15 +65,72 @@ pub struct ServeConfig {
     /// Requests that may wait for the WAL writer at once; more are refused as overload.
     #[arg(long, env = "SPANLAKE_WAL_QUEUE", default_value_t = 4096)]
     pub wal_queue: usize,
+    /// Query limits.
+    #[command(flatten)]
+    pub query: QueryArgs,
+}
+
+/// Limits of SQL and API queries.
+#[derive(Debug, Clone, Args)]
+pub struct QueryArgs {
+    /// Memory all running queries may use together, in bytes; a query needing more fails.
+    #[arg(long, env = "SPANLAKE_QUERY_MEMORY_BYTES", default_value_t = 1024 * MIB)]
+    pub query_memory_bytes: usize,
+    /// How long one query may run (e.g. `30s`).
+    #[arg(long, env = "SPANLAKE_QUERY_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub query_timeout: Duration,
+}
+
+impl QueryArgs {
+    /// As query limits.
+    pub fn limits(&self) -> crate::query::QueryLimits {
+        crate::query::QueryLimits {
+            memory_bytes: self.query_memory_bytes,
+            timeout: self.query_timeout,
+        }
+    }
+}
+
+/// How `spanlake sql` prints results.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    /// An aligned text table.
+    Table,
+    /// One JSON object per row, in a JSON array.
+    Json,
+    /// CSV with a header.
+    Csv,
+}
+
+/// Settings of `spanlake sql`.
+#[derive(Debug, Clone, Args)]
+pub struct SqlArgs {
+    /// Where the Parquet tree lives.
+    #[arg(long, env = "SPANLAKE_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// The workspace to query.
+    #[arg(long, env = "SPANLAKE_WORKSPACE", default_value = "default")]
+    pub workspace: String,
+    /// Output format.
+    #[arg(long, env = "SPANLAKE_FORMAT", value_enum, default_value = "table")]
+    pub format: OutputFormat,
+    /// Query limits.
+    #[command(flatten)]
+    pub query: QueryArgs,
+    /// The query (read-only: SELECT, WITH, EXPLAIN, SHOW, DESCRIBE).
+    pub sql: String,
 }
 
 impl ServeConfig {
     /// The defaults with another data directory (for tests and embedding).
     pub fn with_data_dir(data_dir: impl Into<PathBuf>) -> Self {
-        let mut config = Cli::parse_from(["spanlake", "serve"]);
-        let Command::Serve(ref mut serve) = config.command;
+        #[derive(Parser)]
+        struct Defaults {
+            #[command(flatten)]
+            serve: ServeConfig,
+        }
+        let mut serve = Defaults::parse_from(["spanlake"]).serve;
         serve.data_dir = data_dir.into();
-        let Command::Serve(serve) = config.command;
         serve
     }
 }

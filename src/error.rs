@@ -176,3 +176,78 @@ impl Error {
         response
     }
 }
+
+/// Failures of the query routes (NeMo-style bodies: `{"detail": …}`).
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Invalid parameters: 422 with every problem.
+    #[error("invalid request parameters")]
+    Validation(Vec<crate::api::params::ValidationError>),
+    /// Nothing there: 404.
+    #[error("{0}")]
+    NotFound(String),
+    /// The query failed.
+    #[error(transparent)]
+    Query(#[from] crate::query::QueryError),
+    /// A bug or an I/O failure: 500.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// The HTTP status of this error.
+    pub fn http_status(&self) -> StatusCode {
+        use crate::query::QueryError;
+        match self {
+            ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Query(
+                QueryError::NotAllowed(_) | QueryError::Sql(_) | QueryError::Memory { .. },
+            ) => StatusCode::BAD_REQUEST,
+            ApiError::Query(QueryError::Timeout(_)) => StatusCode::REQUEST_TIMEOUT,
+            ApiError::Query(QueryError::Internal(_)) | ApiError::Internal(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        }
+    }
+}
+
+impl ApiError {
+    /// The gRPC status answering this error (for the query service).
+    pub fn to_grpc_status(&self) -> tonic::Status {
+        use crate::query::QueryError;
+        let code = match self {
+            ApiError::Validation(_) => tonic::Code::InvalidArgument,
+            ApiError::NotFound(_) => tonic::Code::NotFound,
+            ApiError::Query(QueryError::NotAllowed(_) | QueryError::Sql(_)) => {
+                tonic::Code::InvalidArgument
+            }
+            ApiError::Query(QueryError::Memory { .. }) => tonic::Code::ResourceExhausted,
+            ApiError::Query(QueryError::Timeout(_)) => tonic::Code::DeadlineExceeded,
+            ApiError::Query(QueryError::Internal(_)) | ApiError::Internal(_) => {
+                tonic::Code::Internal
+            }
+        };
+        let message = match self {
+            ApiError::Validation(errors) => serde_json::json!({ "detail": errors }).to_string(),
+            other => other.to_string(),
+        };
+        tonic::Status::new(code, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.http_status();
+        if status.is_server_error() {
+            error!(error = %self, "Query request failed.");
+        } else {
+            debug!(error = %self, "Refused a query request.");
+        }
+        let body = match self {
+            ApiError::Validation(errors) => serde_json::json!({ "detail": errors }),
+            other => serde_json::json!({ "detail": other.to_string() }),
+        };
+        (status, axum::Json(body)).into_response()
+    }
+}

@@ -14,6 +14,7 @@
 //! WAL writer hands the batch to the [`buffer`], and the [`flush`] stage writes buffered
 //! batches to Hive-partitioned Parquet before the WAL segments they came from are deleted.
 
+pub mod api;
 pub mod app;
 pub mod buffer;
 pub mod config;
@@ -25,6 +26,7 @@ pub mod ingest;
 pub mod metrics;
 pub mod normalize;
 pub mod proto;
+pub mod query;
 pub mod receive;
 pub mod schema;
 pub mod time;

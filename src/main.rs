@@ -17,7 +17,32 @@ async fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Serve(config) => serve(config).await,
+        Command::Sql(args) => sql(args).await,
     }
+}
+
+async fn sql(args: spanlake::config::SqlArgs) -> anyhow::Result<()> {
+    use spanlake::config::OutputFormat;
+    let workspace = spanlake::Workspace::new(&args.workspace)?;
+    let engine = spanlake::query::QueryEngine::new(args.data_dir, None, args.query.limits())?;
+    let result = engine.sql(&workspace, &args.sql).await?;
+    match args.format {
+        OutputFormat::Table => {
+            println!(
+                "{}",
+                arrow::util::pretty::pretty_format_batches(&result.batches)?
+            );
+        }
+        OutputFormat::Json => {
+            let rows = spanlake::api::json::rows(&result.batches);
+            println!("{}", serde_json::to_string_pretty(&rows)?);
+        }
+        OutputFormat::Csv => {
+            let csv = spanlake::api::to_csv(&result.batches).map_err(|e| anyhow::anyhow!("{e}"))?;
+            print!("{}", String::from_utf8_lossy(&csv));
+        }
+    }
+    Ok(())
 }
 
 async fn serve(config: spanlake::config::ServeConfig) -> anyhow::Result<()> {

@@ -6,6 +6,11 @@ pub mod google_rpc {
     include!(concat!(env!("OUT_DIR"), "/google.rpc.rs"));
 }
 
+/// `spanlake.query.v1`: the gRPC query service.
+pub mod query {
+    include!(concat!(env!("OUT_DIR"), "/spanlake.query.v1.rs"));
+}
+
 pub use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
 };

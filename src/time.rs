@@ -30,8 +30,47 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
+/// The hour bucket of a partition (`date=YYYY-MM-DD`, `hour=HH`), if both parse.
+pub fn hour_of_partition(date: &str, hour: &str) -> Option<i64> {
+    let mut parts = date.splitn(3, '-');
+    let y: i64 = parts.next()?.parse().ok()?;
+    let m: u32 = parts.next()?.parse().ok()?;
+    let d: u32 = parts.next()?.parse().ok()?;
+    let h: i64 = hour.parse().ok()?;
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) || !(0..24).contains(&h) {
+        return None;
+    }
+    Some(days_from_civil(y, m, d) * 24 + h)
+}
+
+/// Howard Hinnant's `days_from_civil`: (year, month, day) → days since 1970-01-01.
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = (m as i64 + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d as i64 - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn partitions_round_trip() {
+        for bucket in [-100_000i64, -1, 0, 1, 431_302, 500_000, 2_000_000] {
+            let (y, m, d, h) = civil_hour(bucket);
+            let date = format!("{y:04}-{m:02}-{d:02}");
+            assert_eq!(
+                hour_of_partition(&date, &format!("{h:02}")),
+                Some(bucket),
+                "{date} {h}"
+            );
+        }
+        assert_eq!(hour_of_partition("2024-13-01", "00"), None);
+        assert_eq!(hour_of_partition("x", "00"), None);
+    }
+
     use super::*;
 
     #[test]

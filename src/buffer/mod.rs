@@ -8,8 +8,8 @@
 //! when they pass the flush thresholds.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock};
 use std::time::Instant;
 
 use arrow::array::RecordBatch;
@@ -42,6 +42,9 @@ struct Inner {
 /// The in-memory part of every workspace's `spans`.
 pub struct Buffer {
     inner: Mutex<Inner>,
+    /// Held for writing while a flush makes its files visible and drops their batches;
+    /// for reading while a query lists files and snapshots batches.
+    published: RwLock<()>,
     rows: AtomicU64,
     bytes: AtomicU64,
     thresholds: FlushThresholds,
@@ -61,6 +64,7 @@ impl Buffer {
     pub fn new(thresholds: FlushThresholds) -> Self {
         Self {
             inner: Mutex::new(Inner::default()),
+            published: RwLock::new(()),
             rows: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
             thresholds,
@@ -138,8 +142,8 @@ impl Buffer {
             .collect()
     }
 
-    /// Drops what [`Buffer::take`] returned, once it is durable in Parquet.
-    pub fn release(&self, taken: &[Taken]) {
+    /// Drops what [`Buffer::take`] returned, once it is in Parquet.
+    fn release(&self, taken: &[Taken]) {
         let (mut rows, mut bytes) = (0, 0);
         let mut inner = self.lock();
         for t in taken {
@@ -161,6 +165,26 @@ impl Buffer {
         drop(inner);
         self.rows.fetch_sub(rows, Ordering::Relaxed);
         self.bytes.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
+    /// Runs `publish` (which makes flushed files visible) and, if it succeeds, releases
+    /// `taken`, as one step for readers of [`Buffer::read_published`].
+    pub fn publish<E>(
+        &self,
+        taken: &[Taken],
+        publish: impl FnOnce() -> Result<(), E>,
+    ) -> Result<(), E> {
+        // The guarded data is `()`: a poisoned lock protects nothing that could be torn.
+        let _guard = self.published.write().unwrap_or_else(|p| p.into_inner());
+        publish()?;
+        self.release(taken);
+        Ok(())
+    }
+
+    /// Runs `read` (which lists files and snapshots batches) while no flush publishes.
+    pub fn read_published<R>(&self, read: impl FnOnce() -> R) -> R {
+        let _guard = self.published.read().unwrap_or_else(|p| p.into_inner());
+        read()
     }
 
     /// The buffered batches of one workspace, for queries.

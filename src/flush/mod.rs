@@ -103,12 +103,65 @@ pub fn partition_dir(data_dir: &Path, workspace: &Workspace, hour: i64) -> PathB
         .join(format!("{}{h:02}", path::HOUR_PREFIX))
 }
 
-/// Writes one workspace's batches as one sorted file per hour; returns the files.
+/// A file written and fsynced under its temporary name, not yet visible.
+pub struct Staged {
+    tmp: PathBuf,
+    target: PathBuf,
+}
+
+impl Staged {
+    /// Where the file will be visible.
+    pub fn target(&self) -> &Path {
+        &self.target
+    }
+}
+
+/// Makes staged files visible (rename) and durable (fsync of their directories).
+pub fn publish(staged: &[Staged]) -> Result<(), FlushError> {
+    for s in staged {
+        std::fs::rename(&s.tmp, &s.target).map_err(io_at(&s.target))?;
+    }
+    sync_parents(staged)
+}
+
+/// fsyncs the directories of `staged` files and their parents up to the data dir, so the
+/// new names and any directory created for them survive a crash.
+fn sync_parents(staged: &[Staged]) -> Result<(), FlushError> {
+    let mut dirs: Vec<&Path> = Vec::new();
+    for s in staged {
+        let mut d = s.target.parent();
+        for _ in 0..4 {
+            let Some(p) = d else { break };
+            if !dirs.contains(&p) {
+                dirs.push(p);
+            }
+            d = p.parent();
+        }
+    }
+    for d in dirs {
+        sync_dir(d).map_err(io_at(d))?;
+    }
+    Ok(())
+}
+
+/// Writes one workspace's batches as one sorted file per hour and makes them visible;
+/// returns the files.
 pub fn write_workspace(
     data_dir: &Path,
     workspace: &Workspace,
     batches: &[RecordBatch],
 ) -> Result<Vec<PathBuf>, FlushError> {
+    let staged = stage_workspace(data_dir, workspace, batches)?;
+    publish(&staged)?;
+    Ok(staged.into_iter().map(|s| s.target).collect())
+}
+
+/// Writes one workspace's batches as one sorted file per hour under temporary names.
+pub fn stage_workspace(
+    data_dir: &Path,
+    workspace: &Workspace,
+    batches: &[RecordBatch],
+) -> Result<Vec<Staged>, FlushError> {
     let schema = spans_schema();
     let batch = concat_batches(&schema, batches)?;
     if batch.num_rows() == 0 {
@@ -147,8 +200,8 @@ pub fn write_workspace(
     Ok(files)
 }
 
-/// Writes `batch` to `dir/<ulid>.parquet` via a temporary name; durable on return.
-fn write_file(dir: &Path, batch: &RecordBatch) -> Result<PathBuf, FlushError> {
+/// Writes `batch` to a temporary name in `dir`, fsynced; [`publish`] makes it visible.
+fn write_file(dir: &Path, batch: &RecordBatch) -> Result<Staged, FlushError> {
     std::fs::create_dir_all(dir).map_err(io_at(dir))?;
     let name = ulid::Ulid::new().to_string();
     let tmp = dir.join(format!(".{name}.{}{}", path::PARQUET_EXT, path::TMP_SUFFIX));
@@ -158,28 +211,37 @@ fn write_file(dir: &Path, batch: &RecordBatch) -> Result<PathBuf, FlushError> {
     writer.write(batch)?;
     let file = writer.into_inner()?;
     file.sync_all().map_err(io_at(&tmp))?;
-    drop(file);
-    std::fs::rename(&tmp, &target).map_err(io_at(&target))?;
-    // Make the new name, and any directory created for it, survive a crash.
-    let mut d = Some(dir);
-    for _ in 0..4 {
-        let Some(p) = d else { break };
-        sync_dir(p).map_err(io_at(p))?;
-        d = p.parent();
-    }
     debug!(path = %target.display(), rows = batch.num_rows(), "Wrote Parquet file.");
-    Ok(target)
+    Ok(Staged { tmp, target })
 }
 
-/// Writes every taken workspace; returns the files and rows written.
-pub fn write_taken(data_dir: &Path, taken: &[Taken]) -> Result<(usize, u64), FlushError> {
-    let mut files = 0;
+/// Stages every taken workspace; returns the files and the rows in them.
+pub fn stage_taken(data_dir: &Path, taken: &[Taken]) -> Result<(Vec<Staged>, u64), FlushError> {
+    let mut files = Vec::new();
     let mut rows = 0;
     for t in taken {
-        files += write_workspace(data_dir, &t.workspace, &t.batches)?.len();
+        files.extend(stage_workspace(data_dir, &t.workspace, &t.batches)?);
         rows += t.batches.iter().map(|b| b.num_rows() as u64).sum::<u64>();
     }
     Ok((files, rows))
+}
+
+/// Stages the taken batches, then makes the files visible and drops the batches from the
+/// buffer in one step for queries, then makes the files durable.
+pub fn write_taken(
+    data_dir: &Path,
+    buffer: &Buffer,
+    taken: &[Taken],
+) -> Result<(usize, u64), FlushError> {
+    let (staged, rows) = stage_taken(data_dir, taken)?;
+    buffer.publish(taken, || -> Result<(), FlushError> {
+        for s in &staged {
+            std::fs::rename(&s.tmp, &s.target).map_err(io_at(&s.target))?;
+        }
+        Ok(())
+    })?;
+    sync_parents(&staged)?;
+    Ok((staged.len(), rows))
 }
 
 /// Removes temporary files left by a crash in the middle of a flush.
@@ -279,15 +341,12 @@ impl ParquetFlusher {
         let next = self.wal.rotate().await?;
         let taken = self.buffer.take(Some(next));
         let data_dir = self.data_dir.clone();
+        let buffer = self.buffer.clone();
         let started = std::time::Instant::now();
-        let (taken, written) = tokio::task::spawn_blocking(move || {
-            let r = write_taken(&data_dir, &taken);
-            (taken, r)
-        })
-        .await
-        .map_err(|e| FlushError::Task(e.to_string()))?;
-        let (files, rows) = written?;
-        self.buffer.release(&taken);
+        let (files, rows) =
+            tokio::task::spawn_blocking(move || write_taken(&data_dir, &buffer, &taken))
+                .await
+                .map_err(|e| FlushError::Task(e.to_string()))??;
         let wal_dir = self.wal_dir.clone();
         let wal = self.wal.clone();
         tokio::task::spawn_blocking(move || -> Result<(), FlushError> {
@@ -324,8 +383,7 @@ pub fn flush_replayed(
     position: WalPosition,
 ) -> Result<(), FlushError> {
     let taken = buffer.take(None);
-    write_taken(data_dir, &taken)?;
-    buffer.release(&taken);
+    write_taken(data_dir, buffer, &taken)?;
     let wal_dir = data_dir.join(path::WAL_DIR);
     write_checkpoint(&wal_dir, position).map_err(io_at(&wal_dir))
 }

@@ -43,6 +43,19 @@ impl TestServer {
         }
     }
 
+    /// Stops the server (flushing to Parquet) and starts a new one on the same directory.
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        let config = ServeConfig::with_data_dir(self.dir.path());
+        let grpc = TcpListener::bind("127.0.0.1:0").await.expect("bind grpc");
+        let http = TcpListener::bind("127.0.0.1:0").await.expect("bind http");
+        let server = Server::start(config, grpc, http).await.expect("restart");
+        self.grpc = server.grpc_addr();
+        self.http = server.http_addr();
+        wait_until("server ready", || server.is_ready()).await;
+        self.server = Some(server);
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.http)
     }

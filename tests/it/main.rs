@@ -6,3 +6,4 @@ mod exporters;
 mod grpc;
 mod http;
 mod json_equivalence;
+mod query;

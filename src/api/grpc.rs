@@ -1,0 +1,96 @@
+//! The gRPC query service (`spanlake.query.v1.QueryService`): the HTTP routes' semantics
+//! over gRPC, sharing their code.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::{to_arrow_ipc, trace_with_spans, traces_page};
+use crate::error::ApiError;
+use crate::proto::query::query_service_server::QueryService;
+use crate::proto::query::{ArrowIpc, GetTraceRequest, JsonDocument, ListTracesRequest, SqlRequest};
+use crate::query::QueryEngine;
+
+/// The query service.
+pub struct QueryGrpc {
+    engine: Arc<QueryEngine>,
+}
+
+impl QueryGrpc {
+    /// A service answering from `engine`.
+    pub fn new(engine: Arc<QueryEngine>) -> Self {
+        Self { engine }
+    }
+}
+
+type SqlStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<ArrowIpc, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl QueryService for QueryGrpc {
+    async fn list_traces(
+        &self,
+        request: Request<ListTracesRequest>,
+    ) -> Result<Response<JsonDocument>, Status> {
+        let r = request.into_inner();
+        let query = {
+            let mut query = form_urlencoded::Serializer::new(String::new());
+            let page = r.page.map(|p| p.to_string());
+            let size = r.page_size.map(|p| p.to_string());
+            for (key, value) in [
+                ("page", &page),
+                ("page_size", &size),
+                ("sort", &r.sort),
+                ("mode", &r.mode),
+                ("filter", &r.filter),
+            ] {
+                if let Some(v) = value {
+                    query.append_pair(key, v);
+                }
+            }
+            query.finish()
+        };
+        let page = traces_page(&self.engine, &r.workspace, &query)
+            .await
+            .map_err(|e| e.to_grpc_status())?;
+        Ok(Response::new(JsonDocument {
+            json: page.to_string(),
+        }))
+    }
+
+    async fn get_trace(
+        &self,
+        request: Request<GetTraceRequest>,
+    ) -> Result<Response<JsonDocument>, Status> {
+        let r = request.into_inner();
+        let trace = trace_with_spans(&self.engine, &r.workspace, &r.trace_id)
+            .await
+            .map_err(|e| e.to_grpc_status())?;
+        Ok(Response::new(JsonDocument {
+            json: trace.to_string(),
+        }))
+    }
+
+    type SqlStream = SqlStream;
+
+    async fn sql(&self, request: Request<SqlRequest>) -> Result<Response<SqlStream>, Status> {
+        let r = request.into_inner();
+        let run = async {
+            let ws = super::workspace(&r.workspace)?;
+            let result = self.engine.sql(&ws, &r.query).await?;
+            let messages = if result.batches.is_empty() {
+                vec![to_arrow_ipc(&result.schema, &[])?]
+            } else {
+                result
+                    .batches
+                    .iter()
+                    .map(|b| to_arrow_ipc(&result.schema, std::slice::from_ref(b)))
+                    .collect::<Result<Vec<_>, ApiError>>()?
+            };
+            Ok::<_, ApiError>(messages)
+        };
+        let messages = run.await.map_err(|e| e.to_grpc_status())?;
+        let stream = tokio_stream::iter(messages.into_iter().map(|data| Ok(ArrowIpc { data })));
+        Ok(Response::new(Box::pin(stream)))
+    }
+}

@@ -1,0 +1,467 @@
+//! API: the query routes over HTTP (NeMo-compatible trace listing and lookup, span
+//! listing, analyst SQL).
+//!
+//! Input: HTTP requests under `/apis/intake/v2/workspaces/{workspace}/`. Output: JSON in
+//! the NeMo shapes (`TracesPage`, `Trace`, FastAPI validation errors), or SQL results as
+//! JSON, CSV or Arrow IPC. Invariants: parameters are validated before any query runs
+//! (422 with every problem listed); user values reach SQL only as escaped literals; the
+//! page is chosen from root spans first, and rollups are computed for that page's traces
+//! only.
+
+pub mod grpc;
+pub mod json;
+pub mod params;
+mod sql_text;
+
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use axum::Router;
+use axum::extract::{Path, RawQuery, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use http::{HeaderMap, header};
+use serde_json::{Map, Value, json};
+
+use crate::error::ApiError;
+use crate::query::{QueryEngine, ROLLUP_COLUMNS};
+use crate::workspace::Workspace;
+use params::{ListParams, Mode, SPAN_FILTERS, TRACE_FILTERS, ValidationError};
+use sql_text::{conditions, in_list, lit, time_conditions, where_clause};
+
+/// What the API handlers share.
+#[derive(Clone)]
+pub struct ApiState {
+    /// Runs queries.
+    pub engine: Arc<QueryEngine>,
+}
+
+/// The query routes.
+pub fn router(state: ApiState) -> Router {
+    let base = "/apis/intake/v2/workspaces/{workspace}";
+    Router::new()
+        .route(&format!("{base}/traces"), get(list_traces))
+        .route(&format!("{base}/traces/{{trace_id}}"), get(get_trace))
+        .route(&format!("{base}/spans"), get(list_spans))
+        .route(&format!("{base}/sql"), post(sql))
+        .with_state(state)
+}
+
+/// The characters of `input`/`output` kept in preview mode.
+const PREVIEW_CHARS: usize = 300;
+
+fn workspace(name: &str) -> Result<Workspace, ApiError> {
+    Workspace::new(name).map_err(|e| {
+        ApiError::Validation(vec![ValidationError::new(
+            &["path", "workspace"],
+            e.to_string(),
+            "string_pattern_mismatch",
+            Some(json!(name)),
+        )])
+    })
+}
+
+fn page_json(params: &ListParams, data: Vec<Value>, total: usize) -> Value {
+    json!({
+        "data": data,
+        "pagination": {
+            "page": params.page,
+            "page_size": params.page_size,
+            "current_page_size": data.len(),
+            "total_pages": total.div_ceil(params.page_size),
+            "total_results": total,
+        },
+        "sort": params.sort,
+        "filter": params.filter.echo,
+    })
+}
+
+fn first_count(batches: &[RecordBatch]) -> usize {
+    json::rows(batches)
+        .first()
+        .and_then(|r| r.values().next().and_then(Value::as_u64))
+        .unwrap_or(0) as usize
+}
+
+/// The columns of a root span that a trace takes.
+const ROOT_COLUMNS: &str = "trace_id, span_id, name, session_id, start_time, end_time, status, \
+    experiment_id, test_case_id, input, output";
+
+/// Root spans: the earliest parentless span of each trace, or the earliest span of a
+/// trace without one. `time` restricts which spans are considered (partition pruning).
+fn roots_cte(time: &[String]) -> String {
+    let and_time = |prefix: &str| {
+        if time.is_empty() {
+            String::new()
+        } else {
+            format!("{prefix} {}", time.join(" AND "))
+        }
+    };
+    format!(
+        "WITH parentless AS (
+           SELECT {ROOT_COLUMNS}, ROW_NUMBER() OVER (PARTITION BY trace_id ORDER BY start_time, span_id) AS rn
+           FROM spans WHERE parent_span_id IS NULL {t1}),
+         orphans AS (
+           SELECT {ROOT_COLUMNS}, ROW_NUMBER() OVER (PARTITION BY trace_id ORDER BY start_time, span_id) AS rn
+           FROM spans WHERE trace_id NOT IN (SELECT trace_id FROM spans WHERE parent_span_id IS NULL {t1}) {t1}),
+         roots AS (SELECT * FROM parentless WHERE rn = 1 UNION ALL SELECT * FROM orphans WHERE rn = 1)",
+        t1 = and_time("AND"),
+    )
+}
+
+fn trace_column(field: &str) -> &str {
+    match field {
+        "id" => "trace_id",
+        other => other,
+    }
+}
+
+/// Rollups of the given traces, by trace id.
+async fn rollups(
+    engine: &QueryEngine,
+    ctx: datafusion::prelude::SessionContext,
+    ids: &[String],
+) -> Result<Map<String, Value>, ApiError> {
+    if ids.is_empty() {
+        return Ok(Map::new());
+    }
+    let sql = format!(
+        "SELECT {ROLLUP_COLUMNS} FROM spans WHERE {} GROUP BY trace_id",
+        in_list("trace_id", ids)
+    );
+    let result = engine.run(ctx, sql).await?;
+    Ok(json::rows(&result.batches)
+        .into_iter()
+        .filter_map(|mut r| {
+            let id = r.remove("trace_id")?.as_str()?.to_string();
+            Some((id, Value::Object(r)))
+        })
+        .collect())
+}
+
+fn duration_ms(start: &Value, end: &Value) -> Value {
+    let parse = |v: &Value| v.as_str().and_then(params::parse_datetime);
+    match (parse(start), parse(end)) {
+        (Some(s), Some(e)) => json!((e - s) as f64 / 1e6),
+        _ => Value::Null,
+    }
+}
+
+fn cut(v: &Value) -> Value {
+    match v.as_str() {
+        Some(s) if s.chars().count() > PREVIEW_CHARS => {
+            json!(s.chars().take(PREVIEW_CHARS).collect::<String>())
+        }
+        _ => v.clone(),
+    }
+}
+
+/// A NeMo `Trace` from its root span row and (unless summary mode) its rollups.
+fn trace_json(
+    ws: &Workspace,
+    root: &Map<String, Value>,
+    rollup: Option<&Value>,
+    mode: Mode,
+) -> Value {
+    let field = |k: &str| root.get(k).cloned().unwrap_or(Value::Null);
+    let mut t = Map::new();
+    t.insert("id".into(), field("trace_id"));
+    t.insert("root_span_id".into(), field("span_id"));
+    t.insert("session_id".into(), field("session_id"));
+    t.insert("workspace".into(), json!(ws.as_str()));
+    t.insert("name".into(), field("name"));
+    if let Some(exp) = root.get("experiment_id").filter(|v| !v.is_null()) {
+        let mut ctx = Map::new();
+        ctx.insert("experiment_id".into(), exp.clone());
+        if let Some(tc) = root.get("test_case_id").filter(|v| !v.is_null()) {
+            ctx.insert("test_case_id".into(), tc.clone());
+        }
+        t.insert("experiment_context".into(), Value::Object(ctx));
+    }
+    t.insert("started_at".into(), field("start_time"));
+    match (mode, rollup.and_then(Value::as_object)) {
+        (Mode::Summary, _) | (_, None) => {
+            t.insert("ended_at".into(), field("end_time"));
+            t.insert(
+                "duration_ms".into(),
+                duration_ms(&field("start_time"), &field("end_time")),
+            );
+            t.insert("status".into(), field("status"));
+        }
+        (_, Some(r)) => {
+            let get = |k: &str| r.get(k).cloned().unwrap_or(Value::Null);
+            t.insert("ended_at".into(), get("ended_at"));
+            t.insert(
+                "duration_ms".into(),
+                duration_ms(&field("start_time"), &get("ended_at")),
+            );
+            t.insert("status".into(), get("status"));
+            for k in [
+                "input_tokens",
+                "output_tokens",
+                "cached_tokens",
+                "total_tokens",
+                "cost_usd",
+                "cost_input_usd",
+                "cost_output_usd",
+                "span_count",
+                "error_count",
+            ] {
+                t.insert(k.into(), get(k));
+            }
+        }
+    }
+    if mode == Mode::Preview {
+        t.insert("input".into(), cut(&field("input")));
+        t.insert("output".into(), cut(&field("output")));
+    }
+    Value::Object(t)
+}
+
+async fn list_traces(
+    State(state): State<ApiState>,
+    Path(ws): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let page = traces_page(&state.engine, &ws, query.as_deref().unwrap_or("")).await?;
+    Ok(axum::Json(page).into_response())
+}
+
+/// The NeMo `TracesPage` for a workspace and a raw query string.
+pub async fn traces_page(engine: &QueryEngine, ws: &str, query: &str) -> Result<Value, ApiError> {
+    let ws = workspace(ws)?;
+    let params = params::parse(query, &TRACE_FILTERS).map_err(ApiError::Validation)?;
+    let ctx = engine.session(&ws).await?;
+    let cte = roots_cte(&time_conditions(&params.filter, "start_time"));
+    let filter = where_clause(&conditions(&params.filter, trace_column));
+    let order = if params.descending() { "DESC" } else { "ASC" };
+    let page_sql = format!(
+        "{cte} SELECT * FROM roots {filter} ORDER BY start_time {order}, trace_id {order} LIMIT {} OFFSET {}",
+        params.page_size,
+        params.offset()
+    );
+    let count_sql = format!("{cte} SELECT COUNT(*) AS n FROM roots {filter}");
+    let roots = json::rows(&engine.run(ctx.clone(), page_sql).await?.batches);
+    let total = first_count(&engine.run(ctx.clone(), count_sql).await?.batches);
+    let rollups = if params.mode == Mode::Summary {
+        Map::new()
+    } else {
+        let ids: Vec<String> = roots
+            .iter()
+            .filter_map(|r| {
+                r.get("trace_id")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            })
+            .collect();
+        rollups(engine, ctx, &ids).await?
+    };
+    let data = roots
+        .iter()
+        .map(|root| {
+            let id = root
+                .get("trace_id")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            trace_json(&ws, root, rollups.get(id), params.mode)
+        })
+        .collect();
+    Ok(page_json(&params, data, total))
+}
+
+async fn get_trace(
+    State(state): State<ApiState>,
+    Path((ws, trace_id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    Ok(axum::Json(trace_with_spans(&state.engine, &ws, &trace_id).await?).into_response())
+}
+
+/// One trace: its summary and all its spans in start order.
+pub async fn trace_with_spans(
+    engine: &QueryEngine,
+    ws: &str,
+    trace_id: &str,
+) -> Result<Value, ApiError> {
+    let ws = workspace(ws)?;
+    let ctx = engine.session(&ws).await?;
+    let sql = format!(
+        "SELECT * FROM spans WHERE trace_id = {} ORDER BY start_time, span_id",
+        lit(&trace_id.to_ascii_lowercase())
+    );
+    let spans = json::rows(&engine.run(ctx.clone(), sql).await?.batches);
+    let root = spans
+        .iter()
+        .find(|s| s.get("parent_span_id").is_some_and(Value::is_null))
+        .or_else(|| spans.first())
+        .ok_or_else(|| {
+            ApiError::NotFound(format!("trace {trace_id} not found in workspace {ws}"))
+        })?;
+    let id = root
+        .get("trace_id")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let rollups = rollups(engine, ctx, std::slice::from_ref(&id)).await?;
+    let mut trace = trace_json(&ws, root, rollups.get(&id), Mode::Detailed);
+    if let Value::Object(t) = &mut trace {
+        t.insert(
+            "spans".into(),
+            Value::Array(spans.into_iter().map(Value::Object).collect()),
+        );
+    }
+    Ok(trace)
+}
+
+async fn list_spans(
+    State(state): State<ApiState>,
+    Path(ws): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let ws = workspace(&ws)?;
+    let params = params::parse(query.as_deref().unwrap_or(""), &SPAN_FILTERS)
+        .map_err(ApiError::Validation)?;
+    let engine = &state.engine;
+    let ctx = engine.session(&ws).await?;
+    let filter = where_clause(&conditions(&params.filter, |f| f));
+    let order = if params.descending() { "DESC" } else { "ASC" };
+    let page_sql = format!(
+        "SELECT * FROM spans {filter} ORDER BY start_time {order}, span_id {order} LIMIT {} OFFSET {}",
+        params.page_size,
+        params.offset()
+    );
+    let count_sql = format!("SELECT COUNT(*) AS n FROM spans {filter}");
+    let spans = json::rows(&engine.run(ctx.clone(), page_sql).await?.batches);
+    let total = first_count(&engine.run(ctx, count_sql).await?.batches);
+    let data = spans.into_iter().map(Value::Object).collect();
+    Ok(axum::Json(page_json(&params, data, total)).into_response())
+}
+
+#[derive(serde::Deserialize)]
+struct SqlRequest {
+    query: String,
+}
+
+/// The media type of Arrow IPC streams.
+pub const ARROW_STREAM: &str = "application/vnd.apache.arrow.stream";
+
+async fn sql(
+    State(state): State<ApiState>,
+    Path(ws): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let ws = workspace(&ws)?;
+    let request: SqlRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::Validation(vec![ValidationError::new(
+            &["body", "query"],
+            format!("the body must be a JSON object {{\"query\": \"…\"}}: {e}"),
+            "json_invalid",
+            None,
+        )])
+    })?;
+    let result = state.engine.sql(&ws, &request.query).await?;
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    render(accept, &result.schema, &result.batches)
+}
+
+/// SQL results as JSON (default), CSV or an Arrow IPC stream, by `Accept`.
+pub fn render(
+    accept: &str,
+    schema: &SchemaRef,
+    batches: &[RecordBatch],
+) -> Result<Response, ApiError> {
+    let wants = |m: &str| {
+        accept.split(',').any(|p| {
+            p.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .eq_ignore_ascii_case(m)
+        })
+    };
+    if wants(ARROW_STREAM) {
+        return Ok((
+            [(header::CONTENT_TYPE, ARROW_STREAM)],
+            to_arrow_ipc(schema, batches)?,
+        )
+            .into_response());
+    }
+    if wants("text/csv") {
+        return Ok(([(header::CONTENT_TYPE, "text/csv")], to_csv(batches)?).into_response());
+    }
+    let columns: Vec<Value> = schema
+        .fields()
+        .iter()
+        .map(|f| json!({"name": f.name(), "type": f.data_type().to_string()}))
+        .collect();
+    Ok(axum::Json(json!({ "columns": columns, "rows": json::rows(batches) })).into_response())
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError::Internal(e.to_string())
+}
+
+/// An Arrow IPC stream of the batches.
+pub fn to_arrow_ipc(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Vec<u8>, ApiError> {
+    let mut out = Vec::new();
+    let mut w = arrow::ipc::writer::StreamWriter::try_new(&mut out, schema).map_err(internal)?;
+    for b in batches {
+        w.write(b).map_err(internal)?;
+    }
+    w.finish().map_err(internal)?;
+    drop(w);
+    Ok(out)
+}
+
+/// CSV with a header; nested values as JSON text.
+pub fn to_csv(batches: &[RecordBatch]) -> Result<Vec<u8>, ApiError> {
+    let mut out = Vec::new();
+    let mut w = arrow::csv::WriterBuilder::new()
+        .with_header(true)
+        .build(&mut out);
+    for b in &csv_ready(batches)? {
+        w.write(b).map_err(internal)?;
+    }
+    drop(w);
+    Ok(out)
+}
+
+/// CSV has no nested values: map, list and struct columns are written as JSON text.
+fn csv_ready(batches: &[RecordBatch]) -> Result<Vec<RecordBatch>, ApiError> {
+    use arrow::array::{ArrayRef, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+    batches
+        .iter()
+        .map(|b| {
+            let schema = b.schema();
+            let mut fields = Vec::new();
+            let mut columns: Vec<ArrayRef> = Vec::new();
+            for (f, c) in schema.fields().iter().zip(b.columns()) {
+                if matches!(
+                    f.data_type(),
+                    DataType::Map(..)
+                        | DataType::List(_)
+                        | DataType::LargeList(_)
+                        | DataType::Struct(_)
+                ) {
+                    let text: StringArray = (0..c.len())
+                        .map(|i| {
+                            (!arrow::array::Array::is_null(c.as_ref(), i))
+                                .then(|| json::value(c, i).to_string())
+                        })
+                        .collect();
+                    fields.push(Field::new(f.name(), DataType::Utf8, true));
+                    columns.push(Arc::new(text));
+                } else {
+                    fields.push(f.as_ref().clone());
+                    columns.push(c.clone());
+                }
+            }
+            RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(internal)
+        })
+        .collect()
+}

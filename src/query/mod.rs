@@ -1,0 +1,242 @@
+//! Query: DataFusion sessions over one workspace's `spans` (Parquet ∪ buffer) and `traces`.
+//!
+//! Input: a workspace and SQL (from the API, the gRPC query service or `spanlake sql`).
+//! Output: Arrow record batches. Invariants: a session sees exactly one workspace — its
+//! `spans` table and the `traces` view, nothing else (no file or URL tables, no DDL, DML,
+//! COPY or SET); the file list and the buffer are snapshotted together under the buffer's
+//! publication lock, so a flush in progress never shows a span twice or not at all; every
+//! query runs on a dedicated runtime, within a shared memory pool and a timeout, so a heavy
+//! query cannot stall ingestion.
+
+mod table;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::error::DataFusionError;
+use datafusion::execution::memory_pool::GreedyMemoryPool;
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::prelude::{SessionConfig, SessionContext};
+
+use crate::buffer::Buffer;
+use crate::workspace::Workspace;
+
+pub use table::{SpansTable, list_files};
+
+/// The per-trace rollups over spans grouped by `trace_id` (NeMo's rules: the trace is
+/// `error` if any span errs, else `cancelled` if any is, else `unknown` if all are, else
+/// `success`). Shared by the `traces` view and the API.
+pub const ROLLUP_COLUMNS: &str = "trace_id,
+    MAX(end_time) AS ended_at,
+    SUM(input_tokens) AS input_tokens, SUM(output_tokens) AS output_tokens,
+    SUM(cached_tokens) AS cached_tokens, SUM(total_tokens) AS total_tokens,
+    SUM(cost_usd) AS cost_usd, SUM(cost_input_usd) AS cost_input_usd,
+    SUM(cost_output_usd) AS cost_output_usd,
+    COUNT(*) AS span_count,
+    SUM(CASE WHEN status = 'error' THEN 1 ELSE 0 END) AS error_count,
+    CASE WHEN SUM(CASE WHEN status = 'error' THEN 1 ELSE 0 END) > 0 THEN 'error'
+         WHEN SUM(CASE WHEN status = 'cancelled' THEN 1 ELSE 0 END) > 0 THEN 'cancelled'
+         WHEN SUM(CASE WHEN status = 'unknown' THEN 1 ELSE 0 END) = COUNT(*) THEN 'unknown'
+         ELSE 'success' END AS status";
+
+/// The `traces` view: one row per trace, the root span's fields and rollups over all spans.
+/// Root = the earliest span without a parent, else the earliest span.
+pub const TRACES_VIEW_TEMPLATE: &str = "CREATE VIEW traces AS
+WITH ranked AS (
+  SELECT *, ROW_NUMBER() OVER (
+    PARTITION BY trace_id
+    ORDER BY CASE WHEN parent_span_id IS NULL THEN 0 ELSE 1 END, start_time, span_id) AS rn
+  FROM spans),
+rollup AS (SELECT ROLLUP_COLUMNS FROM spans GROUP BY trace_id)
+SELECT r.trace_id AS id, r.span_id AS root_span_id, r.name, r.session_id, r.service_name,
+  r.start_time AS started_at, u.ended_at,
+  CAST(u.ended_at - r.start_time AS BIGINT) / 1e6 AS duration_ms,
+  u.status, r.experiment_id, r.test_case_id, r.input, r.output,
+  u.input_tokens, u.output_tokens, u.cached_tokens, u.total_tokens,
+  u.cost_usd, u.cost_input_usd, u.cost_output_usd, u.span_count, u.error_count
+FROM ranked r JOIN rollup u ON r.trace_id = u.trace_id
+WHERE r.rn = 1";
+
+/// Limits applied to every query.
+#[derive(Debug, Clone, Copy)]
+pub struct QueryLimits {
+    /// Bytes of the memory pool shared by all running queries.
+    pub memory_bytes: usize,
+    /// How long one query may run.
+    pub timeout: Duration,
+}
+
+/// Query failures.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    /// The SQL is not a read-only query (DDL, DML, COPY, SET, …).
+    #[error("not allowed: {0}; only read-only queries (SELECT, WITH, EXPLAIN, SHOW, DESCRIBE) are")]
+    NotAllowed(String),
+    /// The SQL does not parse, plan or run.
+    #[error("{0}")]
+    Sql(String),
+    /// The query needed more memory than the pool has.
+    #[error("query exceeded the memory limit of {limit} bytes: {message}")]
+    Memory {
+        /// The pool size.
+        limit: usize,
+        /// DataFusion's message.
+        message: String,
+    },
+    /// The query ran past its timeout.
+    #[error("query timed out after {0:?}")]
+    Timeout(Duration),
+    /// Something failed that is not the query's fault.
+    #[error("query failed: {0}")]
+    Internal(String),
+}
+
+/// Builds sessions and runs queries.
+pub struct QueryEngine {
+    data_dir: PathBuf,
+    buffer: Option<Arc<Buffer>>,
+    limits: QueryLimits,
+    runtime_env: Arc<RuntimeEnv>,
+    /// `Some` until dropped.
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+/// The result of a query.
+pub struct QueryResult {
+    /// The result's schema.
+    pub schema: SchemaRef,
+    /// Its rows.
+    pub batches: Vec<RecordBatch>,
+}
+
+impl QueryEngine {
+    /// An engine over the Parquet tree in `data_dir` and, when serving, the live buffer.
+    pub fn new(
+        data_dir: PathBuf,
+        buffer: Option<Arc<Buffer>>,
+        limits: QueryLimits,
+    ) -> Result<Self, QueryError> {
+        let runtime_env = RuntimeEnvBuilder::new()
+            .with_memory_pool(Arc::new(GreedyMemoryPool::new(limits.memory_bytes)))
+            .build_arc()
+            .map_err(|e| QueryError::Internal(e.to_string()))?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("query")
+            .enable_all()
+            .build()
+            .map_err(|e| QueryError::Internal(e.to_string()))?;
+        Ok(Self {
+            data_dir,
+            buffer,
+            limits,
+            runtime_env,
+            runtime: Some(runtime),
+        })
+    }
+
+    /// A session holding only `workspace`'s `spans` table and `traces` view.
+    pub async fn session(&self, workspace: &Workspace) -> Result<SessionContext, QueryError> {
+        let config = SessionConfig::new()
+            .with_information_schema(true)
+            .with_target_partitions(2)
+            .with_default_catalog_and_schema("spanlake", workspace.as_str());
+        let ctx = SessionContext::new_with_config_rt(config, self.runtime_env.clone());
+        let table = SpansTable::snapshot(&self.data_dir, workspace, self.buffer.as_deref())
+            .map_err(|e| QueryError::Internal(e.to_string()))?;
+        ctx.register_table("spans", Arc::new(table))
+            .map_err(|e| QueryError::Internal(e.to_string()))?;
+        ctx.sql(&TRACES_VIEW_TEMPLATE.replace("ROLLUP_COLUMNS", ROLLUP_COLUMNS))
+            .await
+            .map_err(|e| QueryError::Internal(format!("creating the traces view: {e}")))?;
+        Ok(ctx)
+    }
+
+    /// Runs read-only `sql` over `workspace`.
+    pub async fn sql(&self, workspace: &Workspace, sql: &str) -> Result<QueryResult, QueryError> {
+        let ctx = self.session(workspace).await?;
+        self.run(ctx, sql.to_string()).await
+    }
+
+    /// Runs read-only `sql` in an existing session (for several queries over one snapshot).
+    pub async fn run(&self, ctx: SessionContext, sql: String) -> Result<QueryResult, QueryError> {
+        let limits = self.limits;
+        let work = async move {
+            let plan = ctx
+                .state()
+                .create_logical_plan(&sql)
+                .await
+                .map_err(|e| classify(e, limits))?;
+            refuse_writes(&plan)?;
+            let df = ctx
+                .execute_logical_plan(plan)
+                .await
+                .map_err(|e| classify(e, limits))?;
+            let schema = Arc::new(df.schema().as_arrow().clone());
+            let batches = df.collect().await.map_err(|e| classify(e, limits))?;
+            Ok(QueryResult { schema, batches })
+        };
+        let runtime = self
+            .runtime
+            .as_ref()
+            .ok_or_else(|| QueryError::Internal("the query runtime is shut down".into()))?;
+        let handle = runtime.spawn(tokio::time::timeout(limits.timeout, work));
+        match handle.await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(QueryError::Timeout(limits.timeout)),
+            Err(e) => Err(QueryError::Internal(e.to_string())),
+        }
+    }
+}
+
+impl Drop for QueryEngine {
+    fn drop(&mut self) {
+        // Dropping a runtime inside another runtime's context panics; shut it down in
+        // the background instead.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+fn classify(e: DataFusionError, limits: QueryLimits) -> QueryError {
+    let root = e.find_root();
+    match root {
+        DataFusionError::ResourcesExhausted(message) => QueryError::Memory {
+            limit: limits.memory_bytes,
+            message: message.clone(),
+        },
+        DataFusionError::External(_)
+        | DataFusionError::IoError(_)
+        | DataFusionError::ObjectStore(_) => QueryError::Internal(root.to_string()),
+        _ => QueryError::Sql(root.to_string()),
+    }
+}
+
+/// Refuses every plan that would change something or reach outside the session.
+fn refuse_writes(plan: &LogicalPlan) -> Result<(), QueryError> {
+    let mut refused = None;
+    let _ = plan.apply(|node| {
+        refused = match node {
+            LogicalPlan::Ddl(ddl) => Some(format!("DDL ({})", ddl.name())),
+            LogicalPlan::Dml(dml) => Some(format!("DML ({})", dml.op)),
+            LogicalPlan::Copy(_) => Some("COPY".to_string()),
+            LogicalPlan::Statement(stmt) => Some(format!("the statement {}", stmt.name())),
+            _ => None,
+        };
+        Ok(if refused.is_some() {
+            TreeNodeRecursion::Stop
+        } else {
+            TreeNodeRecursion::Continue
+        })
+    });
+    match refused {
+        Some(what) => Err(QueryError::NotAllowed(what)),
+        None => Ok(()),
+    }
+}

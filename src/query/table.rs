@@ -1,0 +1,194 @@
+//! The `spans` table of one workspace: its Parquet files (pruned by hour from the filters
+//! on `start_time`) ∪ the not-yet-flushed buffer.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use async_trait::async_trait;
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::ScalarValue;
+use datafusion::datasource::MemTable;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
+use datafusion::error::Result;
+use datafusion::logical_expr::utils::split_conjunction;
+use datafusion::logical_expr::{
+    BinaryExpr, Expr, Operator, TableProviderFilterPushDown, TableType,
+};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::union::UnionExec;
+
+use crate::buffer::Buffer;
+use crate::schema::{col, path, spans_schema};
+use crate::time::{NANOS_PER_HOUR, hour_of_partition};
+use crate::workspace::Workspace;
+
+/// A consistent snapshot of one workspace's spans.
+#[derive(Debug)]
+pub struct SpansTable {
+    files: Vec<(i64, PathBuf)>,
+    batches: Vec<RecordBatch>,
+}
+
+impl SpansTable {
+    /// Lists the workspace's files and copies its buffered batches (Arc clones), both under
+    /// the buffer's publication lock.
+    pub fn snapshot(
+        data_dir: &Path,
+        workspace: &Workspace,
+        buffer: Option<&Buffer>,
+    ) -> io::Result<Self> {
+        match buffer {
+            Some(buffer) => buffer.read_published(|| {
+                Ok(Self {
+                    files: list_files(data_dir, workspace)?,
+                    batches: buffer.snapshot(workspace),
+                })
+            }),
+            None => Ok(Self {
+                files: list_files(data_dir, workspace)?,
+                batches: Vec::new(),
+            }),
+        }
+    }
+}
+
+/// The Parquet files of a workspace with the hour bucket of their partition.
+pub fn list_files(data_dir: &Path, workspace: &Workspace) -> io::Result<Vec<(i64, PathBuf)>> {
+    let root = data_dir.join(format!("{}{}", path::WORKSPACE_PREFIX, workspace));
+    let mut files = Vec::new();
+    let entries = |dir: &Path| -> io::Result<Vec<(String, PathBuf)>> {
+        match std::fs::read_dir(dir) {
+            Ok(rd) => rd
+                .map(|e| e.map(|e| (e.file_name().to_string_lossy().into_owned(), e.path())))
+                .collect(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
+    };
+    for (date_name, date_dir) in entries(&root)? {
+        let Some(date) = date_name.strip_prefix(path::DATE_PREFIX) else {
+            continue;
+        };
+        for (hour_name, hour_dir) in entries(&date_dir)? {
+            let Some(hour) = hour_name
+                .strip_prefix(path::HOUR_PREFIX)
+                .and_then(|h| hour_of_partition(date, h))
+            else {
+                continue;
+            };
+            for (name, file) in entries(&hour_dir)? {
+                if !name.starts_with('.') && name.ends_with(&format!(".{}", path::PARQUET_EXT)) {
+                    files.push((hour, file));
+                }
+            }
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// The `[lower, upper]` bounds on `start_time` (ns) that `filters` imply.
+fn time_bounds(filters: &[Expr]) -> (Option<i64>, Option<i64>) {
+    let (mut lo, mut hi): (Option<i64>, Option<i64>) = (None, None);
+    for conj in filters.iter().flat_map(split_conjunction) {
+        let Expr::BinaryExpr(BinaryExpr { left, op, right }) = conj else {
+            continue;
+        };
+        let (op, value) = match (
+            is_start_time(left),
+            timestamp_ns(right),
+            is_start_time(right),
+            timestamp_ns(left),
+        ) {
+            (true, Some(v), _, _) => (*op, v),
+            (_, _, true, Some(v)) => match op.swap() {
+                Some(op) => (op, v),
+                None => continue,
+            },
+            _ => continue,
+        };
+        match op {
+            Operator::Gt | Operator::GtEq => lo = Some(lo.map_or(value, |l| l.max(value))),
+            Operator::Lt | Operator::LtEq => hi = Some(hi.map_or(value, |h| h.min(value))),
+            Operator::Eq => {
+                lo = Some(lo.map_or(value, |l| l.max(value)));
+                hi = Some(hi.map_or(value, |h| h.min(value)));
+            }
+            _ => {}
+        }
+    }
+    (lo, hi)
+}
+
+fn is_start_time(e: &Expr) -> bool {
+    matches!(e, Expr::Column(c) if c.name == col::START_TIME)
+}
+
+fn timestamp_ns(e: &Expr) -> Option<i64> {
+    let Expr::Literal(value, _) = e else {
+        return None;
+    };
+    match value {
+        ScalarValue::TimestampNanosecond(Some(v), _) => Some(*v),
+        ScalarValue::TimestampMicrosecond(Some(v), _) => v.checked_mul(1_000),
+        ScalarValue::TimestampMillisecond(Some(v), _) => v.checked_mul(1_000_000),
+        ScalarValue::TimestampSecond(Some(v), _) => v.checked_mul(1_000_000_000),
+        _ => None,
+    }
+}
+
+#[async_trait]
+impl TableProvider for SpansTable {
+    fn schema(&self) -> SchemaRef {
+        spans_schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> Result<Vec<TableProviderFilterPushDown>> {
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let (lo, hi) = time_bounds(filters);
+        let urls = self
+            .files
+            .iter()
+            .filter(|(hour, _)| {
+                lo.is_none_or(|l| (hour + 1).saturating_mul(NANOS_PER_HOUR) > l)
+                    && hi.is_none_or(|h| hour.saturating_mul(NANOS_PER_HOUR) <= h)
+            })
+            .map(|(_, p)| ListingTableUrl::parse(p.to_string_lossy()))
+            .collect::<Result<Vec<_>>>()?;
+        let mut plans = Vec::with_capacity(2);
+        if !urls.is_empty() {
+            let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
+                .with_file_extension(format!(".{}", path::PARQUET_EXT));
+            let config = ListingTableConfig::new_with_multi_paths(urls)
+                .with_listing_options(options)
+                .with_schema(spans_schema());
+            let table = ListingTable::try_new(config)?;
+            plans.push(table.scan(state, projection, filters, limit).await?);
+        }
+        let memory = MemTable::try_new(spans_schema(), vec![self.batches.clone()])?;
+        plans.push(memory.scan(state, projection, filters, limit).await?);
+        UnionExec::try_new(plans)
+    }
+}
