@@ -30,7 +30,9 @@ fn generate(dir: &std::path::Path, spans: usize) -> String {
         let bytes = spanlake::fake::request(per_request, k as u64, start).encode_to_vec();
         let batch = normalize(&decode_protobuf(&bytes).unwrap()).unwrap().batch;
         if k == requests / 2 {
-            some_trace = arrow::array::AsArray::as_string::<i32>(batch.column(0)).value(0).to_string();
+            some_trace = arrow::array::AsArray::as_string::<i32>(batch.column(0))
+                .value(0)
+                .to_string();
         }
         batches.push(batch);
         if batches.len() == per_file || k + 1 == requests {
@@ -59,30 +61,55 @@ async fn time(client: &reqwest::Client, url: &str) -> (Duration, serde_json::Val
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
-    let spans: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(10_000_000);
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let spans: usize = args
+        .first()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(10_000_000);
     let tmp = tempfile::tempdir().unwrap();
-    let dir = args.get(1).map(std::path::PathBuf::from).unwrap_or_else(|| tmp.path().to_path_buf());
+    let dir = args
+        .get(1)
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| tmp.path().to_path_buf());
     let trace = generate(&dir, spans);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let server = Server::start(ServeConfig::with_data_dir(&dir), grpc, http).await.unwrap();
+        let server = Server::start(ServeConfig::with_data_dir(&dir), grpc, http)
+            .await
+            .unwrap();
         while !server.is_ready() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let base = format!("http://{}/apis/intake/v2/workspaces/bench", server.http_addr());
+        let base = format!(
+            "http://{}/apis/intake/v2/workspaces/bench",
+            server.http_addr()
+        );
         let client = reqwest::Client::new();
         for (what, url) in [
             ("first list page (detailed)", format!("{base}/traces")),
-            ("first list page (summary)", format!("{base}/traces?mode=summary")),
-            ("list page, last hour", format!("{base}/traces?filter[started_at][$gte]=2025-11-15T01:13:20Z")),
+            (
+                "first list page (summary)",
+                format!("{base}/traces?mode=summary"),
+            ),
+            (
+                "list page, last hour",
+                format!("{base}/traces?filter[started_at][$gte]=2025-11-15T01:13:20Z"),
+            ),
             ("trace lookup", format!("{base}/traces/{trace}")),
         ] {
             let (median, body) = time(&client, &url).await;
-            let n = body["data"].as_array().map_or_else(|| body["spans"].as_array().map_or(0, Vec::len), Vec::len);
-            println!("{what:32} {:>10.1} ms  ({n} items)", median.as_secs_f64() * 1e3);
+            let n = body["data"]
+                .as_array()
+                .map_or_else(|| body["spans"].as_array().map_or(0, Vec::len), Vec::len);
+            println!(
+                "{what:32} {:>10.1} ms  ({n} items)",
+                median.as_secs_f64() * 1e3
+            );
         }
         server.shutdown().await.unwrap();
     });

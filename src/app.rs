@@ -19,6 +19,7 @@ use tracing::info;
 
 use crate::api::ApiState;
 use crate::api::grpc::QueryGrpc;
+use crate::auth::Auth;
 use crate::buffer::{Buffer, FlushThresholds};
 use crate::config::ServeConfig;
 use crate::flush::{ParquetFlusher, flush_replayed, remove_leftovers};
@@ -50,6 +51,20 @@ impl Server {
     ) -> anyhow::Result<Self> {
         let grpc_addr = grpc.local_addr()?;
         let http_addr = http.local_addr()?;
+        let auth = Arc::new(match &config.api_keys {
+            Some(path) => Auth::load(path)?,
+            None => Auth::open(),
+        });
+        if auth.is_open() && !config.allow_unauthenticated {
+            for addr in [grpc_addr, http_addr] {
+                anyhow::ensure!(
+                    addr.ip().is_loopback(),
+                    "refusing to listen on {addr} without API keys: anyone who can reach it could \
+                     read and write every workspace. Pass --api-keys FILE, or \
+                     --allow-unauthenticated to accept that."
+                );
+            }
+        }
         let wal_dir = config.data_dir.join(path::WAL_DIR);
         std::fs::create_dir_all(&wal_dir)
             .with_context(|| format!("creating {}", wal_dir.display()))?;
@@ -73,21 +88,29 @@ impl Server {
             )
             .context("starting the query engine")?,
         );
-        let query_service = QueryServiceServer::new(QueryGrpc::new(engine.clone()));
+        let query_service = QueryServiceServer::new(QueryGrpc::new(engine.clone(), auth.clone()));
         let http_app = router(HttpState {
             ingester: ingester.clone(),
             metrics: metrics.clone(),
             max_body_bytes: config.max_message_bytes,
+            auth: auth.clone(),
         })
-        .merge(crate::api::router(ApiState { engine }));
+        .merge(crate::api::router(ApiState {
+            engine,
+            auth: auth.clone(),
+        }));
         let http_stop = stop_accepting.clone();
         let http_task = tokio::spawn(async move {
             axum::serve(http, http_app)
                 .with_graceful_shutdown(http_stop.cancelled_owned())
                 .await
         });
-        let receiver =
-            OtlpGrpcReceiver::new(ingester.clone(), metrics.clone(), config.max_message_bytes);
+        let receiver = OtlpGrpcReceiver::new(
+            ingester.clone(),
+            auth,
+            metrics.clone(),
+            config.max_message_bytes,
+        );
         let grpc_stop = stop_accepting.clone();
         let grpc_task = tokio::spawn(async move {
             tonic::transport::Server::builder()

@@ -68,6 +68,14 @@ pub struct ServeConfig {
     /// Query limits.
     #[command(flatten)]
     pub query: QueryArgs,
+    /// API keys (TOML: `[[keys]]` with `key`, `workspaces`, `scopes` = ingest/read).
+    /// Without it every request is allowed and only loopback addresses may be bound.
+    #[arg(long, env = "SPANLAKE_API_KEYS")]
+    pub api_keys: Option<PathBuf>,
+    /// Allow binding a non-loopback address without `--api-keys` (anyone who can reach
+    /// the port can write and read every workspace).
+    #[arg(long, env = "SPANLAKE_ALLOW_UNAUTHENTICATED")]
+    pub allow_unauthenticated: bool,
 }
 
 /// Limits of SQL and API queries.

@@ -7,6 +7,7 @@ use http::{HeaderValue, StatusCode, header};
 use prost::Message;
 use tracing::{debug, error, warn};
 
+use crate::auth::AuthError;
 use crate::decode::{DecodeError, Encoding};
 use crate::normalize::NormalizeError;
 use crate::proto::google_rpc;
@@ -25,6 +26,9 @@ pub enum Error {
     /// The workspace name is invalid.
     #[error(transparent)]
     Workspace(#[from] InvalidWorkspace),
+    /// No or an unknown API key, or one not allowed here.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
     /// The body (after decompression) is over the cap.
     #[error("request body exceeds the limit of {limit} bytes (checked after decompression)")]
     TooLarge {
@@ -89,6 +93,8 @@ impl Error {
             | Error::UnsupportedEncoding(_)
             | Error::Decompress { .. } => tonic::Code::InvalidArgument,
             Error::TooLarge { .. } => tonic::Code::ResourceExhausted,
+            Error::Auth(e) if e.is_unauthenticated() => tonic::Code::Unauthenticated,
+            Error::Auth(_) => tonic::Code::PermissionDenied,
             Error::MethodNotAllowed => tonic::Code::Unimplemented,
             Error::Body(_) => tonic::Code::Cancelled,
             Error::NotReady | Error::BufferFull { .. } | Error::Wal(_) | Error::Normalize(_) => {
@@ -107,6 +113,8 @@ impl Error {
             | Error::Decompress { .. }
             | Error::Body(_) => StatusCode::BAD_REQUEST,
             Error::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::Auth(e) if e.is_unauthenticated() => StatusCode::UNAUTHORIZED,
+            Error::Auth(_) => StatusCode::FORBIDDEN,
             Error::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Error::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Error::NotReady | Error::BufferFull { .. } | Error::Wal(_) | Error::Normalize(_) => {
@@ -177,6 +185,36 @@ impl Error {
     }
 }
 
+impl Error {
+    /// The answer on the NeMo and span-log routes (FastAPI shapes): a body that cannot be
+    /// parsed is a 422 with `{"detail": [{"loc", "msg", "type"}]}`, anything else
+    /// `{"detail": "…"}` with the status of [`Error::http_status`].
+    pub fn to_fastapi_response(&self) -> Response {
+        self.log();
+        let (status, body) = match self {
+            Error::Decode(e) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                serde_json::json!({"detail": [{"loc": ["body"], "msg": e.to_string(), "type": "json_invalid"}]}),
+            ),
+            Error::Workspace(e) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                serde_json::json!({"detail": [{"loc": ["path", "workspace"], "msg": e.to_string(), "type": "string_pattern_mismatch"}]}),
+            ),
+            other => (
+                other.http_status(),
+                serde_json::json!({"detail": other.to_string()}),
+            ),
+        };
+        let mut response = (status, axum::Json(body)).into_response();
+        if self.is_overload() {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+        }
+        response
+    }
+}
+
 /// Failures of the query routes (NeMo-style bodies: `{"detail": …}`).
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -186,6 +224,9 @@ pub enum ApiError {
     /// Nothing there: 404.
     #[error("{0}")]
     NotFound(String),
+    /// No or an unknown API key (401), or one not allowed here (403).
+    #[error(transparent)]
+    Auth(#[from] AuthError),
     /// The query failed.
     #[error(transparent)]
     Query(#[from] crate::query::QueryError),
@@ -201,6 +242,8 @@ impl ApiError {
         match self {
             ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Auth(e) if e.is_unauthenticated() => StatusCode::UNAUTHORIZED,
+            ApiError::Auth(_) => StatusCode::FORBIDDEN,
             ApiError::Query(
                 QueryError::NotAllowed(_) | QueryError::Sql(_) | QueryError::Memory { .. },
             ) => StatusCode::BAD_REQUEST,
@@ -219,6 +262,8 @@ impl ApiError {
         let code = match self {
             ApiError::Validation(_) => tonic::Code::InvalidArgument,
             ApiError::NotFound(_) => tonic::Code::NotFound,
+            ApiError::Auth(e) if e.is_unauthenticated() => tonic::Code::Unauthenticated,
+            ApiError::Auth(_) => tonic::Code::PermissionDenied,
             ApiError::Query(QueryError::NotAllowed(_) | QueryError::Sql(_)) => {
                 tonic::Code::InvalidArgument
             }

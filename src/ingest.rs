@@ -8,6 +8,8 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
+use arrow::array::RecordBatch;
+
 use crate::buffer::Buffer;
 use crate::decode::{DecodedRequest, SpanRejection};
 use crate::error::Error;
@@ -101,16 +103,27 @@ impl Ingester {
         workspace: &Workspace,
         decoded: DecodedRequest,
     ) -> Result<IngestOutcome, Error> {
-        let wal = self.admit()?;
+        self.admit()?;
         let normalized = normalize(&decoded)?;
         drop(decoded);
         let accepted = normalized.batch.num_rows();
-        if accepted > 0 {
-            wal.append(workspace.clone(), normalized.batch).await?;
-        }
+        self.ingest_batch(workspace, normalized.batch).await?;
         Ok(IngestOutcome {
             accepted,
             rejected: normalized.rejected,
         })
+    }
+
+    /// Stores an already normalized batch durably; returns once it is acknowledged.
+    pub async fn ingest_batch(
+        &self,
+        workspace: &Workspace,
+        batch: RecordBatch,
+    ) -> Result<(), Error> {
+        let wal = self.admit()?;
+        if batch.num_rows() > 0 {
+            wal.append(workspace.clone(), batch).await?;
+        }
+        Ok(())
     }
 }

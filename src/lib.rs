@@ -16,6 +16,7 @@
 
 pub mod api;
 pub mod app;
+pub mod auth;
 pub mod buffer;
 pub mod config;
 pub mod decode;

@@ -22,6 +22,12 @@ pub enum Protocol {
     HttpProtobuf,
     /// OTLP/HTTP with JSON bodies.
     HttpJson,
+    /// NeMo intake ingest.
+    Nemo,
+    /// Avido OTLP JSON ingest.
+    Avido,
+    /// Respan / Keywords AI span logs.
+    SpanLogs,
 }
 
 impl Protocol {
@@ -31,11 +37,21 @@ impl Protocol {
             Protocol::Grpc => "grpc",
             Protocol::HttpProtobuf => "http_protobuf",
             Protocol::HttpJson => "http_json",
+            Protocol::Nemo => "nemo",
+            Protocol::Avido => "avido",
+            Protocol::SpanLogs => "span_logs",
         }
     }
 }
 
-const PROTOCOLS: [Protocol; 3] = [Protocol::Grpc, Protocol::HttpProtobuf, Protocol::HttpJson];
+const PROTOCOLS: [Protocol; 6] = [
+    Protocol::Grpc,
+    Protocol::HttpProtobuf,
+    Protocol::HttpJson,
+    Protocol::Nemo,
+    Protocol::Avido,
+    Protocol::SpanLogs,
+];
 const BUCKETS: [f64; 13] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
@@ -66,7 +82,7 @@ impl Histogram {
 pub struct Metrics {
     spans: Mutex<BTreeMap<(Workspace, Protocol), [u64; 2]>>,
     requests: Mutex<BTreeMap<(Protocol, &'static str), u64>>,
-    latency: [Histogram; 3],
+    latency: [Histogram; PROTOCOLS.len()],
     flushes: AtomicU64,
     flush_errors: AtomicU64,
     flushed_rows: AtomicU64,

@@ -6,21 +6,36 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::{to_arrow_ipc, trace_with_spans, traces_page};
+use super::{authorize_read, to_arrow_ipc, trace_with_spans, traces_page};
+use crate::auth::Auth;
 use crate::error::ApiError;
 use crate::proto::query::query_service_server::QueryService;
 use crate::proto::query::{ArrowIpc, GetTraceRequest, JsonDocument, ListTracesRequest, SqlRequest};
 use crate::query::QueryEngine;
+use crate::receive::{API_KEY_HEADER, AUTHORIZATION_HEADER};
+use crate::workspace::Workspace;
 
 /// The query service.
 pub struct QueryGrpc {
     engine: Arc<QueryEngine>,
+    auth: Arc<Auth>,
 }
 
 impl QueryGrpc {
     /// A service answering from `engine`.
-    pub fn new(engine: Arc<QueryEngine>) -> Self {
-        Self { engine }
+    pub fn new(engine: Arc<QueryEngine>, auth: Arc<Auth>) -> Self {
+        Self { engine, auth }
+    }
+
+    fn access<T>(&self, request: &Request<T>, workspace: &str) -> Result<Workspace, Status> {
+        let meta = |name: &str| request.metadata().get(name).map(|v| v.as_bytes());
+        authorize_read(
+            &self.auth,
+            meta(AUTHORIZATION_HEADER),
+            meta(API_KEY_HEADER),
+            workspace,
+        )
+        .map_err(|e| e.to_grpc_status())
     }
 }
 
@@ -32,6 +47,7 @@ impl QueryService for QueryGrpc {
         &self,
         request: Request<ListTracesRequest>,
     ) -> Result<Response<JsonDocument>, Status> {
+        let ws = self.access(&request, &request.get_ref().workspace)?;
         let r = request.into_inner();
         let query = {
             let mut query = form_urlencoded::Serializer::new(String::new());
@@ -50,7 +66,7 @@ impl QueryService for QueryGrpc {
             }
             query.finish()
         };
-        let page = traces_page(&self.engine, &r.workspace, &query)
+        let page = traces_page(&self.engine, &ws, &query)
             .await
             .map_err(|e| e.to_grpc_status())?;
         Ok(Response::new(JsonDocument {
@@ -62,8 +78,9 @@ impl QueryService for QueryGrpc {
         &self,
         request: Request<GetTraceRequest>,
     ) -> Result<Response<JsonDocument>, Status> {
+        let ws = self.access(&request, &request.get_ref().workspace)?;
         let r = request.into_inner();
-        let trace = trace_with_spans(&self.engine, &r.workspace, &r.trace_id)
+        let trace = trace_with_spans(&self.engine, &ws, &r.trace_id)
             .await
             .map_err(|e| e.to_grpc_status())?;
         Ok(Response::new(JsonDocument {
@@ -74,9 +91,9 @@ impl QueryService for QueryGrpc {
     type SqlStream = SqlStream;
 
     async fn sql(&self, request: Request<SqlRequest>) -> Result<Response<SqlStream>, Status> {
+        let ws = self.access(&request, &request.get_ref().workspace)?;
         let r = request.into_inner();
         let run = async {
-            let ws = super::workspace(&r.workspace)?;
             let result = self.engine.sql(&ws, &r.query).await?;
             let messages = if result.batches.is_empty() {
                 vec![to_arrow_ipc(&result.schema, &[])?]

@@ -24,8 +24,10 @@ use axum::routing::{get, post};
 use http::{HeaderMap, header};
 use serde_json::{Map, Value, json};
 
+use crate::auth::{Auth, Scope, credential};
 use crate::error::ApiError;
 use crate::query::{QueryEngine, ROLLUP_COLUMNS};
+use crate::receive::{API_KEY_HEADER, AUTHORIZATION_HEADER};
 use crate::workspace::Workspace;
 use params::{ListParams, Mode, SPAN_FILTERS, TRACE_FILTERS, ValidationError};
 use sql_text::{conditions, in_list, lit, time_conditions, where_clause};
@@ -35,6 +37,8 @@ use sql_text::{conditions, in_list, lit, time_conditions, where_clause};
 pub struct ApiState {
     /// Runs queries.
     pub engine: Arc<QueryEngine>,
+    /// API keys.
+    pub auth: Arc<Auth>,
 }
 
 /// The query routes.
@@ -50,6 +54,30 @@ pub fn router(state: ApiState) -> Router {
 
 /// The characters of `input`/`output` kept in preview mode.
 const PREVIEW_CHARS: usize = 300;
+
+/// The workspace `name` if the request's key may read it: 401 before anything else for
+/// a missing or unknown key, then 422 for an invalid name, then 403.
+pub fn authorize_read(
+    auth: &Auth,
+    authorization: Option<&[u8]>,
+    api_key: Option<&[u8]>,
+    name: &str,
+) -> Result<Workspace, ApiError> {
+    let credential = credential(authorization, api_key);
+    auth.authenticate(credential)?;
+    let ws = workspace(name)?;
+    Ok(auth.authorize(credential, Some(ws), Scope::Read)?)
+}
+
+fn read_access(state: &ApiState, headers: &HeaderMap, name: &str) -> Result<Workspace, ApiError> {
+    let header = |n: &str| headers.get(n).map(|v| v.as_bytes());
+    authorize_read(
+        &state.auth,
+        header(AUTHORIZATION_HEADER),
+        header(API_KEY_HEADER),
+        name,
+    )
+}
 
 fn workspace(name: &str) -> Result<Workspace, ApiError> {
     Workspace::new(name).map_err(|e| {
@@ -222,17 +250,22 @@ fn trace_json(
 async fn list_traces(
     State(state): State<ApiState>,
     Path(ws): Path<String>,
+    headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
+    let ws = read_access(&state, &headers, &ws)?;
     let page = traces_page(&state.engine, &ws, query.as_deref().unwrap_or("")).await?;
     Ok(axum::Json(page).into_response())
 }
 
 /// The NeMo `TracesPage` for a workspace and a raw query string.
-pub async fn traces_page(engine: &QueryEngine, ws: &str, query: &str) -> Result<Value, ApiError> {
-    let ws = workspace(ws)?;
+pub async fn traces_page(
+    engine: &QueryEngine,
+    ws: &Workspace,
+    query: &str,
+) -> Result<Value, ApiError> {
     let params = params::parse(query, &TRACE_FILTERS).map_err(ApiError::Validation)?;
-    let ctx = engine.session(&ws).await?;
+    let ctx = engine.session(ws).await?;
     let cte = roots_cte(&time_conditions(&params.filter, "start_time"));
     let filter = where_clause(&conditions(&params.filter, trace_column));
     let order = if params.descending() { "DESC" } else { "ASC" };
@@ -264,7 +297,7 @@ pub async fn traces_page(engine: &QueryEngine, ws: &str, query: &str) -> Result<
                 .get("trace_id")
                 .and_then(Value::as_str)
                 .unwrap_or_default();
-            trace_json(&ws, root, rollups.get(id), params.mode)
+            trace_json(ws, root, rollups.get(id), params.mode)
         })
         .collect();
     Ok(page_json(&params, data, total))
@@ -273,18 +306,19 @@ pub async fn traces_page(engine: &QueryEngine, ws: &str, query: &str) -> Result<
 async fn get_trace(
     State(state): State<ApiState>,
     Path((ws, trace_id)): Path<(String, String)>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    let ws = read_access(&state, &headers, &ws)?;
     Ok(axum::Json(trace_with_spans(&state.engine, &ws, &trace_id).await?).into_response())
 }
 
 /// One trace: its summary and all its spans in start order.
 pub async fn trace_with_spans(
     engine: &QueryEngine,
-    ws: &str,
+    ws: &Workspace,
     trace_id: &str,
 ) -> Result<Value, ApiError> {
-    let ws = workspace(ws)?;
-    let ctx = engine.session(&ws).await?;
+    let ctx = engine.session(ws).await?;
     let sql = format!(
         "SELECT * FROM spans WHERE trace_id = {} ORDER BY start_time, span_id",
         lit(&trace_id.to_ascii_lowercase())
@@ -303,7 +337,7 @@ pub async fn trace_with_spans(
         .unwrap_or_default()
         .to_string();
     let rollups = rollups(engine, ctx, std::slice::from_ref(&id)).await?;
-    let mut trace = trace_json(&ws, root, rollups.get(&id), Mode::Detailed);
+    let mut trace = trace_json(ws, root, rollups.get(&id), Mode::Detailed);
     if let Value::Object(t) = &mut trace {
         t.insert(
             "spans".into(),
@@ -316,9 +350,10 @@ pub async fn trace_with_spans(
 async fn list_spans(
     State(state): State<ApiState>,
     Path(ws): Path<String>,
+    headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    let ws = workspace(&ws)?;
+    let ws = read_access(&state, &headers, &ws)?;
     let params = params::parse(query.as_deref().unwrap_or(""), &SPAN_FILTERS)
         .map_err(ApiError::Validation)?;
     let engine = &state.engine;
@@ -351,7 +386,7 @@ async fn sql(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    let ws = workspace(&ws)?;
+    let ws = read_access(&state, &headers, &ws)?;
     let request: SqlRequest = serde_json::from_slice(&body).map_err(|e| {
         ApiError::Validation(vec![ValidationError::new(
             &["body", "query"],

@@ -9,7 +9,7 @@ use base64::Engine as _;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 
-use super::{DecodeError, DecodedRequest, SpanRejection};
+use super::{DecodeError, DecodedRequest, RejectedField, SpanRejection};
 use crate::proto::{
     AnyValue, ArrayValue, ExportTraceServiceRequest, InstrumentationScope, KeyValue, KeyValueList,
     Resource, ResourceSpans, ScopeSpans, Span, Status, any_value, span,
@@ -18,6 +18,12 @@ use crate::proto::{
 /// Decodes an OTLP JSON `ExportTraceServiceRequest`.
 pub fn decode_json(bytes: &[u8]) -> Result<DecodedRequest, DecodeError> {
     let request: JRequest = serde_json::from_slice(bytes).map_err(DecodeError::Json)?;
+    Ok(request.into_decoded())
+}
+
+/// Decodes an OTLP JSON `ExportTraceServiceRequest` already parsed into a value.
+pub fn decode_json_value(value: serde_json::Value) -> Result<DecodedRequest, DecodeError> {
+    let request: JRequest = serde_json::from_value(value).map_err(DecodeError::Json)?;
     Ok(request.into_decoded())
 }
 
@@ -569,17 +575,23 @@ impl JRequest {
 impl JSpan {
     fn into_span(self, index: usize, rejected: &mut Vec<SpanRejection>) -> Span {
         let mut problems = Vec::new();
-        let mut id = |field: &str, id: JId| match id {
+        let mut first = None;
+        let mut id = |field: &str, kind: RejectedField, id: JId| match id {
             JId::Empty => Vec::new(),
             JId::Valid(bytes) => bytes,
             JId::Invalid(why) => {
+                first.get_or_insert(kind);
                 problems.push(format!("{field} {why}"));
                 Vec::new()
             }
         };
-        let trace_id = id("traceId", self.trace_id);
-        let span_id = id("spanId", self.span_id);
-        let parent_span_id = id("parentSpanId", self.parent_span_id);
+        let trace_id = id("traceId", RejectedField::TraceId, self.trace_id);
+        let span_id = id("spanId", RejectedField::SpanId, self.span_id);
+        let parent_span_id = id(
+            "parentSpanId",
+            RejectedField::ParentSpanId,
+            self.parent_span_id,
+        );
         let mut link_problem = None;
         let links = self
             .links
@@ -608,6 +620,7 @@ impl JSpan {
         if !problems.is_empty() {
             rejected.push(SpanRejection {
                 index,
+                field: first.unwrap_or(RejectedField::Other),
                 reason: format!("span {index} ({:?}): {}", self.name, problems.join(", ")),
             });
         }

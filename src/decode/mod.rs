@@ -8,12 +8,13 @@
 //! the request (counting spans across resource and scope groups, from 0).
 
 mod json;
+pub mod vendor;
 
 use prost::Message;
 
 use crate::proto::ExportTraceServiceRequest;
 
-pub use json::decode_json;
+pub use json::{decode_json, decode_json_value};
 
 /// The wire encoding of an OTLP request or response body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,11 +47,26 @@ impl Encoding {
     }
 }
 
-/// A span refused by the decoder, by its position in the request.
+/// Which part of a span made it invalid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectedField {
+    /// The trace id (not hex, not 16 bytes, all zero).
+    TraceId,
+    /// The span id (not hex, not 8 bytes, all zero).
+    SpanId,
+    /// The parent span id (not hex, not 8 bytes).
+    ParentSpanId,
+    /// Anything else (a link id, a time out of range).
+    Other,
+}
+
+/// A refused span, by its position in the request.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SpanRejection {
     /// Position of the span in the request, counting from 0 across all groups.
     pub index: usize,
+    /// What was wrong.
+    pub field: RejectedField,
     /// Why, in words a user can act on.
     pub reason: String,
 }
@@ -73,6 +89,9 @@ pub enum DecodeError {
     /// Not a valid OTLP JSON `ExportTraceServiceRequest`.
     #[error("invalid OTLP JSON: {0}")]
     Json(#[source] serde_json::Error),
+    /// Not valid JSON, or not the shape a vendor route takes.
+    #[error("invalid request body: {0}")]
+    Body(String),
 }
 
 /// Decodes a protobuf `ExportTraceServiceRequest`.

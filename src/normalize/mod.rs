@@ -19,7 +19,8 @@ use arrow::array::{
 use arrow::buffer::OffsetBuffer;
 use arrow::error::ArrowError;
 
-use crate::decode::{DecodedRequest, SpanRejection};
+use crate::decode::vendor::LogSpan;
+use crate::decode::{DecodedRequest, RejectedField, SpanRejection};
 use crate::proto::{AnyValue, InstrumentationScope, KeyValue, Resource, Span};
 use crate::schema::{self, spans_schema};
 
@@ -58,10 +59,12 @@ pub fn normalize(decoded: &DecodedRequest) -> Result<Normalized, NormalizeError>
             for span in &ss.spans {
                 if let Some(r) = pre_rejected.next_if(|r| r.index == index) {
                     rejected.push(r.clone());
-                } else if let Err(reason) = builder.append_otlp(&resource, ss.scope.as_ref(), span)
+                } else if let Err((field, reason)) =
+                    builder.append_otlp(&resource, ss.scope.as_ref(), span)
                 {
                     rejected.push(SpanRejection {
                         index,
+                        field,
                         reason: format!("span {index} ({:?}): {reason}", span.name),
                     });
                 }
@@ -331,32 +334,36 @@ pub fn nemo_status(
     }
 }
 
-fn validate(span: &Span) -> Result<(), String> {
+fn validate(span: &Span) -> Result<(), (RejectedField, String)> {
+    use RejectedField::*;
     fn all_zero(b: &[u8]) -> bool {
         b.iter().all(|&x| x == 0)
     }
     if span.trace_id.len() != 16 {
-        return Err(format!(
-            "trace_id must be 16 bytes, got {}",
-            span.trace_id.len()
+        return Err((
+            TraceId,
+            format!("trace_id must be 16 bytes, got {}", span.trace_id.len()),
         ));
     }
     if all_zero(&span.trace_id) {
-        return Err("trace_id is all zeros".into());
+        return Err((TraceId, "trace_id is all zeros".into()));
     }
     if span.span_id.len() != 8 {
-        return Err(format!(
-            "span_id must be 8 bytes, got {}",
-            span.span_id.len()
+        return Err((
+            SpanId,
+            format!("span_id must be 8 bytes, got {}", span.span_id.len()),
         ));
     }
     if all_zero(&span.span_id) {
-        return Err("span_id is all zeros".into());
+        return Err((SpanId, "span_id is all zeros".into()));
     }
     if !span.parent_span_id.is_empty() && span.parent_span_id.len() != 8 {
-        return Err(format!(
-            "parent_span_id must be 8 bytes or empty, got {}",
-            span.parent_span_id.len()
+        return Err((
+            ParentSpanId,
+            format!(
+                "parent_span_id must be 8 bytes or empty, got {}",
+                span.parent_span_id.len()
+            ),
         ));
     }
     for (what, t) in [
@@ -364,7 +371,7 @@ fn validate(span: &Span) -> Result<(), String> {
         ("end_time_unix_nano", span.end_time_unix_nano),
     ] {
         if t > i64::MAX as u64 {
-            return Err(format!("{what} {t} is beyond the year 2262"));
+            return Err((Other, format!("{what} {t} is beyond the year 2262")));
         }
     }
     Ok(())
@@ -483,7 +490,7 @@ impl SpanBatchBuilder {
         resource: &ResourceContext<'_>,
         scope: Option<&InstrumentationScope>,
         span: &Span,
-    ) -> Result<(), String> {
+    ) -> Result<(), (RejectedField, String)> {
         validate(span)?;
         let mut buf = [0u8; 64];
         self.trace_id.append_value(hex(&span.trace_id, &mut buf));
@@ -595,6 +602,57 @@ impl SpanBatchBuilder {
         }
         push_offset(&mut links.offsets, span.links.len());
         Ok(())
+    }
+
+    /// Appends one vendor span log (ids kept as given, no OTLP resource or scope).
+    pub fn append_log(&mut self, log: &LogSpan) {
+        self.trace_id.append_value(&log.trace_id);
+        self.span_id.append_value(&log.span_id);
+        self.parent_span_id
+            .append_option(log.parent_span_id.as_deref());
+        self.name.append_value(&log.name);
+        self.kind.append_value(kind_name(1));
+        self.start_time.append_value(log.start_ns);
+        self.end_time.append_value(log.end_ns);
+        self.duration_ns
+            .append_option((log.end_ns >= log.start_ns).then(|| log.end_ns - log.start_ns));
+        let code = if log.error.is_some() { 2 } else { 0 };
+        let message = log.error.as_deref().unwrap_or("");
+        self.status_code.append_value(status_code_name(code));
+        opt_str(&mut self.status_message, message);
+        self.status
+            .append_value(nemo_status(code, message, None, true));
+        for b in [
+            &mut self.service_name,
+            &mut self.scope_name,
+            &mut self.scope_version,
+            &mut self.span_kind_llm,
+            &mut self.session_id,
+            &mut self.user_id,
+            &mut self.experiment_id,
+            &mut self.test_case_id,
+        ] {
+            b.append_null();
+        }
+        self.model.append_option(log.model.as_deref());
+        self.provider.append_option(log.provider.as_deref());
+        self.input_tokens.append_option(log.input_tokens);
+        self.output_tokens.append_option(log.output_tokens);
+        self.cached_tokens.append_null();
+        self.total_tokens.append_option(log.total_tokens);
+        self.cost_usd.append_option(log.cost);
+        self.cost_input_usd.append_null();
+        self.cost_output_usd.append_null();
+        self.input.append_option(log.input.as_deref());
+        self.output.append_option(log.output.as_deref());
+        for (k, v) in &log.attributes {
+            self.attributes.keys().append_value(k);
+            self.attributes.values().append_value(v);
+        }
+        close_map_row(&mut self.attributes);
+        close_map_row(&mut self.resource_attributes);
+        push_offset(&mut self.events.offsets, 0);
+        push_offset(&mut self.links.offsets, 0);
     }
 
     /// Finishes the rows appended so far into a batch and resets the builders.

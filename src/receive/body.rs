@@ -17,6 +17,20 @@ pub async fn read_limited(body: axum::body::Body, limit: usize) -> Result<Bytes,
     }
 }
 
+/// Reads a body under the cap and decompresses it per its `Content-Encoding`, under the
+/// same cap.
+pub async fn read_body(
+    headers: &http::HeaderMap,
+    body: axum::body::Body,
+    limit: usize,
+) -> Result<Bytes, Error> {
+    let raw = read_limited(body, limit).await?;
+    let encoding = headers
+        .get(http::header::CONTENT_ENCODING)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    decompress(encoding.as_deref(), raw, limit)
+}
+
 /// Decompresses `body` per its `Content-Encoding`, refusing a result over `limit` bytes.
 pub fn decompress(
     content_encoding: Option<&str>,

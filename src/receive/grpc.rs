@@ -18,7 +18,8 @@ use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, En
 use tonic::server::{NamedService, UnaryService};
 use tonic::{Code, Status};
 
-use super::{WORKSPACE_HEADER, workspace_from};
+use super::{API_KEY_HEADER, AUTHORIZATION_HEADER, WORKSPACE_HEADER, ingest_workspace};
+use crate::auth::Auth;
 use crate::decode::decode_protobuf;
 use crate::error::Error;
 use crate::ingest::{IngestOutcome, Ingester};
@@ -35,6 +36,7 @@ pub const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceServ
 #[derive(Clone)]
 pub struct OtlpGrpcReceiver {
     ingester: Arc<Ingester>,
+    auth: Arc<Auth>,
     metrics: Arc<Metrics>,
     max_message_bytes: usize,
 }
@@ -42,9 +44,15 @@ pub struct OtlpGrpcReceiver {
 impl OtlpGrpcReceiver {
     /// A receiver feeding `ingester`, refusing messages over `max_message_bytes`
     /// (after decompression).
-    pub fn new(ingester: Arc<Ingester>, metrics: Arc<Metrics>, max_message_bytes: usize) -> Self {
+    pub fn new(
+        ingester: Arc<Ingester>,
+        auth: Arc<Auth>,
+        metrics: Arc<Metrics>,
+        max_message_bytes: usize,
+    ) -> Self {
         Self {
             ingester,
+            auth,
             metrics,
             max_message_bytes,
         }
@@ -57,11 +65,12 @@ impl OtlpGrpcReceiver {
         let started = Instant::now();
         let mut workspace: Option<Workspace> = None;
         let result: Result<IngestOutcome, Error> = async {
-            let ws = workspace_from(
-                request
-                    .metadata()
-                    .get(WORKSPACE_HEADER)
-                    .map(|v| v.as_bytes()),
+            let meta = |name: &str| request.metadata().get(name).map(|v| v.as_bytes());
+            let ws = ingest_workspace(
+                &self.auth,
+                meta(WORKSPACE_HEADER),
+                meta(AUTHORIZATION_HEADER),
+                meta(API_KEY_HEADER),
             )?;
             workspace = Some(ws.clone());
             let decoded = decode_protobuf(request.get_ref())?;

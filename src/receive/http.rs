@@ -15,8 +15,9 @@ use axum::routing::{get, post};
 use http::{HeaderMap, StatusCode, header};
 use prost::Message;
 
-use super::body::{decompress, read_limited};
-use super::{WORKSPACE_HEADER, workspace_from};
+use super::body::read_body;
+use super::{API_KEY_HEADER, AUTHORIZATION_HEADER, WORKSPACE_HEADER, ingest_workspace};
+use crate::auth::{Auth, credential};
 use crate::decode::{Encoding, decode};
 use crate::error::Error;
 use crate::ingest::{IngestOutcome, Ingester};
@@ -33,12 +34,20 @@ pub struct HttpState {
     pub metrics: Arc<Metrics>,
     /// The body cap, after decompression.
     pub max_body_bytes: usize,
+    /// API keys.
+    pub auth: Arc<Auth>,
 }
 
 /// The router serving every HTTP route.
 pub fn router(state: HttpState) -> Router {
     Router::new()
         .route("/v1/traces", post(otlp_traces).fallback(method_not_allowed))
+        .route(
+            "/apis/intake/v2/workspaces/{workspace}/ingest/otlp/v1/traces",
+            post(super::vendor::nemo_ingest),
+        )
+        .route("/v0/otel/traces", post(super::vendor::avido_ingest))
+        .route("/v1/traces/ingest", post(super::vendor::span_logs_ingest))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -47,7 +56,7 @@ pub fn router(state: HttpState) -> Router {
         .with_state(state)
 }
 
-fn request_encoding(headers: &HeaderMap) -> Option<Encoding> {
+pub(super) fn request_encoding(headers: &HeaderMap) -> Option<Encoding> {
     headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -77,13 +86,15 @@ async fn otlp_traces(State(state): State<HttpState>, headers: HeaderMap, body: B
     };
     let mut workspace: Option<Workspace> = None;
     let result: Result<IngestOutcome, Error> = async {
-        let ws = workspace_from(headers.get(WORKSPACE_HEADER).map(|v| v.as_bytes()))?;
+        let header = |name: &str| headers.get(name).map(|v| v.as_bytes());
+        let ws = ingest_workspace(
+            &state.auth,
+            header(WORKSPACE_HEADER),
+            header(AUTHORIZATION_HEADER),
+            header(API_KEY_HEADER),
+        )?;
         workspace = Some(ws.clone());
-        let raw = read_limited(body, state.max_body_bytes).await?;
-        let content_encoding = headers
-            .get(header::CONTENT_ENCODING)
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-        let bytes = decompress(content_encoding.as_deref(), raw, state.max_body_bytes)?;
+        let bytes = read_body(&headers, body, state.max_body_bytes).await?;
         let decoded = decode(encoding, &bytes)?;
         drop(bytes);
         state.ingester.ingest(&ws, decoded).await
@@ -163,7 +174,14 @@ async fn readyz(State(state): State<HttpState>) -> Response {
     }
 }
 
-async fn metrics(State(state): State<HttpState>) -> Response {
+async fn metrics(State(state): State<HttpState>, headers: HeaderMap) -> Response {
+    let header = |name: &str| headers.get(name).map(|v| v.as_bytes());
+    if let Err(e) = state.auth.authenticate(credential(
+        header(AUTHORIZATION_HEADER),
+        header(API_KEY_HEADER),
+    )) {
+        return Error::Auth(e).to_http_response(None);
+    }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),

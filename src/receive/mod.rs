@@ -10,20 +10,34 @@
 pub mod body;
 pub mod grpc;
 pub mod http;
+pub mod vendor;
 
+use crate::auth::{Auth, Scope, credential};
 use crate::error::Error;
 use crate::workspace::Workspace;
 
 /// The header (HTTP) and metadata key (gRPC) naming the workspace.
 pub const WORKSPACE_HEADER: &str = "x-workspace";
+/// The header (HTTP) and metadata key (gRPC) carrying a bearer API key.
+pub const AUTHORIZATION_HEADER: &str = "authorization";
+/// The header (HTTP) and metadata key (gRPC) carrying an API key.
+pub const API_KEY_HEADER: &str = "x-api-key";
 
-/// The workspace named by an `x-workspace` value, else `default`.
-pub fn workspace_from(value: Option<&[u8]>) -> Result<Workspace, Error> {
-    match value {
-        None => Ok(Workspace::default_workspace()),
-        Some(v) => {
-            let name = String::from_utf8_lossy(v);
-            Ok(Workspace::new(name.trim())?)
-        }
-    }
+/// The workspace named by a header value, validated.
+pub fn requested_workspace(value: Option<&[u8]>) -> Result<Option<Workspace>, Error> {
+    value
+        .map(|v| Ok(Workspace::new(String::from_utf8_lossy(v).trim())?))
+        .transpose()
+}
+
+/// The workspace an ingest request acts on: the one it names (validated), checked against
+/// its API key; without a name, the key's only workspace, else `default`.
+pub fn ingest_workspace(
+    auth: &Auth,
+    named: Option<&[u8]>,
+    authorization: Option<&[u8]>,
+    api_key: Option<&[u8]>,
+) -> Result<Workspace, Error> {
+    let requested = requested_workspace(named)?;
+    Ok(auth.authorize(credential(authorization, api_key), requested, Scope::Ingest)?)
 }

@@ -1,5 +1,6 @@
 //! Integration tests: the real server on loopback listeners, real clients.
 
+mod auth;
 mod common;
 mod crash;
 mod exporters;
@@ -7,3 +8,4 @@ mod grpc;
 mod http;
 mod json_equivalence;
 mod query;
+mod vendor;
