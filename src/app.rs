@@ -22,7 +22,7 @@ use crate::api::grpc::QueryGrpc;
 use crate::auth::Auth;
 use crate::buffer::{Buffer, FlushThresholds};
 use crate::config::ServeConfig;
-use crate::flush::{ParquetFlusher, flush_replayed, remove_leftovers};
+use crate::flush::{ParquetFlusher, flush_replayed, recover_pending_flush, remove_leftovers};
 use crate::ingest::Ingester;
 use crate::metrics::Metrics;
 use crate::proto::query::query_service_server::QueryServiceServer;
@@ -68,6 +68,12 @@ impl Server {
         let wal_dir = config.data_dir.join(path::WAL_DIR);
         std::fs::create_dir_all(&wal_dir)
             .with_context(|| format!("creating {}", wal_dir.display()))?;
+        recover_pending_flush(&config.data_dir).with_context(|| {
+            format!(
+                "completing an interrupted flush in {}",
+                config.data_dir.display()
+            )
+        })?;
         remove_leftovers(&config.data_dir)
             .with_context(|| format!("cleaning {}", config.data_dir.display()))?;
 

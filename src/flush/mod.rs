@@ -228,12 +228,20 @@ pub fn stage_taken(data_dir: &Path, taken: &[Taken]) -> Result<(Vec<Staged>, u64
 
 /// Stages the taken batches, then makes the files visible and drops the batches from the
 /// buffer in one step for queries, then makes the files durable.
+///
+/// The flush is one atomic step for recovery: before any rename, a manifest naming the
+/// staged files and the new checkpoint is made durable; after the renames and the new
+/// checkpoint, it is removed. A crash in between is rolled forward on start by
+/// [`recover_pending_flush`], so replay never re-reads records whose files were published.
 pub fn write_taken(
     data_dir: &Path,
     buffer: &Buffer,
     taken: &[Taken],
+    checkpoint: WalPosition,
 ) -> Result<(usize, u64), FlushError> {
     let (staged, rows) = stage_taken(data_dir, taken)?;
+    let wal_dir = data_dir.join(path::WAL_DIR);
+    write_manifest(data_dir, &staged, checkpoint)?;
     buffer.publish(taken, || -> Result<(), FlushError> {
         for s in &staged {
             std::fs::rename(&s.tmp, &s.target).map_err(io_at(&s.target))?;
@@ -241,7 +249,98 @@ pub fn write_taken(
         Ok(())
     })?;
     sync_parents(&staged)?;
+    write_checkpoint(&wal_dir, checkpoint).map_err(io_at(&wal_dir))?;
+    remove_manifest(&wal_dir)?;
     Ok((staged.len(), rows))
+}
+
+/// The manifest of a flush in progress, in the WAL directory.
+const MANIFEST: &str = "flush.pending";
+
+/// Durably records a flush about to publish `staged` and move the checkpoint.
+fn write_manifest(
+    data_dir: &Path,
+    staged: &[Staged],
+    checkpoint: WalPosition,
+) -> Result<(), FlushError> {
+    let wal_dir = data_dir.join(path::WAL_DIR);
+    let relative = |p: &Path| {
+        p.strip_prefix(data_dir)
+            .unwrap_or(p)
+            .to_string_lossy()
+            .into_owned()
+    };
+    let mut text = format!("{} {}\n", checkpoint.segment.0, checkpoint.offset);
+    for s in staged {
+        text.push_str(&format!("{}\t{}\n", relative(&s.tmp), relative(&s.target)));
+    }
+    let tmp = wal_dir.join(format!("{MANIFEST}{}", path::TMP_SUFFIX));
+    std::fs::write(&tmp, text).map_err(io_at(&tmp))?;
+    File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(io_at(&tmp))?;
+    let target = wal_dir.join(MANIFEST);
+    std::fs::rename(&tmp, &target).map_err(io_at(&target))?;
+    sync_dir(&wal_dir).map_err(io_at(&wal_dir))
+}
+
+fn remove_manifest(wal_dir: &Path) -> Result<(), FlushError> {
+    let path = wal_dir.join(MANIFEST);
+    match std::fs::remove_file(&path) {
+        Ok(()) => sync_dir(wal_dir).map_err(io_at(wal_dir)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_at(&path)(e)),
+    }
+}
+
+/// Completes a flush that a crash interrupted between its manifest and its checkpoint:
+/// publishes its staged files (complete and fsynced before the manifest was written) and
+/// moves the checkpoint. Runs on start, before leftovers are removed and the WAL replayed.
+pub fn recover_pending_flush(data_dir: &Path) -> Result<bool, FlushError> {
+    let wal_dir = data_dir.join(path::WAL_DIR);
+    let manifest = wal_dir.join(MANIFEST);
+    let text = match std::fs::read_to_string(&manifest) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(io_at(&manifest)(e)),
+    };
+    let corrupt = || FlushError::Io {
+        path: manifest.clone(),
+        source: io::Error::new(io::ErrorKind::InvalidData, "unreadable flush manifest"),
+    };
+    let mut lines = text.lines();
+    let mut head = lines
+        .next()
+        .ok_or_else(corrupt)?
+        .split(' ')
+        .map(str::parse::<u64>);
+    let (Some(Ok(segment)), Some(Ok(offset))) = (head.next(), head.next()) else {
+        return Err(corrupt());
+    };
+    let mut staged = Vec::new();
+    for line in lines {
+        let (tmp, target) = line.split_once('\t').ok_or_else(corrupt)?;
+        let s = Staged {
+            tmp: data_dir.join(tmp),
+            target: data_dir.join(target),
+        };
+        if s.tmp.exists() {
+            std::fs::rename(&s.tmp, &s.target).map_err(io_at(&s.target))?;
+        }
+        staged.push(s);
+    }
+    sync_parents(&staged)?;
+    let checkpoint = WalPosition {
+        segment: crate::wal::SegmentId(segment),
+        offset,
+    };
+    write_checkpoint(&wal_dir, checkpoint).map_err(io_at(&wal_dir))?;
+    remove_manifest(&wal_dir)?;
+    info!(
+        files = staged.len(),
+        "Completed a flush interrupted by a crash."
+    );
+    Ok(true)
 }
 
 /// Removes temporary files left by a crash in the middle of a flush.
@@ -343,21 +442,18 @@ impl ParquetFlusher {
         let data_dir = self.data_dir.clone();
         let buffer = self.buffer.clone();
         let started = std::time::Instant::now();
-        let (files, rows) =
-            tokio::task::spawn_blocking(move || write_taken(&data_dir, &buffer, &taken))
-                .await
-                .map_err(|e| FlushError::Task(e.to_string()))??;
+        let checkpoint = WalPosition {
+            segment: next,
+            offset: 0,
+        };
+        let (files, rows) = tokio::task::spawn_blocking(move || {
+            write_taken(&data_dir, &buffer, &taken, checkpoint)
+        })
+        .await
+        .map_err(|e| FlushError::Task(e.to_string()))??;
         let wal_dir = self.wal_dir.clone();
         let wal = self.wal.clone();
         tokio::task::spawn_blocking(move || -> Result<(), FlushError> {
-            write_checkpoint(
-                &wal_dir,
-                WalPosition {
-                    segment: next,
-                    offset: 0,
-                },
-            )
-            .map_err(io_at(&wal_dir))?;
             wal.delete_segments_before(next).map_err(io_at(&wal_dir))
         })
         .await
@@ -383,7 +479,43 @@ pub fn flush_replayed(
     position: WalPosition,
 ) -> Result<(), FlushError> {
     let taken = buffer.take(None);
-    write_taken(data_dir, buffer, &taken)?;
-    let wal_dir = data_dir.join(path::WAL_DIR);
-    write_checkpoint(&wal_dir, position).map_err(io_at(&wal_dir))
+    write_taken(data_dir, buffer, &taken, position)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wal::{SegmentId, read_checkpoint};
+
+    #[test]
+    fn an_interrupted_flush_is_rolled_forward_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path();
+        std::fs::create_dir_all(data.join(path::WAL_DIR)).unwrap();
+        let bytes =
+            prost::Message::encode_to_vec(&crate::fake::request(16, 1, 1_763_000_000_000_000_000));
+        let batch = crate::normalize::normalize(&crate::decode::decode_protobuf(&bytes).unwrap())
+            .unwrap()
+            .batch;
+        let ws = Workspace::new("w").unwrap();
+        let staged = stage_workspace(data, &ws, &[batch]).unwrap();
+        let at = WalPosition {
+            segment: SegmentId(7),
+            offset: 0,
+        };
+        write_manifest(data, &staged, at).unwrap();
+        // The crash: nothing renamed, the checkpoint not moved.
+        assert!(!staged[0].target().exists());
+        assert!(recover_pending_flush(data).unwrap());
+        assert!(staged[0].target().exists() && !staged[0].tmp.exists());
+        assert_eq!(
+            read_checkpoint(&data.join(path::WAL_DIR)).unwrap(),
+            Some(at)
+        );
+        assert!(
+            !recover_pending_flush(data).unwrap(),
+            "nothing left to recover"
+        );
+    }
 }
