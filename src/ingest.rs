@@ -31,6 +31,11 @@ pub struct IngestOutcome {
 }
 
 impl IngestOutcome {
+    /// `(accepted, rejected)` span counts.
+    pub fn counts(&self) -> (u64, u64) {
+        (self.accepted as u64, self.rejected.len() as u64)
+    }
+
     /// The OTLP `partial_success`: unset on full success.
     pub fn partial_success(&self) -> Option<ExportTracePartialSuccess> {
         if self.rejected.is_empty() {

@@ -120,6 +120,29 @@ impl Metrics {
         }
     }
 
+    /// Records one ingest request: `Ok((accepted, rejected))` or its error.
+    pub fn record_outcome(
+        &self,
+        protocol: Protocol,
+        workspace: Option<&Workspace>,
+        outcome: Result<(u64, u64), &crate::error::Error>,
+        started: std::time::Instant,
+    ) {
+        let (label, accepted, rejected) = match outcome {
+            Ok((a, r)) => (if r > 0 { "partial" } else { "ok" }, a, r),
+            Err(e) if e.is_overload() => ("overloaded", 0, 0),
+            Err(_) => ("error", 0, 0),
+        };
+        self.request(
+            protocol,
+            workspace,
+            label,
+            accepted,
+            rejected,
+            started.elapsed(),
+        );
+    }
+
     /// Records a successful flush.
     pub fn flushed(&self, files: u64, rows: u64) {
         self.flushes.fetch_add(1, Ordering::Relaxed);

@@ -105,6 +105,28 @@ fn page_json(params: &ListParams, data: Vec<Value>, total: usize) -> Value {
     })
 }
 
+/// One page of `{prefix} SELECT * FROM {from} {filter} ORDER BY {order_by}` and the number
+/// of rows over all pages, from one session (one snapshot).
+async fn page_and_total(
+    engine: &QueryEngine,
+    ctx: &datafusion::prelude::SessionContext,
+    prefix: &str,
+    from: &str,
+    filter: &str,
+    order_by: &str,
+    params: &ListParams,
+) -> Result<(Vec<Map<String, Value>>, usize), ApiError> {
+    let page_sql = format!(
+        "{prefix} SELECT * FROM {from} {filter} ORDER BY {order_by} LIMIT {} OFFSET {}",
+        params.page_size,
+        params.offset()
+    );
+    let count_sql = format!("{prefix} SELECT COUNT(*) AS n FROM {from} {filter}");
+    let rows = json::rows(&engine.run(ctx.clone(), page_sql).await?.batches);
+    let total = first_count(&engine.run(ctx.clone(), count_sql).await?.batches);
+    Ok((rows, total))
+}
+
 fn first_count(batches: &[RecordBatch]) -> usize {
     json::rows(batches)
         .first()
@@ -269,14 +291,16 @@ pub async fn traces_page(
     let cte = roots_cte(&time_conditions(&params.filter, "start_time"));
     let filter = where_clause(&conditions(&params.filter, trace_column));
     let order = if params.descending() { "DESC" } else { "ASC" };
-    let page_sql = format!(
-        "{cte} SELECT * FROM roots {filter} ORDER BY start_time {order}, trace_id {order} LIMIT {} OFFSET {}",
-        params.page_size,
-        params.offset()
-    );
-    let count_sql = format!("{cte} SELECT COUNT(*) AS n FROM roots {filter}");
-    let roots = json::rows(&engine.run(ctx.clone(), page_sql).await?.batches);
-    let total = first_count(&engine.run(ctx.clone(), count_sql).await?.batches);
+    let (roots, total) = page_and_total(
+        engine,
+        &ctx,
+        &cte,
+        "roots",
+        &filter,
+        &format!("start_time {order}, trace_id {order}"),
+        &params,
+    )
+    .await?;
     let rollups = if params.mode == Mode::Summary {
         Map::new()
     } else {
@@ -360,14 +384,16 @@ async fn list_spans(
     let ctx = engine.session(&ws).await?;
     let filter = where_clause(&conditions(&params.filter, |f| f));
     let order = if params.descending() { "DESC" } else { "ASC" };
-    let page_sql = format!(
-        "SELECT * FROM spans {filter} ORDER BY start_time {order}, span_id {order} LIMIT {} OFFSET {}",
-        params.page_size,
-        params.offset()
-    );
-    let count_sql = format!("SELECT COUNT(*) AS n FROM spans {filter}");
-    let spans = json::rows(&engine.run(ctx.clone(), page_sql).await?.batches);
-    let total = first_count(&engine.run(ctx, count_sql).await?.batches);
+    let (spans, total) = page_and_total(
+        engine,
+        &ctx,
+        "",
+        "spans",
+        &filter,
+        &format!("start_time {order}, span_id {order}"),
+        &params,
+    )
+    .await?;
     let data = spans.into_iter().map(Value::Object).collect();
     Ok(axum::Json(page_json(&params, data, total)).into_response())
 }

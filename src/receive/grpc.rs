@@ -77,33 +77,17 @@ impl OtlpGrpcReceiver {
             self.ingester.ingest(&ws, decoded).await
         }
         .await;
-        let elapsed = started.elapsed();
+        self.metrics.record_outcome(
+            Protocol::Grpc,
+            workspace.as_ref(),
+            result.as_ref().map(IngestOutcome::counts),
+            started,
+        );
         match result {
-            Ok(outcome) => {
-                let rejected = outcome.rejected.len() as u64;
-                let label = if rejected > 0 { "partial" } else { "ok" };
-                self.metrics.request(
-                    Protocol::Grpc,
-                    workspace.as_ref(),
-                    label,
-                    outcome.accepted as u64,
-                    rejected,
-                    elapsed,
-                );
-                Ok(ExportTraceServiceResponse {
-                    partial_success: outcome.partial_success(),
-                })
-            }
-            Err(e) => {
-                let label = if e.is_overload() {
-                    "overloaded"
-                } else {
-                    "error"
-                };
-                self.metrics
-                    .request(Protocol::Grpc, workspace.as_ref(), label, 0, 0, elapsed);
-                Err(e.to_grpc_status())
-            }
+            Ok(outcome) => Ok(ExportTraceServiceResponse {
+                partial_success: outcome.partial_success(),
+            }),
+            Err(e) => Err(e.to_grpc_status()),
         }
     }
 }

@@ -100,32 +100,15 @@ async fn otlp_traces(State(state): State<HttpState>, headers: HeaderMap, body: B
         state.ingester.ingest(&ws, decoded).await
     }
     .await;
-    let elapsed = started.elapsed();
+    state.metrics.record_outcome(
+        protocol,
+        workspace.as_ref(),
+        result.as_ref().map(IngestOutcome::counts),
+        started,
+    );
     match result {
-        Ok(outcome) => {
-            let rejected = outcome.rejected.len() as u64;
-            let label = if rejected > 0 { "partial" } else { "ok" };
-            state.metrics.request(
-                protocol,
-                workspace.as_ref(),
-                label,
-                outcome.accepted as u64,
-                rejected,
-                elapsed,
-            );
-            export_response(encoding, outcome)
-        }
-        Err(e) => {
-            let label = if e.is_overload() {
-                "overloaded"
-            } else {
-                "error"
-            };
-            state
-                .metrics
-                .request(protocol, workspace.as_ref(), label, 0, 0, elapsed);
-            e.to_http_response(Some(encoding))
-        }
+        Ok(outcome) => export_response(encoding, outcome),
+        Err(e) => e.to_http_response(Some(encoding)),
     }
 }
 

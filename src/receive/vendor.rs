@@ -32,23 +32,6 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a [u8]> {
     headers.get(name).map(|v| v.as_bytes())
 }
 
-fn record(
-    state: &HttpState,
-    protocol: Protocol,
-    ws: Option<&Workspace>,
-    result: Result<(u64, u64), &Error>,
-    started: Instant,
-) {
-    let (label, accepted, rejected) = match result {
-        Ok((a, r)) => (if r > 0 { "partial" } else { "ok" }, a, r),
-        Err(e) if e.is_overload() => ("overloaded", 0, 0),
-        Err(_) => ("error", 0, 0),
-    };
-    state
-        .metrics
-        .request(protocol, ws, label, accepted, rejected, started.elapsed());
-}
-
 /// NeMo's wording for a refused span.
 fn nemo_message(r: &SpanRejection) -> String {
     let what = match r.field {
@@ -92,18 +75,19 @@ pub async fn nemo_ingest(
     .await;
     match result {
         Ok(outcome) => {
-            record(
-                &state,
+            state.metrics.record_outcome(
                 Protocol::Nemo,
                 ws.as_ref(),
-                Ok((outcome.accepted as u64, outcome.rejected.len() as u64)),
+                Ok(outcome.counts()),
                 started,
             );
             let errors: Vec<String> = outcome.rejected.iter().map(nemo_message).collect();
             (StatusCode::OK, axum::Json(json!({ "errors": errors }))).into_response()
         }
         Err(e) => {
-            record(&state, Protocol::Nemo, ws.as_ref(), Err(&e), started);
+            state
+                .metrics
+                .record_outcome(Protocol::Nemo, ws.as_ref(), Err(&e), started);
             e.to_fastapi_response()
         }
     }
@@ -152,11 +136,10 @@ pub async fn avido_ingest(
     .await;
     match result {
         Ok((ids, outcome)) => {
-            record(
-                &state,
+            state.metrics.record_outcome(
                 Protocol::Avido,
                 ws.as_ref(),
-                Ok((outcome.accepted as u64, outcome.rejected.len() as u64)),
+                Ok(outcome.counts()),
                 started,
             );
             let mut rejected = outcome.rejected.iter().peekable();
@@ -171,7 +154,9 @@ pub async fn avido_ingest(
             (StatusCode::OK, axum::Json(json!({ "data": data }))).into_response()
         }
         Err(e) => {
-            record(&state, Protocol::Avido, ws.as_ref(), Err(&e), started);
+            state
+                .metrics
+                .record_outcome(Protocol::Avido, ws.as_ref(), Err(&e), started);
             e.to_http_response(Some(Encoding::Json))
         }
     }
@@ -219,8 +204,7 @@ pub async fn span_logs_ingest(
     .await;
     match result {
         Ok((ingested, trace_ids, errors)) => {
-            record(
-                &state,
+            state.metrics.record_outcome(
                 Protocol::SpanLogs,
                 ws.as_ref(),
                 Ok((ingested as u64, errors.len() as u64)),
@@ -236,7 +220,9 @@ pub async fn span_logs_ingest(
             (StatusCode::OK, axum::Json(body)).into_response()
         }
         Err(e) => {
-            record(&state, Protocol::SpanLogs, ws.as_ref(), Err(&e), started);
+            state
+                .metrics
+                .record_outcome(Protocol::SpanLogs, ws.as_ref(), Err(&e), started);
             e.to_fastapi_response()
         }
     }
