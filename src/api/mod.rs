@@ -134,9 +134,32 @@ fn first_count(batches: &[RecordBatch]) -> usize {
         .unwrap_or(0) as usize
 }
 
-/// The columns of a root span that a trace takes.
-const ROOT_COLUMNS: &str = "trace_id, span_id, name, session_id, start_time, end_time, status, \
-    experiment_id, test_case_id, input, output";
+/// The small columns of a root span that a trace takes (`input`/`output` are fetched for
+/// the page's roots only).
+const ROOT_COLUMNS: [&str; 7] = [
+    "span_id",
+    "name",
+    "session_id",
+    "end_time",
+    "status",
+    "experiment_id",
+    "test_case_id",
+];
+
+/// Per trace, the columns of its earliest span (by start time, then span id), as a hash
+/// aggregate: memory grows with the number of traces, not spans, and nothing is sorted.
+fn earliest_span_columns() -> String {
+    let mut cols = vec![
+        "trace_id".to_string(),
+        "MIN(start_time) AS start_time".to_string(),
+    ];
+    cols.extend(
+        ROOT_COLUMNS
+            .iter()
+            .map(|c| format!("first_value({c} ORDER BY start_time, span_id) AS {c}")),
+    );
+    cols.join(", ")
+}
 
 /// Root spans: the earliest parentless span of each trace, or the earliest span of a
 /// trace without one. `time` restricts which spans are considered (partition pruning).
@@ -150,14 +173,49 @@ fn roots_cte(time: &[String]) -> String {
     };
     format!(
         "WITH parentless AS (
-           SELECT {ROOT_COLUMNS}, ROW_NUMBER() OVER (PARTITION BY trace_id ORDER BY start_time, span_id) AS rn
-           FROM spans WHERE parent_span_id IS NULL {t1}),
+           SELECT {cols} FROM spans WHERE parent_span_id IS NULL {t1} GROUP BY trace_id),
          orphans AS (
-           SELECT {ROOT_COLUMNS}, ROW_NUMBER() OVER (PARTITION BY trace_id ORDER BY start_time, span_id) AS rn
-           FROM spans WHERE trace_id NOT IN (SELECT trace_id FROM spans WHERE parent_span_id IS NULL {t1}) {t1}),
-         roots AS (SELECT * FROM parentless WHERE rn = 1 UNION ALL SELECT * FROM orphans WHERE rn = 1)",
+           SELECT {cols} FROM spans
+           WHERE trace_id NOT IN (SELECT trace_id FROM spans WHERE parent_span_id IS NULL {t1}) {t1}
+           GROUP BY trace_id),
+         roots AS (SELECT * FROM parentless UNION ALL SELECT * FROM orphans)",
+        cols = earliest_span_columns(),
         t1 = and_time("AND"),
     )
+}
+
+/// Adds `input` and `output` to root rows, fetched for just those spans.
+async fn add_input_output(
+    engine: &QueryEngine,
+    ctx: &datafusion::prelude::SessionContext,
+    roots: &mut [Map<String, Value>],
+) -> Result<(), ApiError> {
+    let ids = |key: &str| -> Vec<String> {
+        roots
+            .iter()
+            .filter_map(|r| r.get(key).and_then(Value::as_str).map(str::to_string))
+            .collect()
+    };
+    let (traces, spans) = (ids("trace_id"), ids("span_id"));
+    if traces.is_empty() {
+        return Ok(());
+    }
+    let sql = format!(
+        "SELECT trace_id, span_id, input, output FROM spans WHERE {} AND {}",
+        in_list("trace_id", &traces),
+        in_list("span_id", &spans)
+    );
+    let found = json::rows(&engine.run(ctx.clone(), sql).await?.batches);
+    for root in roots.iter_mut() {
+        let hit = found.iter().find(|f| {
+            f.get("trace_id") == root.get("trace_id") && f.get("span_id") == root.get("span_id")
+        });
+        for key in ["input", "output"] {
+            let value = hit.and_then(|h| h.get(key)).cloned().unwrap_or(Value::Null);
+            root.insert(key.to_string(), value);
+        }
+    }
+    Ok(())
 }
 
 fn trace_column(field: &str) -> &str {
@@ -301,6 +359,10 @@ pub async fn traces_page(
         &params,
     )
     .await?;
+    let mut roots = roots;
+    if params.mode == Mode::Preview {
+        add_input_output(engine, &ctx, &mut roots).await?;
+    }
     let rollups = if params.mode == Mode::Summary {
         Map::new()
     } else {
