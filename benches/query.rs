@@ -59,8 +59,9 @@ async fn time(client: &reqwest::Client, url: &str) -> (Duration, serde_json::Val
     for i in 0..6 {
         let t = Instant::now();
         let resp = client.get(url).send().await.unwrap();
-        assert!(resp.status().is_success(), "{url}: {}", resp.status());
+        let status = resp.status();
         body = resp.json().await.unwrap();
+        assert!(status.is_success(), "{url}: {status} {body}");
         if i > 0 {
             times.push(t.elapsed());
         }

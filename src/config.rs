@@ -82,7 +82,7 @@ pub struct ServeConfig {
 #[derive(Debug, Clone, Args)]
 pub struct QueryArgs {
     /// Memory all running queries may use together, in bytes; a query needing more fails.
-    #[arg(long, env = "SPANLAKE_QUERY_MEMORY_BYTES", default_value_t = 1024 * MIB)]
+    #[arg(long, env = "SPANLAKE_QUERY_MEMORY_BYTES", default_value_t = 4096 * MIB)]
     pub query_memory_bytes: usize,
     /// How long one query may run (e.g. `30s`).
     #[arg(long, env = "SPANLAKE_QUERY_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
