@@ -56,6 +56,25 @@ pub fn router(state: HttpState) -> Router {
         .with_state(state)
 }
 
+/// The workspace of an ingest request (named by the header `workspace_header`, checked
+/// against its API key) and its body, read under the cap and decompressed.
+pub(super) async fn ingest_request(
+    state: &HttpState,
+    headers: &HeaderMap,
+    workspace_header: &str,
+    body: Body,
+) -> Result<(Workspace, bytes::Bytes), Error> {
+    let header = |name: &str| headers.get(name).map(|v| v.as_bytes());
+    let ws = ingest_workspace(
+        &state.auth,
+        header(workspace_header),
+        header(AUTHORIZATION_HEADER),
+        header(API_KEY_HEADER),
+    )?;
+    let bytes = read_body(headers, body, state.max_body_bytes).await?;
+    Ok((ws, bytes))
+}
+
 pub(super) fn request_encoding(headers: &HeaderMap) -> Option<Encoding> {
     headers
         .get(header::CONTENT_TYPE)
@@ -86,15 +105,8 @@ async fn otlp_traces(State(state): State<HttpState>, headers: HeaderMap, body: B
     };
     let mut workspace: Option<Workspace> = None;
     let result: Result<IngestOutcome, Error> = async {
-        let header = |name: &str| headers.get(name).map(|v| v.as_bytes());
-        let ws = ingest_workspace(
-            &state.auth,
-            header(WORKSPACE_HEADER),
-            header(AUTHORIZATION_HEADER),
-            header(API_KEY_HEADER),
-        )?;
+        let (ws, bytes) = ingest_request(&state, &headers, WORKSPACE_HEADER, body).await?;
         workspace = Some(ws.clone());
-        let bytes = read_body(&headers, body, state.max_body_bytes).await?;
         let decoded = decode(encoding, &bytes)?;
         drop(bytes);
         state.ingester.ingest(&ws, decoded).await

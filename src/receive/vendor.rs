@@ -13,8 +13,8 @@ use http::{HeaderMap, StatusCode};
 use serde_json::json;
 
 use super::body::read_body;
-use super::http::{HttpState, request_encoding};
-use super::{API_KEY_HEADER, AUTHORIZATION_HEADER, WORKSPACE_HEADER, ingest_workspace};
+use super::http::{HttpState, ingest_request, request_encoding};
+use super::{API_KEY_HEADER, AUTHORIZATION_HEADER, WORKSPACE_HEADER};
 use crate::auth::{Scope, credential};
 use crate::decode::vendor::{decode_nemo_json, decode_span_logs};
 use crate::decode::{
@@ -113,14 +113,8 @@ pub async fn avido_ingest(
     let encoding = request_encoding(&headers).unwrap_or(Encoding::Json);
     let mut ws = None;
     let result = async {
-        let w = ingest_workspace(
-            &state.auth,
-            header(&headers, APPLICATION_HEADER),
-            header(&headers, AUTHORIZATION_HEADER),
-            header(&headers, API_KEY_HEADER),
-        )?;
+        let (w, bytes) = ingest_request(&state, &headers, APPLICATION_HEADER, body).await?;
         ws = Some(w.clone());
-        let bytes = read_body(&headers, body, state.max_body_bytes).await?;
         let decoded: DecodedRequest = decode(encoding, &bytes)?;
         let ids: Vec<uuid::Uuid> = decoded
             .request
@@ -171,14 +165,8 @@ pub async fn span_logs_ingest(
     let started = Instant::now();
     let mut ws = None;
     let result = async {
-        let w = ingest_workspace(
-            &state.auth,
-            header(&headers, WORKSPACE_HEADER),
-            header(&headers, AUTHORIZATION_HEADER),
-            header(&headers, API_KEY_HEADER),
-        )?;
+        let (w, bytes) = ingest_request(&state, &headers, WORKSPACE_HEADER, body).await?;
         ws = Some(w.clone());
-        let bytes = read_body(&headers, body, state.max_body_bytes).await?;
         let items = decode_span_logs(&bytes)?;
         let mut builder = SpanBatchBuilder::with_capacity(items.len());
         let mut errors = Vec::new();
