@@ -227,7 +227,7 @@ fn log_span(item: &Value) -> Result<LogSpan, String> {
     let output_tokens = int("completion_tokens");
     let total_tokens = int("total_tokens").or(match (input_tokens, output_tokens) {
         (None, None) => None,
-        (a, b) => Some(a.unwrap_or(0) + b.unwrap_or(0)),
+        (a, b) => Some(a.unwrap_or(0).saturating_add(b.unwrap_or(0))),
     });
     let attributes = item
         .iter()

@@ -567,13 +567,16 @@ impl SpanBatchBuilder {
         self.input_tokens.append_option(input_tokens);
         self.output_tokens.append_option(output_tokens);
         self.cached_tokens.append_option(int(Lift::CachedTokens));
-        self.total_tokens
-            .append_option(int(Lift::TotalTokens).or_else(|| sum(input_tokens, output_tokens)));
+        self.total_tokens.append_option(
+            int(Lift::TotalTokens)
+                .or_else(|| sum(input_tokens, output_tokens, i64::saturating_add)),
+        );
         let float = |slot: Lift| get(slot).and_then(values::as_f64);
         let cost_input = float(Lift::CostInput);
         let cost_output = float(Lift::CostOutput);
-        self.cost_usd
-            .append_option(float(Lift::Cost).or_else(|| sum(cost_input, cost_output)));
+        self.cost_usd.append_option(
+            float(Lift::Cost).or_else(|| sum(cost_input, cost_output, |a, b| a + b)),
+        );
         self.cost_input_usd.append_option(cost_input);
         self.cost_output_usd.append_option(cost_output);
 
@@ -718,9 +721,10 @@ impl SpanBatchBuilder {
     }
 }
 
-fn sum<T: std::ops::Add<Output = T>>(a: Option<T>, b: Option<T>) -> Option<T> {
+/// The sum of whichever of `a` and `b` are present.
+fn sum<T>(a: Option<T>, b: Option<T>, add: impl Fn(T, T) -> T) -> Option<T> {
     match (a, b) {
-        (Some(a), Some(b)) => Some(a + b),
+        (Some(a), Some(b)) => Some(add(a, b)),
         (a, b) => a.or(b),
     }
 }

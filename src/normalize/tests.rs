@@ -188,3 +188,22 @@ fn invalid_ids_and_times_reject_only_their_span() {
         "an all-zero parent means root"
     );
 }
+
+#[test]
+fn token_totals_saturate_instead_of_overflowing() {
+    let n = one(
+        vec![],
+        vec![span(vec![
+            kv("gen_ai.usage.input_tokens", Value::IntValue(i64::MAX)),
+            kv("gen_ai.usage.output_tokens", Value::IntValue(5)),
+        ])],
+    );
+    let total = n
+        .batch
+        .column(column_index("total_tokens"))
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .unwrap()
+        .value(0);
+    assert_eq!(total, i64::MAX);
+}
