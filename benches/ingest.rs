@@ -29,7 +29,7 @@ fn bench(c: &mut Criterion) {
     g.bench_function("decode_normalize", |b| {
         b.iter(|| normalize(&decode_protobuf(&bytes).unwrap()).unwrap())
     });
-    let batch = normalize(&decode_protobuf(&bytes).unwrap()).unwrap().batch;
+    let batch = normalize(&decode_protobuf(&bytes).unwrap()).unwrap().chunk;
     g.bench_function("wal_encode_record", |b| {
         b.iter(|| encode_record(&ws, &batch).unwrap())
     });
@@ -37,7 +37,7 @@ fn bench(c: &mut Criterion) {
     let mut wal = std::fs::File::create(dir.path().join("bench.wal")).unwrap();
     g.bench_function("decode_normalize_wal_append", |b| {
         b.iter(|| {
-            let batch = normalize(&decode_protobuf(&bytes).unwrap()).unwrap().batch;
+            let batch = normalize(&decode_protobuf(&bytes).unwrap()).unwrap().chunk;
             let record = encode_record(&ws, &batch).unwrap();
             wal.write_all(&record).unwrap();
             batch
@@ -49,7 +49,7 @@ fn bench(c: &mut Criterion) {
     let batches: Vec<_> = (0..100)
         .map(|i| {
             let b = spanlake::fake::request(SPANS, i, START).encode_to_vec();
-            normalize(&decode_protobuf(&b).unwrap()).unwrap().batch
+            normalize(&decode_protobuf(&b).unwrap()).unwrap().chunk
         })
         .collect();
     let mut g = c.benchmark_group("flush");

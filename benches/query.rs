@@ -32,11 +32,12 @@ fn generate(dir: &std::path::Path, spans: usize) -> String {
         }
         let start = START + (k as u64) * (SPAN_NS / requests as u64);
         let bytes = spanlake::fake::request(per_request, k as u64, start).encode_to_vec();
-        let batch = normalize(&decode_protobuf(&bytes).unwrap()).unwrap().batch;
+        let batch = normalize(&decode_protobuf(&bytes).unwrap()).unwrap().chunk;
         if k == requests / 2 {
-            some_trace = arrow::array::AsArray::as_string::<i32>(batch.column(0))
-                .value(0)
-                .to_string();
+            some_trace =
+                arrow::array::AsArray::as_string::<i32>(batch.span_column("trace_id").unwrap())
+                    .value(0)
+                    .to_string();
         }
         if existing {
             continue;

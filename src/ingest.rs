@@ -8,9 +8,8 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use arrow::array::RecordBatch;
-
 use crate::buffer::Buffer;
+use crate::chunk::SpanChunk;
 use crate::decode::{DecodedRequest, SpanRejection};
 use crate::error::Error;
 use crate::normalize::normalize;
@@ -111,23 +110,19 @@ impl Ingester {
         self.admit()?;
         let normalized = normalize(&decoded)?;
         drop(decoded);
-        let accepted = normalized.batch.num_rows();
-        self.ingest_batch(workspace, normalized.batch).await?;
+        let accepted = normalized.chunk.num_rows();
+        self.ingest_chunk(workspace, normalized.chunk).await?;
         Ok(IngestOutcome {
             accepted,
             rejected: normalized.rejected,
         })
     }
 
-    /// Stores an already normalized batch durably; returns once it is acknowledged.
-    pub async fn ingest_batch(
-        &self,
-        workspace: &Workspace,
-        batch: RecordBatch,
-    ) -> Result<(), Error> {
+    /// Stores an already normalized chunk durably; returns once it is acknowledged.
+    pub async fn ingest_chunk(&self, workspace: &Workspace, chunk: SpanChunk) -> Result<(), Error> {
         let wal = self.admit()?;
-        if batch.num_rows() > 0 {
-            wal.append(workspace.clone(), batch).await?;
+        if chunk.num_rows() > 0 {
+            wal.append(workspace.clone(), chunk).await?;
         }
         Ok(())
     }

@@ -9,15 +9,17 @@
 //!                                                              flush/  Parquet, tmp + rename
 //! ```
 //!
-//! A request is decoded into OTLP messages, normalized into one Arrow `RecordBatch` in the
-//! `spans` schema ([`schema`]), made durable in the [`wal`] and only then acknowledged; the
-//! WAL writer hands the batch to the [`buffer`], and the [`flush`] stage writes buffered
-//! batches to Hive-partitioned Parquet before the WAL segments they came from are deleted.
+//! A request is decoded into OTLP messages, normalized into one [`chunk::SpanChunk`] (rows of
+//! the `spans` schema, [`schema`], with each resource's and scope's values stored once), made
+//! durable in the [`wal`] and only then acknowledged; the WAL writer hands the chunk to the
+//! [`buffer`], and the [`flush`] stage writes buffered chunks to Hive-partitioned Parquet,
+//! expanding them in bounded slices, before the WAL segments they came from are deleted.
 
 pub mod api;
 pub mod app;
 pub mod auth;
 pub mod buffer;
+pub mod chunk;
 pub mod config;
 pub mod decode;
 pub mod error;

@@ -1,9 +1,9 @@
-//! Buffer: the acknowledged batches not yet in Parquet, per workspace.
+//! Buffer: the acknowledged chunks not yet in Parquet, per workspace.
 //!
-//! Input: batches from the WAL writer, each tagged with the WAL segment that holds it.
-//! Output: snapshots for the flusher (and for queries: a batch is visible from the moment
-//! its request is acknowledged). Invariants: per workspace, batches are kept in WAL order,
-//! so the batches of segments below a given id are always a prefix; the totals of rows
+//! Input: chunks from the WAL writer, each tagged with the WAL segment that holds it.
+//! Output: snapshots for the flusher (and for queries: a chunk is visible from the moment
+//! its request is acknowledged). Invariants: per workspace, chunks are kept in WAL order,
+//! so the chunks of segments below a given id are always a prefix; the totals of rows
 //! and bytes are bounded by the ingest path's overload check, and the flusher is woken
 //! when they pass the flush thresholds.
 
@@ -12,9 +12,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
 use std::time::Instant;
 
-use arrow::array::RecordBatch;
 use tokio::sync::Notify;
 
+use crate::chunk::SpanChunk;
 use crate::wal::SegmentId;
 use crate::workspace::Workspace;
 
@@ -29,7 +29,7 @@ pub struct FlushThresholds {
 
 struct Entry {
     segment: SegmentId,
-    batch: RecordBatch,
+    chunk: SpanChunk,
     bytes: u64,
 }
 
@@ -42,8 +42,8 @@ struct Inner {
 /// The in-memory part of every workspace's `spans`.
 pub struct Buffer {
     inner: Mutex<Inner>,
-    /// Held for writing while a flush makes its files visible and drops their batches;
-    /// for reading while a query lists files and snapshots batches.
+    /// Held for writing while a flush makes its files visible and drops their chunks;
+    /// for reading while a query lists files and snapshots chunks.
     published: RwLock<()>,
     rows: AtomicU64,
     bytes: AtomicU64,
@@ -51,12 +51,12 @@ pub struct Buffer {
     flush_wanted: Notify,
 }
 
-/// The batches of one workspace taken for a flush.
+/// The chunks of one workspace taken for a flush.
 pub struct Taken {
     /// The workspace.
     pub workspace: Workspace,
-    /// Its batches from segments below the flush point, in WAL order.
-    pub batches: Vec<RecordBatch>,
+    /// Its chunks from segments below the flush point, in WAL order.
+    pub chunks: Vec<SpanChunk>,
 }
 
 impl Buffer {
@@ -78,16 +78,16 @@ impl Buffer {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Adds a committed batch.
-    pub fn push(&self, segment: SegmentId, workspace: Workspace, batch: RecordBatch) {
-        let rows = batch.num_rows() as u64;
-        let bytes = batch.get_array_memory_size() as u64;
+    /// Adds a committed chunk.
+    pub fn push(&self, segment: SegmentId, workspace: Workspace, chunk: SpanChunk) {
+        let rows = chunk.num_rows() as u64;
+        let bytes = chunk.memory_size() as u64;
         {
             let mut inner = self.lock();
             inner.oldest.get_or_insert_with(Instant::now);
             inner.workspaces.entry(workspace).or_default().push(Entry {
                 segment,
-                batch,
+                chunk,
                 bytes,
             });
         }
@@ -113,7 +113,7 @@ impl Buffer {
         self.rows() >= self.thresholds.rows || self.bytes() >= self.thresholds.bytes
     }
 
-    /// When the oldest buffered batch arrived.
+    /// When the oldest buffered chunk arrived.
     pub fn oldest(&self) -> Option<Instant> {
         self.lock().oldest
     }
@@ -123,7 +123,7 @@ impl Buffer {
         self.flush_wanted.notified().await
     }
 
-    /// Snapshots every workspace's batches from segments below `below` (all when `None`).
+    /// Snapshots every workspace's chunks from segments below `below` (all when `None`).
     /// They stay buffered (and visible) until [`Buffer::release`].
     pub fn take(&self, below: Option<SegmentId>) -> Vec<Taken> {
         let inner = self.lock();
@@ -132,13 +132,13 @@ impl Buffer {
             .iter()
             .map(|(ws, entries)| Taken {
                 workspace: ws.clone(),
-                batches: entries
+                chunks: entries
                     .iter()
                     .take_while(|e| below.is_none_or(|b| e.segment < b))
-                    .map(|e| e.batch.clone())
+                    .map(|e| e.chunk.clone())
                     .collect(),
             })
-            .filter(|t| !t.batches.is_empty())
+            .filter(|t| !t.chunks.is_empty())
             .collect()
     }
 
@@ -148,8 +148,8 @@ impl Buffer {
         let mut inner = self.lock();
         for t in taken {
             if let Some(entries) = inner.workspaces.get_mut(&t.workspace) {
-                for e in entries.drain(..t.batches.len()) {
-                    rows += e.batch.num_rows() as u64;
+                for e in entries.drain(..t.chunks.len()) {
+                    rows += e.chunk.num_rows() as u64;
                     bytes += e.bytes;
                 }
                 if entries.is_empty() {
@@ -181,18 +181,18 @@ impl Buffer {
         Ok(())
     }
 
-    /// Runs `read` (which lists files and snapshots batches) while no flush publishes.
+    /// Runs `read` (which lists files and snapshots chunks) while no flush publishes.
     pub fn read_published<R>(&self, read: impl FnOnce() -> R) -> R {
         let _guard = self.published.read().unwrap_or_else(|p| p.into_inner());
         read()
     }
 
-    /// The buffered batches of one workspace, for queries.
-    pub fn snapshot(&self, workspace: &Workspace) -> Vec<RecordBatch> {
+    /// The buffered chunks of one workspace, for queries.
+    pub fn snapshot(&self, workspace: &Workspace) -> Vec<SpanChunk> {
         self.lock()
             .workspaces
             .get(workspace)
-            .map(|entries| entries.iter().map(|e| e.batch.clone()).collect())
+            .map(|entries| entries.iter().map(|e| e.chunk.clone()).collect())
             .unwrap_or_default()
     }
 }

@@ -1,12 +1,15 @@
-//! Flush: buffered batches → Hive-partitioned Parquet, then the WAL checkpoint.
+//! Flush: buffered chunks → Hive-partitioned Parquet, then the WAL checkpoint.
 //!
-//! Input: the [`Buffer`]'s batches from WAL segments below a rotation point. Output:
+//! Input: the [`Buffer`]'s chunks from WAL segments below a rotation point. Output:
 //! `<data-dir>/workspace=<ws>/date=YYYY-MM-DD/hour=HH/<ulid>.parquet`, partitioned by span
 //! start time (UTC), rows sorted by (trace_id, start_time), zstd, row groups of 128K rows,
-//! page statistics, a bloom filter on trace_id. Invariants: a file appears under its real
+//! page statistics, a bloom filter on trace_id. Rows are sorted by their keys alone and
+//! written in slices of bounded size ([`crate::chunk::plan_slices`]), with a row group closed
+//! once its encoded bytes pass [`ROW_GROUP_BYTES`], so a flush never holds the buffer
+//! expanded nor concatenated. Invariants: a file appears under its real
 //! name only whole and fsynced (temporary name, fsync, rename, fsync of the directory);
 //! the WAL checkpoint moves, and segments are deleted, only after every file covering them
-//! is durable; batches leave the buffer only then too, so nothing acknowledged is ever
+//! is durable; chunks leave the buffer only then too, so nothing acknowledged is ever
 //! invisible or lost. Old spans are never dropped: a span from 2018 goes to `date=2018-…`.
 
 use std::collections::BTreeMap;
@@ -16,8 +19,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arrow::array::{AsArray, RecordBatch, UInt32Array};
-use arrow::compute::{SortColumn, concat_batches, lexsort_to_indices, take_record_batch};
+use arrow::array::{Array, ArrayRef, AsArray};
+use arrow::compute::{SortColumn, concat, lexsort_to_indices};
 use arrow::datatypes::TimestampNanosecondType;
 use arrow::error::ArrowError;
 use parquet::arrow::ArrowWriter;
@@ -30,16 +33,23 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info};
 
 use crate::buffer::{Buffer, Taken};
+use crate::chunk::{FALLBACK, SpanChunk, gather, plan_slices};
 use crate::metrics::Metrics;
-use crate::schema::{col, column_index, path, spans_schema};
+use crate::schema::{col, column_index, nested, path, spans_schema};
 use crate::time::{civil_hour, hour_bucket};
 use crate::wal::{Wal, WalError, WalPosition, sync_dir, write_checkpoint};
 use crate::workspace::Workspace;
 
 /// Rows per Parquet row group.
 pub const ROW_GROUP_ROWS: usize = 128 * 1024;
+/// A row group is closed early once the writer holds this many encoded bytes.
+pub const ROW_GROUP_BYTES: usize = 128 << 20;
+/// Dictionary pages of the columns whose values repeat per resource or scope may grow to
+/// this size before Parquet falls back to plain encoding, so that a large shared value is
+/// stored once per file rather than once per span.
+const SHARED_DICTIONARY_BYTES: usize = 16 << 20;
 
-/// Flush failures; the batches stay buffered and the WAL keeps them.
+/// Flush failures; the chunks stay buffered and the WAL keeps them.
 #[derive(Debug, thiserror::Error)]
 pub enum FlushError {
     /// Writing a file or the checkpoint failed.
@@ -74,7 +84,30 @@ fn io_at(path: &Path) -> impl FnOnce(io::Error) -> FlushError + '_ {
 
 /// The Parquet writer settings of the storage layout.
 pub fn writer_properties() -> WriterProperties {
-    WriterProperties::builder()
+    let shared = [
+        vec![col::SERVICE_NAME],
+        vec![col::SCOPE_NAME],
+        vec![col::SCOPE_VERSION],
+        vec![
+            col::RESOURCE_ATTRIBUTES,
+            nested::MAP_ENTRIES,
+            nested::MAP_KEYS,
+        ],
+        vec![
+            col::RESOURCE_ATTRIBUTES,
+            nested::MAP_ENTRIES,
+            nested::MAP_VALUES,
+        ],
+    ]
+    .into_iter()
+    .chain(FALLBACK.iter().map(|c| vec![*c]));
+    shared
+        .fold(WriterProperties::builder(), |b, path| {
+            b.set_column_dictionary_page_size_limit(
+                ColumnPath::new(path.into_iter().map(str::to_string).collect()),
+                SHARED_DICTIONARY_BYTES,
+            )
+        })
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         .set_statistics_enabled(EnabledStatistics::Page)
@@ -144,34 +177,43 @@ fn sync_parents(staged: &[Staged]) -> Result<(), FlushError> {
     Ok(())
 }
 
-/// Writes one workspace's batches as one sorted file per hour and makes them visible;
+/// Writes one workspace's chunks as one sorted file per hour and makes them visible;
 /// returns the files.
 pub fn write_workspace(
     data_dir: &Path,
     workspace: &Workspace,
-    batches: &[RecordBatch],
+    chunks: &[SpanChunk],
 ) -> Result<Vec<PathBuf>, FlushError> {
-    let staged = stage_workspace(data_dir, workspace, batches)?;
+    let staged = stage_workspace(data_dir, workspace, chunks)?;
     publish(&staged)?;
     Ok(staged.into_iter().map(|s| s.target).collect())
 }
 
-/// Writes one workspace's batches as one sorted file per hour under temporary names.
+/// One span-level column of every chunk, concatenated (the sort keys: small columns).
+fn key_column(chunks: &[&SpanChunk], name: &str) -> Result<ArrayRef, FlushError> {
+    let arrays = chunks
+        .iter()
+        .map(|c| c.span_column(name).map(|a| a.as_ref() as &dyn Array))
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| ArrowError::SchemaError(format!("a chunk has no column {name}")))?;
+    Ok(concat(&arrays)?)
+}
+
+/// Writes one workspace's chunks as one sorted file per hour under temporary names.
 pub fn stage_workspace(
     data_dir: &Path,
     workspace: &Workspace,
-    batches: &[RecordBatch],
+    chunks: &[SpanChunk],
 ) -> Result<Vec<Staged>, FlushError> {
-    let schema = spans_schema();
-    let batch = concat_batches(&schema, batches)?;
-    if batch.num_rows() == 0 {
+    let chunks: Vec<&SpanChunk> = chunks.iter().filter(|c| c.num_rows() > 0).collect();
+    if chunks.is_empty() {
         return Ok(Vec::new());
     }
-    let start = batch.column(column_index(col::START_TIME)).clone();
+    let start = key_column(&chunks, col::START_TIME)?;
     let order = lexsort_to_indices(
         &[
             SortColumn {
-                values: batch.column(column_index(col::TRACE_ID)).clone(),
+                values: key_column(&chunks, col::TRACE_ID)?,
                 options: None,
             },
             SortColumn {
@@ -181,37 +223,53 @@ pub fn stage_workspace(
         ],
         None,
     )?;
+    let located: Vec<(usize, usize)> = chunks
+        .iter()
+        .enumerate()
+        .flat_map(|(c, chunk)| (0..chunk.num_rows()).map(move |r| (c, r)))
+        .collect();
     let start = start.as_primitive::<TimestampNanosecondType>();
-    let mut hours: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
+    let mut hours: BTreeMap<i64, Vec<(usize, usize)>> = BTreeMap::new();
     for &i in order.values() {
         hours
             .entry(hour_bucket(start.value(i as usize)))
             .or_default()
-            .push(i);
+            .push(located[i as usize]);
     }
+    drop(located);
     let mut files = Vec::with_capacity(hours.len());
     for (hour, rows) in hours {
-        let part = take_record_batch(&batch, &UInt32Array::from(rows))?;
         files.push(write_file(
             &partition_dir(data_dir, workspace, hour),
-            &part,
+            &chunks,
+            &rows,
         )?);
     }
     Ok(files)
 }
 
-/// Writes `batch` to a temporary name in `dir`, fsynced; [`publish`] makes it visible.
-fn write_file(dir: &Path, batch: &RecordBatch) -> Result<Staged, FlushError> {
+/// Writes `rows` of `chunks` to a temporary name in `dir`, fsynced; [`publish`] makes it
+/// visible.
+fn write_file(
+    dir: &Path,
+    chunks: &[&SpanChunk],
+    rows: &[(usize, usize)],
+) -> Result<Staged, FlushError> {
     std::fs::create_dir_all(dir).map_err(io_at(dir))?;
     let name = ulid::Ulid::new().to_string();
     let tmp = dir.join(format!(".{name}.{}{}", path::PARQUET_EXT, path::TMP_SUFFIX));
     let target = dir.join(format!("{name}.{}", path::PARQUET_EXT));
     let file = File::create(&tmp).map_err(io_at(&tmp))?;
-    let mut writer = ArrowWriter::try_new(file, batch.schema(), Some(writer_properties()))?;
-    writer.write(batch)?;
+    let mut writer = ArrowWriter::try_new(file, spans_schema(), Some(writer_properties()))?;
+    for slice in plan_slices(chunks, rows) {
+        writer.write(&gather(chunks, &rows[slice], None)?)?;
+        if writer.in_progress_size() >= ROW_GROUP_BYTES {
+            writer.flush()?;
+        }
+    }
     let file = writer.into_inner()?;
     file.sync_all().map_err(io_at(&tmp))?;
-    debug!(path = %target.display(), rows = batch.num_rows(), "Wrote Parquet file.");
+    debug!(path = %target.display(), rows = rows.len(), "Wrote Parquet file.");
     Ok(Staged { tmp, target })
 }
 
@@ -220,13 +278,13 @@ pub fn stage_taken(data_dir: &Path, taken: &[Taken]) -> Result<(Vec<Staged>, u64
     let mut files = Vec::new();
     let mut rows = 0;
     for t in taken {
-        files.extend(stage_workspace(data_dir, &t.workspace, &t.batches)?);
-        rows += t.batches.iter().map(|b| b.num_rows() as u64).sum::<u64>();
+        files.extend(stage_workspace(data_dir, &t.workspace, &t.chunks)?);
+        rows += t.chunks.iter().map(|c| c.num_rows() as u64).sum::<u64>();
     }
     Ok((files, rows))
 }
 
-/// Stages the taken batches, then makes the files visible and drops the batches from the
+/// Stages the taken chunks, then makes the files visible and drops the chunks from the
 /// buffer in one step for queries, then makes the files durable.
 ///
 /// The flush is one atomic step for recovery: before any rename, a manifest naming the
@@ -371,7 +429,7 @@ pub fn remove_leftovers(data_dir: &Path) -> io::Result<usize> {
     Ok(removed)
 }
 
-/// Moves buffered batches to Parquet and advances the WAL checkpoint.
+/// Moves buffered chunks to Parquet and advances the WAL checkpoint.
 pub struct ParquetFlusher {
     data_dir: PathBuf,
     wal_dir: PathBuf,
@@ -495,11 +553,11 @@ mod tests {
         std::fs::create_dir_all(data.join(path::WAL_DIR)).unwrap();
         let bytes =
             prost::Message::encode_to_vec(&crate::fake::request(16, 1, 1_763_000_000_000_000_000));
-        let batch = crate::normalize::normalize(&crate::decode::decode_protobuf(&bytes).unwrap())
+        let chunk = crate::normalize::normalize(&crate::decode::decode_protobuf(&bytes).unwrap())
             .unwrap()
-            .batch;
+            .chunk;
         let ws = Workspace::new("w").unwrap();
-        let staged = stage_workspace(data, &ws, &[batch]).unwrap();
+        let staged = stage_workspace(data, &ws, &[chunk]).unwrap();
         let at = WalPosition {
             segment: SegmentId(7),
             offset: 0,

@@ -14,15 +14,17 @@ use std::sync::Arc;
 
 use arrow::array::{
     ArrayRef, Float64Builder, Int64Builder, ListArray, MapBuilder, RecordBatch, StringBuilder,
-    StructArray, TimestampNanosecondBuilder,
+    StructArray, TimestampNanosecondBuilder, UInt32Builder,
 };
 use arrow::buffer::OffsetBuffer;
 use arrow::error::ArrowError;
 
+use crate::chunk::{self, SpanChunk};
 use crate::decode::vendor::LogSpan;
 use crate::decode::{DecodedRequest, RejectedField, SpanRejection};
 use crate::proto::{AnyValue, InstrumentationScope, KeyValue, Resource, Span};
-use crate::schema::{self, spans_schema};
+use crate::schema;
+use crate::time::hour_bucket;
 
 pub use values::{write_json, write_json_string, write_text};
 
@@ -30,7 +32,7 @@ pub use values::{write_json, write_json_string, write_text};
 #[derive(Debug)]
 pub struct Normalized {
     /// The accepted spans, one row each.
-    pub batch: RecordBatch,
+    pub chunk: SpanChunk,
     /// Rejected spans, by position in the request.
     pub rejected: Vec<SpanRejection>,
 }
@@ -55,7 +57,9 @@ pub fn normalize(decoded: &DecodedRequest) -> Result<Normalized, NormalizeError>
     let mut index = 0usize;
     for rs in &decoded.request.resource_spans {
         let resource = ResourceContext::new(rs.resource.as_ref());
+        builder.start_resource();
         for ss in &rs.scope_spans {
+            builder.start_scope();
             for span in &ss.spans {
                 if let Some(r) = pre_rejected.next_if(|r| r.index == index) {
                     rejected.push(r.clone());
@@ -73,7 +77,7 @@ pub fn normalize(decoded: &DecodedRequest) -> Result<Normalized, NormalizeError>
         }
     }
     Ok(Normalized {
-        batch: builder.finish()?,
+        chunk: builder.finish()?,
         rejected,
     })
 }
@@ -377,7 +381,12 @@ fn validate(span: &Span) -> Result<(), (RejectedField, String)> {
     Ok(())
 }
 
-/// Arrow builders for the `spans` schema; one row per appended span.
+/// One request may place its spans in at most this many distinct hours (one Parquet file
+/// each per flush); spans in further hours are rejected with a reason.
+pub const MAX_HOURS_PER_REQUEST: usize = 32;
+
+/// Arrow builders for a [`SpanChunk`]; one row per appended span, one per resource and
+/// scope that has an appended span.
 pub struct SpanBatchBuilder {
     trace_id: StringBuilder,
     span_id: StringBuilder,
@@ -390,14 +399,8 @@ pub struct SpanBatchBuilder {
     status_code: StringBuilder,
     status_message: StringBuilder,
     status: StringBuilder,
-    service_name: StringBuilder,
-    scope_name: StringBuilder,
-    scope_version: StringBuilder,
-    span_kind_llm: StringBuilder,
-    session_id: StringBuilder,
-    user_id: StringBuilder,
-    model: StringBuilder,
-    provider: StringBuilder,
+    /// The span's own values of the lifted text columns ([`chunk::FALLBACK`] order).
+    own_text: [StringBuilder; FALLBACK_SLOTS.len()],
     input_tokens: Int64Builder,
     output_tokens: Int64Builder,
     cached_tokens: Int64Builder,
@@ -405,15 +408,46 @@ pub struct SpanBatchBuilder {
     cost_usd: Float64Builder,
     cost_input_usd: Float64Builder,
     cost_output_usd: Float64Builder,
-    input: StringBuilder,
-    output: StringBuilder,
-    experiment_id: StringBuilder,
-    test_case_id: StringBuilder,
     attributes: StringMapBuilder,
-    resource_attributes: StringMapBuilder,
     events: EventsBuilder,
     links: LinksBuilder,
+    resource_index: UInt32Builder,
+    scope_index: UInt32Builder,
+    resources: ResourceRows,
+    scopes: ScopeRows,
+    /// The rows of the resource and scope being appended, once a span of them is.
+    current_resource: Option<u32>,
+    current_scope: Option<u32>,
+    hours: Vec<i64>,
     scratch: String,
+}
+
+/// The lifted text columns in [`chunk::FALLBACK`] order.
+const FALLBACK_SLOTS: [Lift; 9] = [
+    Lift::SpanKindLlm,
+    Lift::SessionId,
+    Lift::UserId,
+    Lift::Model,
+    Lift::Provider,
+    Lift::Input,
+    Lift::Output,
+    Lift::ExperimentId,
+    Lift::TestCaseId,
+];
+
+/// One row per resource: `service_name`, `resource_attributes`, lifted text fallbacks.
+struct ResourceRows {
+    service_name: StringBuilder,
+    attributes: StringMapBuilder,
+    text: [StringBuilder; FALLBACK_SLOTS.len()],
+    rows: u32,
+}
+
+/// One row per instrumentation scope.
+struct ScopeRows {
+    name: StringBuilder,
+    version: StringBuilder,
+    rows: u32,
 }
 
 fn timestamp_builder(capacity: usize) -> TimestampNanosecondBuilder {
@@ -446,14 +480,7 @@ impl SpanBatchBuilder {
             status_code: s(),
             status_message: s(),
             status: s(),
-            service_name: s(),
-            scope_name: s(),
-            scope_version: s(),
-            span_kind_llm: s(),
-            session_id: s(),
-            user_id: s(),
-            model: s(),
-            provider: s(),
+            own_text: std::array::from_fn(|_| s()),
             input_tokens: i(),
             output_tokens: i(),
             cached_tokens: i(),
@@ -461,12 +488,7 @@ impl SpanBatchBuilder {
             cost_usd: f(),
             cost_input_usd: f(),
             cost_output_usd: f(),
-            input: s(),
-            output: s(),
-            experiment_id: s(),
-            test_case_id: s(),
             attributes: string_map_builder(),
-            resource_attributes: string_map_builder(),
             events: EventsBuilder {
                 offsets: list_offsets(capacity),
                 time: timestamp_builder(0),
@@ -480,8 +502,100 @@ impl SpanBatchBuilder {
                 trace_state: StringBuilder::new(),
                 attributes: string_map_builder(),
             },
+            resource_index: UInt32Builder::with_capacity(capacity),
+            scope_index: UInt32Builder::with_capacity(capacity),
+            resources: ResourceRows {
+                service_name: StringBuilder::new(),
+                attributes: string_map_builder(),
+                text: std::array::from_fn(|_| StringBuilder::new()),
+                rows: 0,
+            },
+            scopes: ScopeRows {
+                name: StringBuilder::new(),
+                version: StringBuilder::new(),
+                rows: 0,
+            },
+            current_resource: None,
+            current_scope: None,
+            hours: Vec::new(),
             scratch: String::new(),
         }
+    }
+
+    /// The spans appended next belong to a new resource.
+    pub fn start_resource(&mut self) {
+        self.current_resource = None;
+        self.current_scope = None;
+    }
+
+    /// The spans appended next belong to a new scope of the current resource.
+    pub fn start_scope(&mut self) {
+        self.current_scope = None;
+    }
+
+    /// The current resource's row, appended on first use (a resource without accepted
+    /// spans takes no row).
+    fn resource_row(&mut self, resource: Option<&ResourceContext<'_>>) -> u32 {
+        if let Some(row) = self.current_resource {
+            return row;
+        }
+        let r = &mut self.resources;
+        match resource.and_then(|c| c.service_name.as_deref()) {
+            Some(s) => r.service_name.append_value(s),
+            None => r.service_name.append_null(),
+        }
+        for (k, v) in resource.map_or(&[][..], |c| &c.attributes[..]) {
+            r.attributes.keys().append_value(k);
+            r.attributes.values().append_value(v);
+        }
+        close_map_row(&mut r.attributes);
+        for (builder, slot) in r.text.iter_mut().zip(FALLBACK_SLOTS) {
+            match resource.and_then(|c| c.lifted[slot as usize]) {
+                Some((_, v)) => {
+                    self.scratch.clear();
+                    write_text(&mut self.scratch, v);
+                    builder.append_value(self.scratch.as_str());
+                }
+                None => builder.append_null(),
+            }
+        }
+        let row = r.rows;
+        r.rows += 1;
+        self.current_resource = Some(row);
+        row
+    }
+
+    /// The current scope's row, appended on first use.
+    fn scope_row(&mut self, scope: Option<&InstrumentationScope>) -> u32 {
+        if let Some(row) = self.current_scope {
+            return row;
+        }
+        let (name, version) = scope.map_or(("", ""), |s| (s.name.as_str(), s.version.as_str()));
+        opt_str(&mut self.scopes.name, name);
+        opt_str(&mut self.scopes.version, version);
+        let row = self.scopes.rows;
+        self.scopes.rows += 1;
+        self.current_scope = Some(row);
+        row
+    }
+
+    /// Refuses a span whose start hour would be one more than a request may cover.
+    fn check_hour(&mut self, start_ns: i64) -> Result<(), String> {
+        let hour = hour_bucket(start_ns);
+        if self.hours.contains(&hour) {
+            return Ok(());
+        }
+        if self.hours.len() >= MAX_HOURS_PER_REQUEST {
+            let (y, m, d, h) = crate::time::civil_hour(hour);
+            return Err(format!(
+                "start time {y:04}-{m:02}-{d:02}T{h:02} falls in a {}th distinct hour of this \
+                 request; one request may cover at most {MAX_HOURS_PER_REQUEST} hours (send \
+                 spans far apart in time in separate requests)",
+                MAX_HOURS_PER_REQUEST + 1
+            ));
+        }
+        self.hours.push(hour);
+        Ok(())
     }
 
     /// Appends one OTLP span, or says why it is rejected (then nothing is appended).
@@ -492,6 +606,13 @@ impl SpanBatchBuilder {
         span: &Span,
     ) -> Result<(), (RejectedField, String)> {
         validate(span)?;
+        let start = span.start_time_unix_nano as i64;
+        self.check_hour(start)
+            .map_err(|reason| (RejectedField::Other, reason))?;
+        let resource_row = self.resource_row(Some(resource));
+        let scope_row = self.scope_row(scope);
+        self.resource_index.append_value(resource_row);
+        self.scope_index.append_value(scope_row);
         let mut buf = [0u8; 64];
         self.trace_id.append_value(hex(&span.trace_id, &mut buf));
         self.span_id.append_value(hex(&span.span_id, &mut buf));
@@ -503,7 +624,6 @@ impl SpanBatchBuilder {
         }
         self.name.append_value(&span.name);
         self.kind.append_value(kind_name(span.kind));
-        let start = span.start_time_unix_nano as i64;
         let end = span.end_time_unix_nano as i64;
         self.start_time.append_value(start);
         let ended = end != 0;
@@ -533,33 +653,18 @@ impl SpanBatchBuilder {
         };
         self.status
             .append_value(nemo_status(code, message, error_type, ended));
-        match &resource.service_name {
-            Some(s) => self.service_name.append_value(s),
-            None => self.service_name.append_null(),
-        }
-        let (scope_name, scope_version) =
-            scope.map_or(("", ""), |s| (s.name.as_str(), s.version.as_str()));
-        opt_str(&mut self.scope_name, scope_name);
-        opt_str(&mut self.scope_version, scope_version);
 
-        let scratch = &mut self.scratch;
-        let mut text = |builder: &mut StringBuilder, slot: Lift| match get(slot) {
-            Some(v) => {
-                scratch.clear();
-                write_text(scratch, v);
-                builder.append_value(scratch.as_str());
+        // Text values of the resource are stored once in its row, not copied per span.
+        for (builder, slot) in self.own_text.iter_mut().zip(FALLBACK_SLOTS) {
+            match own[slot as usize] {
+                Some((_, v)) => {
+                    self.scratch.clear();
+                    write_text(&mut self.scratch, v);
+                    builder.append_value(self.scratch.as_str());
+                }
+                None => builder.append_null(),
             }
-            None => builder.append_null(),
-        };
-        text(&mut self.span_kind_llm, Lift::SpanKindLlm);
-        text(&mut self.session_id, Lift::SessionId);
-        text(&mut self.user_id, Lift::UserId);
-        text(&mut self.model, Lift::Model);
-        text(&mut self.provider, Lift::Provider);
-        text(&mut self.input, Lift::Input);
-        text(&mut self.output, Lift::Output);
-        text(&mut self.experiment_id, Lift::ExperimentId);
-        text(&mut self.test_case_id, Lift::TestCaseId);
+        }
 
         let int = |slot: Lift| get(slot).and_then(values::as_i64);
         let input_tokens = int(Lift::InputTokens);
@@ -581,11 +686,6 @@ impl SpanBatchBuilder {
         self.cost_output_usd.append_option(cost_output);
 
         append_attributes(&mut self.attributes, &span.attributes, &mut self.scratch);
-        for (k, v) in &resource.attributes {
-            self.resource_attributes.keys().append_value(k);
-            self.resource_attributes.values().append_value(v);
-        }
-        close_map_row(&mut self.resource_attributes);
 
         let events = &mut self.events;
         for e in &span.events {
@@ -607,8 +707,14 @@ impl SpanBatchBuilder {
         Ok(())
     }
 
-    /// Appends one vendor span log (ids kept as given, no OTLP resource or scope).
-    pub fn append_log(&mut self, log: &LogSpan) {
+    /// Appends one vendor span log (ids kept as given, no OTLP resource or scope), or says
+    /// why it is rejected (then nothing is appended).
+    pub fn append_log(&mut self, log: &LogSpan) -> Result<(), String> {
+        self.check_hour(log.start_ns)?;
+        let resource_row = self.resource_row(None);
+        let scope_row = self.scope_row(None);
+        self.resource_index.append_value(resource_row);
+        self.scope_index.append_value(scope_row);
         self.trace_id.append_value(&log.trace_id);
         self.span_id.append_value(&log.span_id);
         self.parent_span_id
@@ -625,20 +731,16 @@ impl SpanBatchBuilder {
         opt_str(&mut self.status_message, message);
         self.status
             .append_value(nemo_status(code, message, None, true));
-        for b in [
-            &mut self.service_name,
-            &mut self.scope_name,
-            &mut self.scope_version,
-            &mut self.span_kind_llm,
-            &mut self.session_id,
-            &mut self.user_id,
-            &mut self.experiment_id,
-            &mut self.test_case_id,
-        ] {
-            b.append_null();
+        for (builder, slot) in self.own_text.iter_mut().zip(FALLBACK_SLOTS) {
+            let value = match slot {
+                Lift::Model => log.model.as_deref(),
+                Lift::Provider => log.provider.as_deref(),
+                Lift::Input => log.input.as_deref(),
+                Lift::Output => log.output.as_deref(),
+                _ => None,
+            };
+            builder.append_option(value);
         }
-        self.model.append_option(log.model.as_deref());
-        self.provider.append_option(log.provider.as_deref());
         self.input_tokens.append_option(log.input_tokens);
         self.output_tokens.append_option(log.output_tokens);
         self.cached_tokens.append_null();
@@ -646,20 +748,18 @@ impl SpanBatchBuilder {
         self.cost_usd.append_option(log.cost);
         self.cost_input_usd.append_null();
         self.cost_output_usd.append_null();
-        self.input.append_option(log.input.as_deref());
-        self.output.append_option(log.output.as_deref());
         for (k, v) in &log.attributes {
             self.attributes.keys().append_value(k);
             self.attributes.values().append_value(v);
         }
         close_map_row(&mut self.attributes);
-        close_map_row(&mut self.resource_attributes);
         push_offset(&mut self.events.offsets, 0);
         push_offset(&mut self.links.offsets, 0);
+        Ok(())
     }
 
-    /// Finishes the rows appended so far into a batch and resets the builders.
-    pub fn finish(&mut self) -> Result<RecordBatch, ArrowError> {
+    /// Finishes the rows appended so far into a chunk and resets the builders.
+    pub fn finish(&mut self) -> Result<SpanChunk, ArrowError> {
         let events = &mut self.events;
         let events_array = finish_list(
             &mut events.offsets,
@@ -681,7 +781,20 @@ impl SpanBatchBuilder {
                 finish_map(&mut links.attributes),
             ],
         )?;
-        let columns: Vec<ArrayRef> = vec![
+        let [
+            span_kind_llm,
+            session_id,
+            user_id,
+            model,
+            provider,
+            input,
+            output,
+            experiment_id,
+            test_case_id,
+        ] = &mut self.own_text;
+        // In the order of `chunk::span_schema()`: the spans schema without the resource
+        // and scope columns, then the two indices.
+        let spans: Vec<ArrayRef> = vec![
             Arc::new(self.trace_id.finish()),
             Arc::new(self.span_id.finish()),
             Arc::new(self.parent_span_id.finish()),
@@ -693,14 +806,11 @@ impl SpanBatchBuilder {
             Arc::new(self.status_code.finish()),
             Arc::new(self.status_message.finish()),
             Arc::new(self.status.finish()),
-            Arc::new(self.service_name.finish()),
-            Arc::new(self.scope_name.finish()),
-            Arc::new(self.scope_version.finish()),
-            Arc::new(self.span_kind_llm.finish()),
-            Arc::new(self.session_id.finish()),
-            Arc::new(self.user_id.finish()),
-            Arc::new(self.model.finish()),
-            Arc::new(self.provider.finish()),
+            Arc::new(span_kind_llm.finish()),
+            Arc::new(session_id.finish()),
+            Arc::new(user_id.finish()),
+            Arc::new(model.finish()),
+            Arc::new(provider.finish()),
             Arc::new(self.input_tokens.finish()),
             Arc::new(self.output_tokens.finish()),
             Arc::new(self.cached_tokens.finish()),
@@ -708,16 +818,36 @@ impl SpanBatchBuilder {
             Arc::new(self.cost_usd.finish()),
             Arc::new(self.cost_input_usd.finish()),
             Arc::new(self.cost_output_usd.finish()),
-            Arc::new(self.input.finish()),
-            Arc::new(self.output.finish()),
-            Arc::new(self.experiment_id.finish()),
-            Arc::new(self.test_case_id.finish()),
+            Arc::new(input.finish()),
+            Arc::new(output.finish()),
+            Arc::new(experiment_id.finish()),
+            Arc::new(test_case_id.finish()),
             finish_map(&mut self.attributes),
-            finish_map(&mut self.resource_attributes),
             events_array,
             links_array,
+            Arc::new(self.resource_index.finish()),
+            Arc::new(self.scope_index.finish()),
         ];
-        RecordBatch::try_new(spans_schema(), columns)
+        let r = &mut self.resources;
+        let mut resources: Vec<ArrayRef> = vec![
+            Arc::new(r.service_name.finish()),
+            finish_map(&mut r.attributes),
+        ];
+        resources.extend(r.text.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef));
+        let scopes: Vec<ArrayRef> = vec![
+            Arc::new(self.scopes.name.finish()),
+            Arc::new(self.scopes.version.finish()),
+        ];
+        self.resources.rows = 0;
+        self.scopes.rows = 0;
+        self.current_resource = None;
+        self.current_scope = None;
+        self.hours.clear();
+        SpanChunk::try_new(
+            RecordBatch::try_new(chunk::span_schema(), spans)?,
+            RecordBatch::try_new(chunk::resource_schema(), resources)?,
+            RecordBatch::try_new(chunk::scope_schema(), scopes)?,
+        )
     }
 }
 

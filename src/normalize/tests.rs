@@ -48,7 +48,8 @@ fn one(resource: Vec<KeyValue>, spans: Vec<Span>) -> Normalized {
 }
 
 fn text(n: &Normalized, column: &str, row: usize) -> Option<String> {
-    let a = n.batch.column(column_index(column)).as_string::<i32>();
+    let batch = n.chunk.to_batch().unwrap();
+    let a = batch.column(column_index(column)).as_string::<i32>();
     (!a.is_null(row)).then(|| a.value(row).to_string())
 }
 
@@ -78,7 +79,9 @@ fn the_first_key_of_each_priority_list_wins_whatever_the_order() {
     assert_eq!(text(&n, "model", 0).as_deref(), Some("m-req"));
     assert_eq!(text(&n, "session_id", 0).as_deref(), Some("sess"));
     let int = |c: &str| {
-        n.batch
+        n.chunk
+            .to_batch()
+            .unwrap()
             .column(column_index(c))
             .as_any()
             .downcast_ref::<Int64Array>()
@@ -93,7 +96,9 @@ fn the_first_key_of_each_priority_list_wins_whatever_the_order() {
         "total falls back to input + output"
     );
     let float = |c: &str| {
-        n.batch
+        n.chunk
+            .to_batch()
+            .unwrap()
             .column(column_index(c))
             .as_any()
             .downcast_ref::<Float64Array>()
@@ -156,10 +161,20 @@ fn status_and_times_become_columns() {
     assert_eq!(text(&n, "status_code", 0).as_deref(), Some("ERROR"));
     assert_eq!(text(&n, "status", 0).as_deref(), Some("error"));
     assert!(
-        n.batch.column(column_index("end_time")).is_null(0),
+        n.chunk
+            .to_batch()
+            .unwrap()
+            .column(column_index("end_time"))
+            .is_null(0),
         "an unended span has no end"
     );
-    assert!(n.batch.column(column_index("duration_ns")).is_null(0));
+    assert!(
+        n.chunk
+            .to_batch()
+            .unwrap()
+            .column(column_index("duration_ns"))
+            .is_null(0)
+    );
 }
 
 #[test]
@@ -171,7 +186,7 @@ fn invalid_ids_and_times_reject_only_their_span() {
     let mut zero_parent = span(vec![]);
     zero_parent.parent_span_id = vec![0; 8];
     let n = one(vec![], vec![bad_parent, late, zero_parent]);
-    assert_eq!(n.batch.num_rows(), 1);
+    assert_eq!(n.chunk.to_batch().unwrap().num_rows(), 1);
     assert_eq!(
         n.rejected.iter().map(|r| r.index).collect::<Vec<_>>(),
         vec![0, 1]
@@ -199,7 +214,9 @@ fn token_totals_saturate_instead_of_overflowing() {
         ])],
     );
     let total = n
-        .batch
+        .chunk
+        .to_batch()
+        .unwrap()
         .column(column_index("total_tokens"))
         .as_any()
         .downcast_ref::<Int64Array>()

@@ -1,29 +1,33 @@
 //! The `spans` table of one workspace: its Parquet files (pruned by hour from the filters
-//! on `start_time`) ∪ the not-yet-flushed buffer.
+//! on `start_time`) ∪ the not-yet-flushed buffer, whose chunks are expanded into the
+//! `spans` schema slice by slice as the scan pulls them (only the projected columns), so a
+//! scan of the buffer never holds more than one bounded slice per partition.
 
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::ScalarValue;
-use datafusion::datasource::MemTable;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
 };
 use datafusion::error::Result;
+use datafusion::execution::TaskContext;
 use datafusion::logical_expr::utils::split_conjunction;
 use datafusion::logical_expr::{
     BinaryExpr, Expr, Operator, TableProviderFilterPushDown, TableType,
 };
-use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
 use datafusion::physical_plan::union::UnionExec;
+use datafusion::physical_plan::{ExecutionPlan, SendableRecordBatchStream};
 
 use crate::buffer::Buffer;
+use crate::chunk::SpanChunk;
 use crate::schema::{col, path, spans_schema};
 use crate::time::{NANOS_PER_HOUR, hour_of_partition};
 use crate::workspace::Workspace;
@@ -32,11 +36,11 @@ use crate::workspace::Workspace;
 #[derive(Debug)]
 pub struct SpansTable {
     files: Vec<(i64, PathBuf)>,
-    batches: Vec<RecordBatch>,
+    chunks: Vec<SpanChunk>,
 }
 
 impl SpansTable {
-    /// Lists the workspace's files and copies its buffered batches (Arc clones), both under
+    /// Lists the workspace's files and copies its buffered chunks (Arc clones), both under
     /// the buffer's publication lock.
     pub fn snapshot(
         data_dir: &Path,
@@ -47,12 +51,12 @@ impl SpansTable {
             Some(buffer) => buffer.read_published(|| {
                 Ok(Self {
                     files: list_files(data_dir, workspace)?,
-                    batches: buffer.snapshot(workspace),
+                    chunks: buffer.snapshot(workspace),
                 })
             }),
             None => Ok(Self {
                 files: list_files(data_dir, workspace)?,
-                batches: Vec::new(),
+                chunks: Vec::new(),
             }),
         }
     }
@@ -187,8 +191,57 @@ impl TableProvider for SpansTable {
             let table = ListingTable::try_new(config)?;
             plans.push(table.scan(state, projection, filters, limit).await?);
         }
-        let memory = MemTable::try_new(spans_schema(), vec![self.batches.clone()])?;
-        plans.push(memory.scan(state, projection, filters, limit).await?);
+        let buffered = BufferedSpans::new(self.chunks.clone(), projection.cloned())?;
+        let schema = buffered.schema.clone();
+        plans.push(Arc::new(StreamingTableExec::try_new(
+            schema,
+            vec![Arc::new(buffered)],
+            None,
+            Vec::new(),
+            false,
+            limit,
+        )?));
         UnionExec::try_new(plans)
+    }
+}
+
+/// The buffered chunks of a snapshot as one stream of `spans` rows.
+#[derive(Debug)]
+struct BufferedSpans {
+    chunks: Arc<[SpanChunk]>,
+    projection: Option<Vec<usize>>,
+    schema: SchemaRef,
+}
+
+impl BufferedSpans {
+    fn new(chunks: Vec<SpanChunk>, projection: Option<Vec<usize>>) -> Result<Self> {
+        let schema = match &projection {
+            Some(p) => Arc::new(spans_schema().project(p)?),
+            None => spans_schema(),
+        };
+        Ok(Self {
+            chunks: chunks.into(),
+            projection,
+            schema,
+        })
+    }
+}
+
+impl PartitionStream for BufferedSpans {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
+        let chunks = self.chunks.clone();
+        let projection = self.projection.clone();
+        // Each slice is expanded only when the consumer asks for it.
+        let slices = (0..chunks.len())
+            .flat_map(move |c| chunks[c].expand(projection.clone()))
+            .map(|r| r.map_err(datafusion::error::DataFusionError::from));
+        Box::pin(RecordBatchStreamAdapter::new(
+            self.schema.clone(),
+            tokio_stream::iter(slices),
+        ))
     }
 }

@@ -171,22 +171,24 @@ pub async fn span_logs_ingest(
         let mut builder = SpanBatchBuilder::with_capacity(items.len());
         let mut errors = Vec::new();
         let mut trace_ids: Vec<String> = Vec::new();
-        for item in &items {
+        for (i, item) in items.iter().enumerate() {
             match item {
-                Ok(log) => {
-                    builder.append_log(log);
-                    if !trace_ids.contains(&log.trace_id) {
-                        trace_ids.push(log.trace_id.clone());
+                Ok(log) => match builder.append_log(log) {
+                    Ok(()) => {
+                        if !trace_ids.contains(&log.trace_id) {
+                            trace_ids.push(log.trace_id.clone());
+                        }
                     }
-                }
+                    Err(reason) => errors.push(format!("item {i}: {reason}")),
+                },
                 Err(e) => errors.push(e.clone()),
             }
         }
-        let batch = builder
+        let chunk = builder
             .finish()
             .map_err(crate::normalize::NormalizeError::from)?;
-        let ingested = batch.num_rows();
-        state.ingester.ingest_batch(&w, batch).await?;
+        let ingested = chunk.num_rows();
+        state.ingester.ingest_chunk(&w, chunk).await?;
         Ok::<_, Error>((ingested, trace_ids, errors))
     }
     .await;

@@ -2,18 +2,19 @@
 //!
 //! A segment is `wal/<id:020>.wal`: the 8-byte magic `SPLKWAL1`, then records. A record is
 //! `len: u32 LE | crc32: u32 LE | payload` with the CRC over the payload; the payload is
-//! `kind: u8 (1 = spans) | workspace length: u8 | workspace | Arrow IPC stream of one batch`.
+//! `kind: u8 | workspace length: u8 | workspace | body`; kind 2 (spans) has a
+//! [`SpanChunk`] body (three Arrow IPC streams, see [`SpanChunk::write_ipc`]); kind 1, written
+//! by earlier versions, one Arrow IPC stream of a batch in the `spans` schema.
 //! The checkpoint `wal/checkpoint` holds `<segment> <offset>`: every record before that
 //! position is in durable Parquet files.
 
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
-use arrow::array::RecordBatch;
 use arrow::error::ArrowError;
 use arrow::ipc::reader::StreamReader;
-use arrow::ipc::writer::StreamWriter;
 
+use crate::chunk::SpanChunk;
 use crate::workspace::Workspace;
 
 /// The first bytes of every segment file.
@@ -22,8 +23,10 @@ pub const MAGIC: &[u8; 8] = b"SPLKWAL1";
 pub const HEADER_LEN: u64 = MAGIC.len() as u64;
 /// Bytes of a record's frame before its payload.
 pub const FRAME_LEN: usize = 8;
-/// Payload kind: one Arrow batch of spans.
-pub const KIND_SPANS: u8 = 1;
+/// Payload kind of earlier versions: one Arrow batch in the `spans` schema.
+pub const KIND_SPANS_BATCH: u8 = 1;
+/// Payload kind: a [`SpanChunk`].
+pub const KIND_SPANS: u8 = 2;
 /// The largest record accepted on replay; anything claiming more is a torn or corrupt frame.
 pub const MAX_RECORD_LEN: u32 = 1 << 30;
 
@@ -106,19 +109,16 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
-/// Encodes one framed record holding `batch` for `workspace`.
-pub fn encode_record(workspace: &Workspace, batch: &RecordBatch) -> Result<Vec<u8>, ArrowError> {
+/// Encodes one framed record holding `chunk` for `workspace`.
+pub fn encode_record(workspace: &Workspace, chunk: &SpanChunk) -> Result<Vec<u8>, ArrowError> {
     let ws = workspace.as_str().as_bytes();
-    let mut buf = Vec::with_capacity(FRAME_LEN + 2 + ws.len() + batch.get_array_memory_size());
+    let mut buf = Vec::with_capacity(FRAME_LEN + 2 + ws.len() + chunk.memory_size());
     buf.extend_from_slice(&[0u8; FRAME_LEN]);
     buf.push(KIND_SPANS);
     // Workspace names are at most 63 bytes (validated by `Workspace::new`).
     buf.push(ws.len() as u8);
     buf.extend_from_slice(ws);
-    let mut writer = StreamWriter::try_new(buf, batch.schema_ref())?;
-    writer.write(batch)?;
-    writer.finish()?;
-    let mut buf = writer.into_inner()?;
+    chunk.write_ipc(&mut buf)?;
     let payload_len = (buf.len() - FRAME_LEN) as u32;
     let crc = crc32fast::hash(&buf[FRAME_LEN..]);
     buf[0..4].copy_from_slice(&payload_len.to_le_bytes());
@@ -130,8 +130,8 @@ pub fn encode_record(workspace: &Workspace, batch: &RecordBatch) -> Result<Vec<u
 pub struct Record {
     /// The workspace it belongs to.
     pub workspace: Workspace,
-    /// Its batches (one, as written).
-    pub batches: Vec<RecordBatch>,
+    /// Its spans.
+    pub chunk: SpanChunk,
 }
 
 /// Why a record could not be read: the segment is cut at that record.
@@ -175,7 +175,7 @@ fn parse_payload(payload: &[u8]) -> Result<Record, BadRecord> {
     let (&kind, rest) = payload
         .split_first()
         .ok_or_else(|| corrupt("empty payload"))?;
-    if kind != KIND_SPANS {
+    if kind != KIND_SPANS && kind != KIND_SPANS_BATCH {
         return Err(corrupt(&format!("unknown record kind {kind}")));
     }
     let (&ws_len, rest) = rest.split_first().ok_or_else(|| corrupt("no workspace"))?;
@@ -186,11 +186,20 @@ fn parse_payload(payload: &[u8]) -> Result<Record, BadRecord> {
         .ok()
         .and_then(|w| Workspace::new(w).ok())
         .ok_or_else(|| corrupt("invalid workspace name"))?;
-    let reader = StreamReader::try_new(ipc, None).map_err(|e| corrupt(&e.to_string()))?;
-    let batches = reader
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| corrupt(&e.to_string()))?;
-    Ok(Record { workspace, batches })
+    let chunk = if kind == KIND_SPANS {
+        SpanChunk::read_ipc(ipc)
+    } else {
+        read_batch_record(ipc)
+    }
+    .map_err(|e| corrupt(&e.to_string()))?;
+    Ok(Record { workspace, chunk })
+}
+
+/// A kind-1 record: one IPC stream of batches in the `spans` schema.
+fn read_batch_record(ipc: &[u8]) -> Result<SpanChunk, ArrowError> {
+    let batches = StreamReader::try_new(ipc, None)?.collect::<Result<Vec<_>, _>>()?;
+    let batch = arrow::compute::concat_batches(&crate::schema::spans_schema(), &batches)?;
+    SpanChunk::from_expanded(&batch)
 }
 
 /// Reads until `buf` is full or the end of the file; returns the bytes read.

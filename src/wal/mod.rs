@@ -19,10 +19,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::thread::JoinHandle;
 
-use arrow::array::RecordBatch;
 use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
+use crate::chunk::SpanChunk;
 use crate::workspace::Workspace;
 
 pub use format::{
@@ -41,7 +41,7 @@ pub enum WalSync {
 }
 
 /// Receives each committed batch, in commit order, on the writer thread.
-pub type WalSink = Box<dyn Fn(SegmentId, Workspace, RecordBatch) + Send>;
+pub type WalSink = Box<dyn Fn(SegmentId, Workspace, SpanChunk) + Send>;
 
 /// WAL failures.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -101,7 +101,7 @@ enum Command {
 
 struct Append {
     workspace: Workspace,
-    batch: RecordBatch,
+    chunk: SpanChunk,
     frame: Vec<u8>,
     reply: oneshot::Sender<Result<(), WalError>>,
 }
@@ -160,14 +160,14 @@ impl Wal {
     }
 
     /// Appends `batch`; returns once it is durable (per [`WalSync`]) and in the sink.
-    pub async fn append(&self, workspace: Workspace, batch: RecordBatch) -> Result<(), WalError> {
+    pub async fn append(&self, workspace: Workspace, chunk: SpanChunk) -> Result<(), WalError> {
         self.check_capacity()?;
         let frame =
-            encode_record(&workspace, &batch).map_err(|e| WalError::Encode(e.to_string()))?;
+            encode_record(&workspace, &chunk).map_err(|e| WalError::Encode(e.to_string()))?;
         let (reply, done) = oneshot::channel();
         let cmd = Command::Append(Append {
             workspace,
-            batch,
+            chunk,
             frame,
             reply,
         });
@@ -293,7 +293,7 @@ impl Writer {
                     .records
                     .fetch_add(pending.len() as u64, Ordering::Relaxed);
                 for a in pending.drain(..) {
-                    (self.sink)(self.segment, a.workspace, a.batch);
+                    (self.sink)(self.segment, a.workspace, a.chunk);
                     let _ = a.reply.send(Ok(()));
                 }
             }
@@ -370,7 +370,7 @@ impl Default for SegmentId {
 /// what `apply` keeps. A torn or corrupt record ends its segment: the file is cut there.
 pub fn replay(
     dir: &Path,
-    mut apply: impl FnMut(WalPosition, SegmentId, Workspace, RecordBatch) -> io::Result<()>,
+    mut apply: impl FnMut(WalPosition, SegmentId, Workspace, SpanChunk) -> io::Result<()>,
 ) -> io::Result<ReplaySummary> {
     std::fs::create_dir_all(dir)?;
     let checkpoint = read_checkpoint(dir)?;
@@ -398,7 +398,7 @@ fn replay_segment(
     id: SegmentId,
     skip_before: u64,
     summary: &mut ReplaySummary,
-    apply: &mut impl FnMut(WalPosition, SegmentId, Workspace, RecordBatch) -> io::Result<()>,
+    apply: &mut impl FnMut(WalPosition, SegmentId, Workspace, SpanChunk) -> io::Result<()>,
 ) -> io::Result<()> {
     let path = segment_path(dir, id);
     let file = File::open(&path)?;
@@ -419,14 +419,12 @@ fn replay_segment(
                 let end = offset + len;
                 if offset >= skip_before {
                     summary.records += 1;
-                    for batch in record.batches {
-                        summary.rows += batch.num_rows() as u64;
-                        let at = WalPosition {
-                            segment: id,
-                            offset: end,
-                        };
-                        apply(at, id, record.workspace.clone(), batch)?;
-                    }
+                    summary.rows += record.chunk.num_rows() as u64;
+                    let at = WalPosition {
+                        segment: id,
+                        offset: end,
+                    };
+                    apply(at, id, record.workspace, record.chunk)?;
                 }
                 offset = end;
             }

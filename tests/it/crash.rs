@@ -15,13 +15,13 @@ use prost::Message;
 
 use crate::common::{otlp, read_tree};
 
-struct Spanlake {
+pub(crate) struct Spanlake {
     child: std::process::Child,
-    http: SocketAddr,
+    pub(crate) http: SocketAddr,
 }
 
 impl Spanlake {
-    fn start(dir: &Path, extra: &[&str]) -> Self {
+    pub(crate) fn start(dir: &Path, extra: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_spanlake"))
             .args(["serve", "--data-dir"])
             .arg(dir)
@@ -57,12 +57,12 @@ impl Spanlake {
         }
     }
 
-    fn kill_9(mut self) {
+    pub(crate) fn kill_9(mut self) {
         self.child.kill().expect("SIGKILL");
         self.child.wait().expect("reaped");
     }
 
-    fn terminate(mut self) {
+    pub(crate) fn terminate(mut self) {
         let status = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()
@@ -90,7 +90,7 @@ fn hex_id(id: u64) -> String {
     format!("{id:016x}")
 }
 
-async fn send(client: &reqwest::Client, http: SocketAddr, body: Vec<u8>) -> bool {
+pub(crate) async fn send(client: &reqwest::Client, http: SocketAddr, body: Vec<u8>) -> bool {
     match client
         .post(format!("http://{http}/v1/traces"))
         .header("content-type", "application/x-protobuf")

@@ -176,6 +176,6 @@ proptest! {
         let js = normalize(&decode_json(&json).unwrap()).unwrap();
         let indices = |n: &spanlake::normalize::Normalized| n.rejected.iter().map(|r| r.index).collect::<Vec<_>>();
         prop_assert_eq!(indices(&pb), indices(&js));
-        prop_assert_eq!(pb.batch, js.batch);
+        prop_assert_eq!(pb.chunk.to_batch().unwrap(), js.chunk.to_batch().unwrap());
     }
 }

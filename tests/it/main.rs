@@ -5,6 +5,7 @@ mod common;
 mod crash;
 mod exporters;
 mod grpc;
+mod hostile_ingest;
 mod http;
 mod json_equivalence;
 mod query;

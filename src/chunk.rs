@@ -1,0 +1,631 @@
+//! Chunk: the spans of one request as they travel through the WAL and the buffer.
+//!
+//! Input: rows built by `normalize` (OTLP) or the vendor log builder, as three batches:
+//! per-span columns, one row per resource, one row per instrumentation scope. Output: rows
+//! of the `spans` schema ([`spans_schema`]), produced by [`gather`] in slices that
+//! [`plan_slices`] keeps under [`SLICE_BYTES`].
+//!
+//! Invariants: a value that belongs to a resource (`service_name`, `resource_attributes`,
+//! and the resource's value for each lifted text column, used where the span has none) or
+//! to a scope (`scope_name`, `scope_version`) is stored once per resource or scope, never
+//! once per span. So the memory and the WAL bytes of a request stay within a small
+//! multiple of its size however many spans share one large resource; only bounded slices
+//! are ever expanded into the contract schema. Indices into the resource and scope batches
+//! are checked when a chunk is built, so a chunk read back from disk cannot point outside
+//! them.
+
+use std::io::Cursor;
+use std::ops::Range;
+use std::sync::{Arc, OnceLock};
+
+use arrow::array::{Array, ArrayRef, AsArray, MapArray, RecordBatch, StringArray, UInt32Array};
+use arrow::compute::kernels::zip::zip;
+use arrow::compute::{interleave, is_not_null};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, UInt32Type};
+use arrow::error::ArrowError;
+use arrow::ipc::reader::StreamReader;
+use arrow::ipc::writer::StreamWriter;
+
+use crate::schema::{col, spans_schema};
+
+/// The column of the span batch holding each span's row in the resource batch.
+pub const RESOURCE_INDEX: &str = "_resource";
+/// The column of the span batch holding each span's row in the scope batch.
+pub const SCOPE_INDEX: &str = "_scope";
+
+/// Columns whose value is the resource's, for every span of it.
+const RESOURCE_ONLY: [&str; 2] = [col::SERVICE_NAME, col::RESOURCE_ATTRIBUTES];
+/// Columns whose value is the scope's, for every span of it.
+const SCOPE_ONLY: [&str; 2] = [col::SCOPE_NAME, col::SCOPE_VERSION];
+/// Lifted text columns: the span's own value, else its resource's.
+pub const FALLBACK: [&str; 9] = [
+    col::SPAN_KIND_LLM,
+    col::SESSION_ID,
+    col::USER_ID,
+    col::MODEL,
+    col::PROVIDER,
+    col::INPUT,
+    col::OUTPUT,
+    col::EXPERIMENT_ID,
+    col::TEST_CASE_ID,
+];
+
+/// Rows of the `spans` schema expanded at once stay under about this many bytes (a single
+/// row larger than it is expanded alone).
+pub const SLICE_BYTES: u64 = 16 << 20;
+/// And under this many rows.
+pub const SLICE_ROWS: usize = 8192;
+
+/// Where a column of the `spans` schema comes from.
+#[derive(Debug, Clone, Copy)]
+enum Source {
+    Span(usize),
+    Resource(usize),
+    Scope(usize),
+    Fallback { span: usize, resource: usize },
+}
+
+struct Layout {
+    span: SchemaRef,
+    resource: SchemaRef,
+    scope: SchemaRef,
+    sources: Vec<Source>,
+    resource_index: usize,
+    scope_index: usize,
+}
+
+fn layout() -> &'static Layout {
+    static LAYOUT: OnceLock<Layout> = OnceLock::new();
+    LAYOUT.get_or_init(|| {
+        let spans = spans_schema();
+        let span_fields: Vec<Field> = spans
+            .fields()
+            .iter()
+            .filter(|f| !RESOURCE_ONLY.contains(&f.name().as_str()))
+            .filter(|f| !SCOPE_ONLY.contains(&f.name().as_str()))
+            .map(|f| f.as_ref().clone())
+            .chain([
+                Field::new(RESOURCE_INDEX, DataType::UInt32, false),
+                Field::new(SCOPE_INDEX, DataType::UInt32, false),
+            ])
+            .collect();
+        let field = |name: &str| spans.field_with_name(name).cloned();
+        let resource_fields: Vec<Field> = RESOURCE_ONLY
+            .iter()
+            .chain(FALLBACK.iter())
+            .filter_map(|n| field(n).ok())
+            .collect();
+        let scope_fields: Vec<Field> = SCOPE_ONLY.iter().filter_map(|n| field(n).ok()).collect();
+        let span = Arc::new(Schema::new(span_fields));
+        let resource = Arc::new(Schema::new(resource_fields));
+        let scope = Arc::new(Schema::new(scope_fields));
+        let at = |schema: &Schema, name: &str| {
+            schema
+                .index_of(name)
+                .unwrap_or_else(|_| panic!("{name} is a column of the chunk layout"))
+        };
+        let sources = spans
+            .fields()
+            .iter()
+            .map(|f| {
+                let name = f.name().as_str();
+                if RESOURCE_ONLY.contains(&name) {
+                    Source::Resource(at(&resource, name))
+                } else if SCOPE_ONLY.contains(&name) {
+                    Source::Scope(at(&scope, name))
+                } else if FALLBACK.contains(&name) {
+                    Source::Fallback {
+                        span: at(&span, name),
+                        resource: at(&resource, name),
+                    }
+                } else {
+                    Source::Span(at(&span, name))
+                }
+            })
+            .collect();
+        Layout {
+            resource_index: at(&span, RESOURCE_INDEX),
+            scope_index: at(&span, SCOPE_INDEX),
+            span,
+            resource,
+            scope,
+            sources,
+        }
+    })
+}
+
+/// The schema of a chunk's span batch.
+pub fn span_schema() -> SchemaRef {
+    layout().span.clone()
+}
+
+/// The schema of a chunk's resource batch.
+pub fn resource_schema() -> SchemaRef {
+    layout().resource.clone()
+}
+
+/// The schema of a chunk's scope batch.
+pub fn scope_schema() -> SchemaRef {
+    layout().scope.clone()
+}
+
+/// The spans of one request: per-span columns plus shared resource and scope rows.
+#[derive(Debug, Clone)]
+pub struct SpanChunk {
+    spans: RecordBatch,
+    resources: RecordBatch,
+    scopes: RecordBatch,
+    /// Bytes one span expands to beyond its own columns, per resource and per scope row.
+    resource_bytes: Arc<[u64]>,
+    scope_bytes: Arc<[u64]>,
+}
+
+impl SpanChunk {
+    /// A chunk from its three batches, checked: the schemas are the chunk layout's and
+    /// every span points at an existing resource and scope row.
+    pub fn try_new(
+        spans: RecordBatch,
+        resources: RecordBatch,
+        scopes: RecordBatch,
+    ) -> Result<Self, ArrowError> {
+        let l = layout();
+        for (what, batch, schema) in [
+            ("span", &spans, &l.span),
+            ("resource", &resources, &l.resource),
+            ("scope", &scopes, &l.scope),
+        ] {
+            if batch.schema().fields() != schema.fields() {
+                return Err(ArrowError::SchemaError(format!(
+                    "the {what} batch of a chunk does not have the chunk layout"
+                )));
+            }
+        }
+        for (index, rows, what) in [
+            (l.resource_index, resources.num_rows(), "resource"),
+            (l.scope_index, scopes.num_rows(), "scope"),
+        ] {
+            let ix = spans.column(index).as_primitive::<UInt32Type>();
+            if ix.null_count() > 0 || ix.values().iter().any(|&i| i as usize >= rows) {
+                return Err(ArrowError::InvalidArgumentError(format!(
+                    "a span of the chunk points past its {rows} {what} rows"
+                )));
+            }
+        }
+        let resource_bytes = row_bytes(&resources);
+        let scope_bytes = row_bytes(&scopes);
+        Ok(Self {
+            spans,
+            resources,
+            scopes,
+            resource_bytes,
+            scope_bytes,
+        })
+    }
+
+    /// A chunk holding rows already in the `spans` schema (one resource and one scope row
+    /// per span): the form of WAL records written before chunks existed.
+    pub fn from_expanded(batch: &RecordBatch) -> Result<Self, ArrowError> {
+        let l = layout();
+        let n = batch.num_rows();
+        let pick = |schema: &SchemaRef| -> Result<Vec<ArrayRef>, ArrowError> {
+            schema
+                .fields()
+                .iter()
+                .map(|f| {
+                    let name = f.name().as_str();
+                    if name == RESOURCE_INDEX || name == SCOPE_INDEX {
+                        Ok(Arc::new(UInt32Array::from_iter_values(0..n as u32)) as ArrayRef)
+                    } else if schema.as_ref() == l.resource.as_ref() && FALLBACK.contains(&name) {
+                        // The span column already holds the resolved value.
+                        Ok(arrow::array::new_null_array(f.data_type(), n))
+                    } else {
+                        batch.column_by_name(name).cloned().ok_or_else(|| {
+                            ArrowError::SchemaError(format!("the batch has no column {name}"))
+                        })
+                    }
+                })
+                .collect()
+        };
+        Self::try_new(
+            RecordBatch::try_new(l.span.clone(), pick(&l.span)?)?,
+            RecordBatch::try_new(l.resource.clone(), pick(&l.resource)?)?,
+            RecordBatch::try_new(l.scope.clone(), pick(&l.scope)?)?,
+        )
+    }
+
+    /// Spans in the chunk.
+    pub fn num_rows(&self) -> usize {
+        self.spans.num_rows()
+    }
+
+    /// Arrow memory held by the chunk.
+    pub fn memory_size(&self) -> usize {
+        self.spans.get_array_memory_size()
+            + self.resources.get_array_memory_size()
+            + self.scopes.get_array_memory_size()
+    }
+
+    /// A column of the span batch (a span-level column of the `spans` schema).
+    pub fn span_column(&self, name: &str) -> Option<&ArrayRef> {
+        self.spans.column_by_name(name)
+    }
+
+    /// About how many bytes row `row` takes once expanded (its resource's and scope's
+    /// shared values included).
+    fn expanded_bytes(&self, row: usize, per_span: u64) -> u64 {
+        let l = layout();
+        let res = self
+            .spans
+            .column(l.resource_index)
+            .as_primitive::<UInt32Type>();
+        let scope = self
+            .spans
+            .column(l.scope_index)
+            .as_primitive::<UInt32Type>();
+        per_span
+            + self.resource_bytes[res.value(row) as usize]
+            + self.scope_bytes[scope.value(row) as usize]
+    }
+
+    /// Every row in the `spans` schema, projected, in slices of bounded size, each
+    /// expanded only when the iterator reaches it.
+    pub fn expand(
+        &self,
+        projection: Option<Vec<usize>>,
+    ) -> impl Iterator<Item = Result<RecordBatch, ArrowError>> + Send + use<> {
+        let chunk = self.clone();
+        let rows: Vec<(usize, usize)> = (0..chunk.num_rows()).map(|r| (0, r)).collect();
+        let slices = plan_slices(&[&chunk], &rows);
+        slices
+            .into_iter()
+            .map(move |range| gather(&[&chunk], &rows[range], projection.as_deref()))
+    }
+
+    /// Every row as one batch in the `spans` schema. Unbounded: for tests and benchmarks.
+    pub fn to_batch(&self) -> Result<RecordBatch, ArrowError> {
+        let rows: Vec<(usize, usize)> = (0..self.num_rows()).map(|r| (0, r)).collect();
+        gather(&[self], &rows, None)
+    }
+
+    /// Appends the chunk as three length-prefixed Arrow IPC streams (spans, resources,
+    /// scopes).
+    pub fn write_ipc(&self, out: &mut Vec<u8>) -> Result<(), ArrowError> {
+        for batch in [&self.spans, &self.resources, &self.scopes] {
+            let at = out.len();
+            out.extend_from_slice(&[0u8; 4]);
+            let mut writer = StreamWriter::try_new(&mut *out, batch.schema_ref())?;
+            writer.write(batch)?;
+            writer.finish()?;
+            drop(writer);
+            let len = u32::try_from(out.len() - at - 4).map_err(|_| {
+                ArrowError::InvalidArgumentError("a chunk part is over 4 GiB".into())
+            })?;
+            out[at..at + 4].copy_from_slice(&len.to_le_bytes());
+        }
+        Ok(())
+    }
+
+    /// Reads what [`SpanChunk::write_ipc`] wrote.
+    pub fn read_ipc(mut bytes: &[u8]) -> Result<Self, ArrowError> {
+        let mut parts = Vec::with_capacity(3);
+        for _ in 0..3 {
+            let (len, rest) = bytes
+                .split_first_chunk::<4>()
+                .ok_or_else(|| ArrowError::IpcError("chunk part length cut short".into()))?;
+            let (part, rest) = rest
+                .split_at_checked(u32::from_le_bytes(*len) as usize)
+                .ok_or_else(|| ArrowError::IpcError("chunk part cut short".into()))?;
+            let mut batches =
+                StreamReader::try_new(Cursor::new(part), None)?.collect::<Result<Vec<_>, _>>()?;
+            if batches.len() != 1 {
+                return Err(ArrowError::IpcError(format!(
+                    "a chunk part holds {} batches, not 1",
+                    batches.len()
+                )));
+            }
+            parts.extend(batches.pop());
+            bytes = rest;
+        }
+        if !bytes.is_empty() {
+            return Err(ArrowError::IpcError("bytes after the chunk".into()));
+        }
+        let scopes = parts.pop();
+        let resources = parts.pop();
+        let spans = parts.pop();
+        match (spans, resources, scopes) {
+            (Some(s), Some(r), Some(c)) => Self::try_new(s, r, c),
+            _ => Err(ArrowError::IpcError("a chunk needs three parts".into())),
+        }
+    }
+}
+
+/// Bytes of each row's variable-length values (strings and map entries).
+fn row_bytes(batch: &RecordBatch) -> Arc<[u64]> {
+    let mut bytes = vec![0u64; batch.num_rows()];
+    for column in batch.columns() {
+        if let Some(s) = column.as_string_opt::<i32>() {
+            add_string_bytes(&mut bytes, s, 0..s.len());
+        } else if let Some(m) = column.as_any().downcast_ref::<MapArray>() {
+            let offsets = m.value_offsets();
+            let entries = m.entries();
+            for (row, b) in bytes.iter_mut().enumerate() {
+                let (start, end) = (offsets[row] as usize, offsets[row + 1] as usize);
+                for child in entries.columns() {
+                    if let Some(s) = child.as_string_opt::<i32>() {
+                        let o = s.value_offsets();
+                        *b += (o[end] - o[start]) as u64;
+                    }
+                }
+                *b += 16 * (end - start) as u64;
+            }
+        }
+    }
+    bytes.into()
+}
+
+fn add_string_bytes(bytes: &mut [u64], s: &StringArray, rows: Range<usize>) {
+    let o = s.value_offsets();
+    for row in rows {
+        bytes[row] += (o[row + 1] - o[row]) as u64;
+    }
+}
+
+/// Splits `rows` (pairs of chunk and row) into consecutive ranges whose expansion stays
+/// under [`SLICE_BYTES`] and [`SLICE_ROWS`].
+pub fn plan_slices(chunks: &[&SpanChunk], rows: &[(usize, usize)]) -> Vec<Range<usize>> {
+    let per_span: Vec<u64> = chunks
+        .iter()
+        .map(|c| (c.spans.get_array_memory_size() / c.num_rows().max(1)) as u64)
+        .collect();
+    let mut slices = Vec::new();
+    let (mut start, mut bytes) = (0, 0u64);
+    for (i, &(c, r)) in rows.iter().enumerate() {
+        let b = chunks[c].expanded_bytes(r, per_span[c]);
+        if i > start && (bytes + b > SLICE_BYTES || i - start >= SLICE_ROWS) {
+            slices.push(start..i);
+            (start, bytes) = (i, 0);
+        }
+        bytes += b;
+    }
+    if start < rows.len() {
+        slices.push(start..rows.len());
+    }
+    slices
+}
+
+/// The given rows (pairs of chunk and row), in order, as a batch of the `spans` schema
+/// projected to `projection`. Expands shared values: keep `rows` to one [`plan_slices`]
+/// range.
+pub fn gather(
+    chunks: &[&SpanChunk],
+    rows: &[(usize, usize)],
+    projection: Option<&[usize]>,
+) -> Result<RecordBatch, ArrowError> {
+    let l = layout();
+    let via = |index: usize| -> Vec<(usize, usize)> {
+        rows.iter()
+            .map(|&(c, r)| {
+                let ix = chunks[c].spans.column(index).as_primitive::<UInt32Type>();
+                (c, ix.value(r) as usize)
+            })
+            .collect()
+    };
+    let mut resource_rows = None;
+    let mut scope_rows = None;
+    let pick = |batch: fn(&SpanChunk) -> &RecordBatch, column: usize, at: &[(usize, usize)]| {
+        let arrays: Vec<&dyn Array> = chunks
+            .iter()
+            .map(|c| batch(c).column(column).as_ref())
+            .collect();
+        interleave(&arrays, at)
+    };
+    let all: Vec<usize>;
+    let columns = match projection {
+        Some(p) => p,
+        None => {
+            all = (0..l.sources.len()).collect();
+            &all
+        }
+    };
+    let mut out = Vec::with_capacity(columns.len());
+    for &c in columns {
+        let source = l.sources.get(c).copied().ok_or_else(|| {
+            ArrowError::InvalidArgumentError(format!("no column {c} in the spans schema"))
+        })?;
+        let array = match source {
+            Source::Span(i) => pick(|c| &c.spans, i, rows)?,
+            Source::Resource(i) => {
+                let at = resource_rows.get_or_insert_with(|| via(l.resource_index));
+                pick(|c| &c.resources, i, at)?
+            }
+            Source::Scope(i) => {
+                let at = scope_rows.get_or_insert_with(|| via(l.scope_index));
+                pick(|c| &c.scopes, i, at)?
+            }
+            Source::Fallback { span, resource } => {
+                let own = pick(|c| &c.spans, span, rows)?;
+                if own.null_count() == 0 {
+                    own
+                } else {
+                    let at = resource_rows.get_or_insert_with(|| via(l.resource_index));
+                    let shared = pick(|c| &c.resources, resource, at)?;
+                    zip(&is_not_null(&own)?, &own, &shared)?
+                }
+            }
+        };
+        out.push(array);
+    }
+    let schema = match projection {
+        Some(p) => Arc::new(spans_schema().project(p)?),
+        None => spans_schema(),
+    };
+    RecordBatch::try_new_with_options(
+        schema,
+        out,
+        &arrow::array::RecordBatchOptions::new().with_row_count(Some(rows.len())),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::decode_protobuf;
+    use crate::normalize::normalize;
+    use crate::proto::{
+        AnyValue, ExportTraceServiceRequest, InstrumentationScope, KeyValue, Resource,
+        ResourceSpans, ScopeSpans, Span, any_value,
+    };
+    use arrow::array::AsArray;
+
+    fn kv(key: &str, value: &str) -> KeyValue {
+        KeyValue {
+            key: key.into(),
+            value: Some(AnyValue {
+                value: Some(any_value::Value::StringValue(value.into())),
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn span(id: u8, attributes: Vec<KeyValue>) -> Span {
+        Span {
+            trace_id: vec![1; 16],
+            span_id: vec![id; 8],
+            name: format!("s{id}"),
+            start_time_unix_nano: 1_763_000_000_000_000_000 + id as u64,
+            end_time_unix_nano: 1_763_000_001_000_000_000,
+            attributes,
+            ..Default::default()
+        }
+    }
+
+    /// Two resources (one with a model, one with a big attribute), three scopes.
+    fn chunk() -> SpanChunk {
+        let scope = |name: &str, spans| ScopeSpans {
+            scope: Some(InstrumentationScope {
+                name: name.into(),
+                version: "1.0".into(),
+                ..Default::default()
+            }),
+            spans,
+            ..Default::default()
+        };
+        let request = ExportTraceServiceRequest {
+            resource_spans: vec![
+                ResourceSpans {
+                    resource: Some(Resource {
+                        attributes: vec![
+                            kv("service.name", "a"),
+                            kv("gen_ai.request.model", "m-res"),
+                        ],
+                        ..Default::default()
+                    }),
+                    scope_spans: vec![
+                        scope(
+                            "x",
+                            vec![
+                                span(1, vec![]),
+                                span(2, vec![kv("gen_ai.request.model", "m-own")]),
+                            ],
+                        ),
+                        scope("y", vec![span(3, vec![])]),
+                    ],
+                    ..Default::default()
+                },
+                ResourceSpans {
+                    resource: Some(Resource {
+                        attributes: vec![kv("service.name", "b"), kv("blob", &"z".repeat(1 << 20))],
+                        ..Default::default()
+                    }),
+                    scope_spans: vec![scope("z", (4..40).map(|i| span(i, vec![])).collect())],
+                    ..Default::default()
+                },
+            ],
+        };
+        let bytes = prost::Message::encode_to_vec(&request);
+        normalize(&decode_protobuf(&bytes).unwrap()).unwrap().chunk
+    }
+
+    fn strings(batch: &RecordBatch, column: &str) -> Vec<Option<String>> {
+        batch
+            .column_by_name(column)
+            .unwrap()
+            .as_string::<i32>()
+            .iter()
+            .map(|v| v.map(str::to_string))
+            .collect()
+    }
+
+    #[test]
+    fn shared_values_are_stored_once_and_expand_per_span() {
+        let chunk = chunk();
+        assert_eq!(chunk.num_rows(), 39);
+        assert_eq!(chunk.resources.num_rows(), 2);
+        assert_eq!(chunk.scopes.num_rows(), 3);
+        // 36 spans share a 1 MiB attribute: it is held once.
+        assert!(chunk.memory_size() < 2 << 20, "{}", chunk.memory_size());
+        let batch = chunk.to_batch().unwrap();
+        assert_eq!(batch.schema(), spans_schema());
+        let models = strings(&batch, col::MODEL);
+        assert_eq!(
+            models[..3],
+            [
+                Some("m-res".into()),
+                Some("m-own".into()),
+                Some("m-res".into())
+            ]
+        );
+        assert_eq!(models[3], None);
+        let services = strings(&batch, col::SERVICE_NAME);
+        assert_eq!(services[2].as_deref(), Some("a"));
+        assert_eq!(services[38].as_deref(), Some("b"));
+        let scopes = strings(&batch, col::SCOPE_NAME);
+        assert_eq!(
+            scopes[..4],
+            [
+                Some("x".into()),
+                Some("x".into()),
+                Some("y".into()),
+                Some("z".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn slices_stay_bounded_and_cover_every_row_in_order() {
+        let chunk = chunk();
+        let rows: Vec<(usize, usize)> = (0..chunk.num_rows()).map(|r| (0, r)).collect();
+        let slices = plan_slices(&[&chunk], &rows);
+        assert!(slices.len() > 1, "36 × 1 MiB is more than one slice");
+        assert_eq!(slices.first().map(|s| s.start), Some(0));
+        assert!(slices.windows(2).all(|w| w[0].end == w[1].start));
+        assert_eq!(slices.last().map(|s| s.end), Some(rows.len()));
+        let parts: Vec<RecordBatch> = chunk.expand(None).collect::<Result<_, _>>().unwrap();
+        let whole = arrow::compute::concat_batches(&spans_schema(), &parts).unwrap();
+        assert_eq!(whole, chunk.to_batch().unwrap());
+        // A projection expands only the columns asked for.
+        let p = vec![0, spans_schema().index_of(col::SERVICE_NAME).unwrap()];
+        let projected: Vec<RecordBatch> = chunk.expand(Some(p)).collect::<Result<_, _>>().unwrap();
+        assert_eq!(projected[0].num_columns(), 2);
+    }
+
+    #[test]
+    fn ipc_round_trip_and_the_old_record_form() {
+        let chunk = chunk();
+        let mut bytes = Vec::new();
+        chunk.write_ipc(&mut bytes).unwrap();
+        let back = SpanChunk::read_ipc(&bytes).unwrap();
+        assert_eq!(back.to_batch().unwrap(), chunk.to_batch().unwrap());
+        assert!(SpanChunk::read_ipc(&bytes[..bytes.len() - 1]).is_err());
+        let old = SpanChunk::from_expanded(&chunk.to_batch().unwrap()).unwrap();
+        assert_eq!(old.to_batch().unwrap(), chunk.to_batch().unwrap());
+    }
+
+    #[test]
+    fn a_span_pointing_past_its_resources_is_refused() {
+        let chunk = chunk();
+        let empty = RecordBatch::new_empty(resource_schema());
+        let err = SpanChunk::try_new(chunk.spans.clone(), empty, chunk.scopes.clone());
+        assert!(err.is_err());
+    }
+}

@@ -1,0 +1,164 @@
+//! Valid but hostile OTLP: shapes that used to amplify. One large resource shared by many
+//! spans is stored once (bounded buffer, WAL and Parquet bytes) and survives `kill -9`;
+//! spans spread over decades cannot make one request write thousands of files.
+
+use std::path::Path;
+
+use arrow::array::AsArray;
+use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use prost::Message;
+
+use crate::common::{otlp, parquet_files};
+use crate::crash::{Spanlake, send};
+
+/// The span ids in the Parquet tree, read without the other (large) columns.
+fn stored_span_ids(dir: &Path) -> Vec<String> {
+    let mut ids = Vec::new();
+    for file in parquet_files(dir) {
+        let builder =
+            ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&file).unwrap()).unwrap();
+        let mask = ProjectionMask::columns(builder.parquet_schema(), ["span_id"]);
+        for batch in builder.with_projection(mask).build().unwrap() {
+            let batch = batch.unwrap();
+            ids.extend(
+                batch
+                    .column(0)
+                    .as_string::<i32>()
+                    .iter()
+                    .flatten()
+                    .map(str::to_string),
+            );
+        }
+    }
+    ids.sort();
+    ids
+}
+
+fn bytes_under(dir: &Path, ext: &str) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().map(Result::unwrap) {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == ext) {
+                total += e.metadata().unwrap().len();
+            }
+        }
+    }
+    total
+}
+
+async fn metric(client: &reqwest::Client, http: std::net::SocketAddr, name: &str) -> u64 {
+    let text = client
+        .get(format!("http://{http}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} in /metrics"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_resource_shared_by_many_spans_is_stored_once_and_survives_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Spanlake::start(dir.path(), &["--flush-interval", "1h"]);
+    // The reported failure: 160 spans under one resource with an 8 MiB attribute became a
+    // 1.3 GB WAL record that replay refused, and the acknowledged spans were lost.
+    let spans = (1..=160u64)
+        .map(|id| {
+            let mut s = otlp::span(0xcd, 0, "under-a-big-resource");
+            s.span_id = id.to_be_bytes().to_vec();
+            s
+        })
+        .collect();
+    let mut request = otlp::request(spans);
+    let blob: String = (0..8 << 20)
+        .map(|i| char::from(b'a' + (i * 7 % 26) as u8))
+        .collect();
+    request.resource_spans[0]
+        .resource
+        .as_mut()
+        .unwrap()
+        .attributes
+        .push(otlp::kv("blob", otlp::s(&blob)));
+    let body = request.encode_to_vec();
+    let size = body.len() as u64;
+    let client = reqwest::Client::new();
+    assert!(send(&client, server.http, body).await, "acknowledged");
+
+    let buffered = metric(&client, server.http, "spanlake_buffer_bytes").await;
+    assert!(
+        buffered < 2 * size,
+        "buffer holds {buffered} bytes for a {size}-byte request"
+    );
+    let wal = bytes_under(&dir.path().join("wal"), "wal");
+    assert!(
+        wal < 2 * size,
+        "WAL holds {wal} bytes for a {size}-byte request"
+    );
+
+    server.kill_9();
+    let restarted = Spanlake::start(dir.path(), &[]);
+    restarted.terminate();
+
+    let expected: Vec<String> = (1..=160u64).map(|id| format!("{id:016x}")).collect();
+    assert_eq!(
+        stored_span_ids(dir.path()),
+        expected,
+        "every acked span, once"
+    );
+    let parquet = bytes_under(dir.path(), "parquet");
+    assert!(
+        parquet < 2 * size,
+        "Parquet holds {parquet} bytes for a {size}-byte request"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_request_cannot_spread_over_thousands_of_partitions() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Spanlake::start(dir.path(), &["--flush-interval", "1h"]);
+    // 2,000 spans whose start times are spread over 22 years, all valid OTLP.
+    let base: u64 = 1_000_000_000 * 1_000_000_000; // 2001-09-09
+    let step: u64 = 22 * 365 * 24 * 3600 * 1_000_000_000 / 2000;
+    let spans = (0..2000u64)
+        .map(|i| {
+            let mut s = otlp::span(0xee, 0, "spread");
+            s.span_id = (i + 1).to_be_bytes().to_vec();
+            s.start_time_unix_nano = base + i * step;
+            s.end_time_unix_nano = base + i * step + 1_000;
+            s
+        })
+        .collect();
+    let response = reqwest::Client::new()
+        .post(format!("http://{}/v1/traces", server.http))
+        .header("content-type", "application/json")
+        .body(serde_json::to_vec(&otlp::request(spans)).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let answer: serde_json::Value = response.json().await.unwrap();
+    let partial = &answer["partialSuccess"];
+    assert_eq!(partial["rejectedSpans"], "1968", "{answer}");
+    let message = partial["errorMessage"].as_str().unwrap();
+    assert!(message.contains("at most 32 hours"), "{message}");
+    server.terminate();
+
+    let files = parquet_files(dir.path());
+    assert_eq!(files.len(), 32, "one file per hour the request kept");
+    assert_eq!(stored_span_ids(dir.path()).len(), 32);
+    // The spans kept are stored in their true hour, however old.
+    assert!(
+        files
+            .iter()
+            .any(|f| f.to_string_lossy().contains("date=2001-09-09"))
+    );
+}
