@@ -24,6 +24,7 @@ pub mod config;
 pub mod decode;
 pub mod error;
 pub mod fake;
+pub mod fault;
 pub mod flush;
 pub mod ingest;
 pub mod metrics;

@@ -17,6 +17,7 @@ use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use arrow::array::{Array, ArrayRef, AsArray};
@@ -30,14 +31,15 @@ use parquet::file::metadata::SortingColumn;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info};
+use tracing::{debug, error, info, warn};
 
 use crate::buffer::{Buffer, Taken};
 use crate::chunk::{FALLBACK, SpanChunk, gather, plan_slices};
+use crate::fault;
 use crate::metrics::Metrics;
 use crate::schema::{col, column_index, nested, path, spans_schema};
 use crate::time::{civil_hour, hour_bucket};
-use crate::wal::{Wal, WalError, WalPosition, sync_dir, write_checkpoint};
+use crate::wal::{Wal, WalError, WalPosition, read_checkpoint, sync_dir, write_checkpoint};
 use crate::workspace::Workspace;
 
 /// Rows per Parquet row group.
@@ -249,7 +251,7 @@ pub fn stage_workspace(
 }
 
 /// Writes `rows` of `chunks` to a temporary name in `dir`, fsynced; [`publish`] makes it
-/// visible.
+/// visible. A failed write leaves no temporary file behind.
 fn write_file(
     dir: &Path,
     chunks: &[&SpanChunk],
@@ -259,57 +261,170 @@ fn write_file(
     let name = ulid::Ulid::new().to_string();
     let tmp = dir.join(format!(".{name}.{}{}", path::PARQUET_EXT, path::TMP_SUFFIX));
     let target = dir.join(format!("{name}.{}", path::PARQUET_EXT));
-    let file = File::create(&tmp).map_err(io_at(&tmp))?;
-    let mut writer = ArrowWriter::try_new(file, spans_schema(), Some(writer_properties()))?;
-    for slice in plan_slices(chunks, rows) {
-        writer.write(&gather(chunks, &rows[slice], None)?)?;
-        if writer.in_progress_size() >= ROW_GROUP_BYTES {
-            writer.flush()?;
+    let written = (|| -> Result<(), FlushError> {
+        let file = File::create(&tmp).map_err(io_at(&tmp))?;
+        let mut writer = ArrowWriter::try_new(file, spans_schema(), Some(writer_properties()))?;
+        for slice in plan_slices(chunks, rows) {
+            writer.write(&gather(chunks, &rows[slice], None)?)?;
+            if writer.in_progress_size() >= ROW_GROUP_BYTES {
+                writer.flush()?;
+            }
         }
+        let file = writer.into_inner()?;
+        fault::hit(fault::FLUSH_STAGE).map_err(io_at(&tmp))?;
+        file.sync_all().map_err(io_at(&tmp))
+    })();
+    if let Err(e) = written {
+        remove_quietly(&tmp);
+        return Err(e);
     }
-    let file = writer.into_inner()?;
-    file.sync_all().map_err(io_at(&tmp))?;
     debug!(path = %target.display(), rows = rows.len(), "Wrote Parquet file.");
     Ok(Staged { tmp, target })
 }
 
-/// Stages every taken workspace; returns the files and the rows in them.
+/// Removes a file this flush created, logging (not failing) when that is impossible.
+fn remove_quietly(path: &Path) {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => {
+            warn!(path = %path.display(), error = %e, "Could not remove a file of a failed flush.")
+        }
+    }
+}
+
+/// Stages every taken workspace; returns the files and the rows in them. On failure the
+/// files staged so far are removed, so a failed flush never keeps a full disk full.
 pub fn stage_taken(data_dir: &Path, taken: &[Taken]) -> Result<(Vec<Staged>, u64), FlushError> {
     let mut files = Vec::new();
     let mut rows = 0;
     for t in taken {
-        files.extend(stage_workspace(data_dir, &t.workspace, &t.chunks)?);
+        match stage_workspace(data_dir, &t.workspace, &t.chunks) {
+            Ok(staged) => files.extend(staged),
+            Err(e) => {
+                for f in &files {
+                    remove_quietly(&f.tmp);
+                }
+                return Err(e);
+            }
+        }
         rows += t.chunks.iter().map(|c| c.num_rows() as u64).sum::<u64>();
     }
     Ok((files, rows))
 }
 
-/// Stages the taken chunks, then makes the files visible and drops the chunks from the
-/// buffer in one step for queries, then makes the files durable.
+/// A flush whose manifest is durable: from then on it is completed, never re-staged, so a
+/// failure part-way can only be retried into the same files.
+pub struct PendingFlush {
+    taken: Vec<Taken>,
+    staged: Vec<Staged>,
+    checkpoint: WalPosition,
+    rows: u64,
+    /// Whether its files are visible and its chunks released from the buffer (once only).
+    published: std::sync::atomic::AtomicBool,
+}
+
+impl PendingFlush {
+    /// Files this flush publishes.
+    pub fn files(&self) -> usize {
+        self.staged.len()
+    }
+
+    /// Rows in them.
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+}
+
+/// Stages the taken chunks and durably records the flush (its files, fsynced with every
+/// directory they were created in, and the checkpoint it moves to) in a manifest.
 ///
-/// The flush is one atomic step for recovery: before any rename, a manifest naming the
-/// staged files and the new checkpoint is made durable; after the renames and the new
-/// checkpoint, it is removed. A crash in between is rolled forward on start by
-/// [`recover_pending_flush`], so replay never re-reads records whose files were published.
+/// The flush is one atomic step for recovery: once the manifest is durable, a crash is
+/// rolled forward on start by [`recover_pending_flush`], so replay never re-reads records
+/// whose files were published; before it, a crash leaves only temporary files, removed on
+/// start, and the WAL replays the records.
+pub fn stage_flush(
+    data_dir: &Path,
+    taken: Vec<Taken>,
+    checkpoint: WalPosition,
+) -> Result<PendingFlush, FlushError> {
+    let (staged, rows) = stage_taken(data_dir, &taken)?;
+    let recorded =
+        sync_parents(&staged).and_then(|()| write_manifest(data_dir, &staged, checkpoint));
+    if let Err(e) = recorded {
+        for f in &staged {
+            remove_quietly(&f.tmp);
+        }
+        return Err(e);
+    }
+    Ok(PendingFlush {
+        taken,
+        staged,
+        checkpoint,
+        rows,
+        published: Default::default(),
+    })
+}
+
+/// Completes a staged flush: makes its files visible and drops its chunks from the buffer
+/// in one step for queries, then makes the names durable, moves the checkpoint and removes
+/// the manifest. Idempotent: after a failure, call it again with the same flush.
+pub fn complete_flush(
+    data_dir: &Path,
+    buffer: &Buffer,
+    pending: &PendingFlush,
+) -> Result<(), FlushError> {
+    let wal_dir = data_dir.join(path::WAL_DIR);
+    if !pending.published.load(Ordering::Acquire) {
+        buffer.publish(&pending.taken, || rename_all_or_none(&pending.staged))?;
+        pending.published.store(true, Ordering::Release);
+    }
+    sync_parents(&pending.staged)?;
+    fault::hit(fault::FLUSH_COMMIT).map_err(io_at(&wal_dir))?;
+    write_checkpoint(&wal_dir, pending.checkpoint).map_err(io_at(&wal_dir))?;
+    remove_manifest(&wal_dir)
+}
+
+/// Renames every staged file to its target (those already renamed are skipped); if one
+/// fails, renames the others back, so that readers see all of the flush or none of it.
+fn rename_all_or_none(staged: &[Staged]) -> Result<(), FlushError> {
+    let mut renamed = Vec::new();
+    let mut failure = None;
+    for s in staged {
+        if !s.tmp.exists() && s.target.exists() {
+            continue;
+        }
+        let step =
+            fault::hit(fault::FLUSH_PUBLISH).and_then(|()| std::fs::rename(&s.tmp, &s.target));
+        match step {
+            Ok(()) => renamed.push(s),
+            Err(e) => {
+                failure = Some(io_at(&s.target)(e));
+                break;
+            }
+        }
+    }
+    let Some(failure) = failure else {
+        return Ok(());
+    };
+    for s in renamed {
+        if let Err(e) = std::fs::rename(&s.target, &s.tmp) {
+            error!(path = %s.target.display(), error = %e, "Could not take back a file of a failed flush; its spans are visible twice until the flush is retried.");
+        }
+    }
+    Err(failure)
+}
+
+/// Stages the taken chunks and completes the flush (tests, benchmarks and replay).
 pub fn write_taken(
     data_dir: &Path,
     buffer: &Buffer,
-    taken: &[Taken],
+    taken: Vec<Taken>,
     checkpoint: WalPosition,
 ) -> Result<(usize, u64), FlushError> {
-    let (staged, rows) = stage_taken(data_dir, taken)?;
-    let wal_dir = data_dir.join(path::WAL_DIR);
-    write_manifest(data_dir, &staged, checkpoint)?;
-    buffer.publish(taken, || -> Result<(), FlushError> {
-        for s in &staged {
-            std::fs::rename(&s.tmp, &s.target).map_err(io_at(&s.target))?;
-        }
-        Ok(())
-    })?;
-    sync_parents(&staged)?;
-    write_checkpoint(&wal_dir, checkpoint).map_err(io_at(&wal_dir))?;
-    remove_manifest(&wal_dir)?;
-    Ok((staged.len(), rows))
+    let pending = stage_flush(data_dir, taken, checkpoint)?;
+    complete_flush(data_dir, buffer, &pending)?;
+    Ok((pending.files(), pending.rows()))
 }
 
 /// The manifest of a flush in progress, in the WAL directory.
@@ -354,6 +469,10 @@ fn remove_manifest(wal_dir: &Path) -> Result<(), FlushError> {
 /// Completes a flush that a crash interrupted between its manifest and its checkpoint:
 /// publishes its staged files (complete and fsynced before the manifest was written) and
 /// moves the checkpoint. Runs on start, before leftovers are removed and the WAL replayed.
+///
+/// If a file of the manifest is gone under both its names, the flush is rolled back
+/// instead (its published files removed, the checkpoint left where it was), so the WAL
+/// replays those records: nothing is skipped that is not in a file.
 pub fn recover_pending_flush(data_dir: &Path) -> Result<bool, FlushError> {
     let wal_dir = data_dir.join(path::WAL_DIR);
     let manifest = wal_dir.join(MANIFEST);
@@ -375,23 +494,39 @@ pub fn recover_pending_flush(data_dir: &Path) -> Result<bool, FlushError> {
     let (Some(Ok(segment)), Some(Ok(offset))) = (head.next(), head.next()) else {
         return Err(corrupt());
     };
-    let mut staged = Vec::new();
-    for line in lines {
-        let (tmp, target) = line.split_once('\t').ok_or_else(corrupt)?;
-        let s = Staged {
-            tmp: data_dir.join(tmp),
-            target: data_dir.join(target),
-        };
-        if s.tmp.exists() {
-            std::fs::rename(&s.tmp, &s.target).map_err(io_at(&s.target))?;
-        }
-        staged.push(s);
-    }
-    sync_parents(&staged)?;
     let checkpoint = WalPosition {
         segment: crate::wal::SegmentId(segment),
         offset,
     };
+    let mut staged = Vec::new();
+    for line in lines {
+        let (tmp, target) = line.split_once('\t').ok_or_else(corrupt)?;
+        staged.push(Staged {
+            tmp: data_dir.join(tmp),
+            target: data_dir.join(target),
+        });
+    }
+    let current = read_checkpoint(&wal_dir).map_err(io_at(&wal_dir))?;
+    if current.is_some_and(|c| c >= checkpoint) {
+        // The flush completed; only the manifest's removal was cut short.
+        remove_manifest(&wal_dir)?;
+        return Ok(false);
+    }
+    if let Some(missing) = staged
+        .iter()
+        .find(|s| !s.tmp.exists() && !s.target.exists())
+    {
+        warn!(path = %missing.target.display(), "A file of an interrupted flush is gone; rolling the flush back, the WAL replays its spans.");
+        for s in &staged {
+            remove_quietly(&s.target);
+            remove_quietly(&s.tmp);
+        }
+        sync_parents(&staged)?;
+        remove_manifest(&wal_dir)?;
+        return Ok(false);
+    }
+    rename_all_or_none(&staged)?;
+    sync_parents(&staged)?;
     write_checkpoint(&wal_dir, checkpoint).map_err(io_at(&wal_dir))?;
     remove_manifest(&wal_dir)?;
     info!(
@@ -437,8 +572,9 @@ pub struct ParquetFlusher {
     wal: Arc<Wal>,
     metrics: Arc<Metrics>,
     max_age: Duration,
-    /// One checkpoint at a time.
-    running: tokio::sync::Mutex<()>,
+    /// One checkpoint at a time; holds a flush whose manifest is durable but whose
+    /// completion failed, to be completed (never re-staged) by the next checkpoint.
+    pending: tokio::sync::Mutex<Option<Arc<PendingFlush>>>,
 }
 
 impl ParquetFlusher {
@@ -457,7 +593,7 @@ impl ParquetFlusher {
             wal,
             metrics,
             max_age,
-            running: tokio::sync::Mutex::new(()),
+            pending: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -474,7 +610,8 @@ impl ParquetFlusher {
                 _ = self.buffer.flush_wanted() => {}
                 _ = tick.tick() => {
                     let due = self.buffer.over_threshold()
-                        || self.buffer.oldest().is_some_and(|t| t.elapsed() >= self.max_age);
+                        || self.buffer.oldest().is_some_and(|t| t.elapsed() >= self.max_age)
+                        || self.has_pending();
                     if !due {
                         continue;
                     }
@@ -491,24 +628,45 @@ impl ParquetFlusher {
         }
     }
 
+    /// Whether a flush failed after its manifest was written (it is retried even when
+    /// nothing new is buffered, or the checkpoint would never move).
+    fn has_pending(&self) -> bool {
+        self.pending.try_lock().is_ok_and(|p| p.is_some())
+    }
+
     /// Rotates the WAL, writes everything buffered before the rotation to Parquet,
-    /// moves the checkpoint and deletes the covered segments.
+    /// moves the checkpoint and deletes the covered segments. A flush left incomplete by
+    /// an earlier failure is completed first, with the files it already staged.
     pub async fn checkpoint(&self) -> Result<(), FlushError> {
-        let _one = self.running.lock().await;
-        let next = self.wal.rotate().await?;
-        let taken = self.buffer.take(Some(next));
-        let data_dir = self.data_dir.clone();
-        let buffer = self.buffer.clone();
+        let mut slot = self.pending.lock().await;
         let started = std::time::Instant::now();
-        let checkpoint = WalPosition {
-            segment: next,
-            offset: 0,
+        let pending = match slot.take() {
+            Some(pending) => pending,
+            None => {
+                let next = self.wal.rotate().await?;
+                let taken = self.buffer.take(Some(next));
+                let data_dir = self.data_dir.clone();
+                let checkpoint = WalPosition {
+                    segment: next,
+                    offset: 0,
+                };
+                Arc::new(
+                    tokio::task::spawn_blocking(move || stage_flush(&data_dir, taken, checkpoint))
+                        .await
+                        .map_err(|e| FlushError::Task(e.to_string()))??,
+                )
+            }
         };
-        let (files, rows) = tokio::task::spawn_blocking(move || {
-            write_taken(&data_dir, &buffer, &taken, checkpoint)
-        })
-        .await
-        .map_err(|e| FlushError::Task(e.to_string()))??;
+        let (data_dir, buffer, p) = (self.data_dir.clone(), self.buffer.clone(), pending.clone());
+        let completed = tokio::task::spawn_blocking(move || complete_flush(&data_dir, &buffer, &p))
+            .await
+            .map_err(|e| FlushError::Task(e.to_string()))
+            .and_then(|r| r);
+        if let Err(e) = completed {
+            *slot = Some(pending);
+            return Err(e);
+        }
+        let (files, rows, next) = (pending.files(), pending.rows(), pending.checkpoint.segment);
         let wal_dir = self.wal_dir.clone();
         let wal = self.wal.clone();
         tokio::task::spawn_blocking(move || -> Result<(), FlushError> {
@@ -537,7 +695,7 @@ pub fn flush_replayed(
     position: WalPosition,
 ) -> Result<(), FlushError> {
     let taken = buffer.take(None);
-    write_taken(data_dir, buffer, &taken, position)?;
+    write_taken(data_dir, buffer, taken, position)?;
     Ok(())
 }
 
@@ -575,5 +733,63 @@ mod tests {
             !recover_pending_flush(data).unwrap(),
             "nothing left to recover"
         );
+    }
+
+    fn staged_flush(data: &Path, at: WalPosition) -> Vec<Staged> {
+        std::fs::create_dir_all(data.join(path::WAL_DIR)).unwrap();
+        let mut spans = crate::fake::request(16, 1, 1_763_000_000_000_000_000);
+        // Two hours, so the flush has two files.
+        let second = crate::fake::request(16, 2, 1_763_000_000_000_000_000 + 3_600_000_000_000);
+        spans.resource_spans.extend(second.resource_spans);
+        let bytes = prost::Message::encode_to_vec(&spans);
+        let chunk = crate::normalize::normalize(&crate::decode::decode_protobuf(&bytes).unwrap())
+            .unwrap()
+            .chunk;
+        let ws = Workspace::new("w").unwrap();
+        let staged = stage_workspace(data, &ws, &[chunk]).unwrap();
+        assert_eq!(staged.len(), 2);
+        write_manifest(data, &staged, at).unwrap();
+        staged
+    }
+
+    #[test]
+    fn a_flush_with_a_missing_file_is_rolled_back_for_replay() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path();
+        let at = WalPosition {
+            segment: SegmentId(7),
+            offset: 0,
+        };
+        let staged = staged_flush(data, at);
+        std::fs::rename(&staged[0].tmp, &staged[0].target).unwrap();
+        std::fs::remove_file(&staged[1].tmp).unwrap();
+        assert!(
+            !recover_pending_flush(data).unwrap(),
+            "nothing rolled forward"
+        );
+        assert!(
+            !staged[0].target().exists(),
+            "the published half is taken back"
+        );
+        assert_eq!(read_checkpoint(&data.join(path::WAL_DIR)).unwrap(), None);
+        assert!(!data.join(path::WAL_DIR).join(MANIFEST).exists());
+    }
+
+    #[test]
+    fn a_completed_flush_whose_manifest_stayed_is_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path();
+        let at = WalPosition {
+            segment: SegmentId(7),
+            offset: 0,
+        };
+        let staged = staged_flush(data, at);
+        for s in &staged {
+            std::fs::rename(&s.tmp, &s.target).unwrap();
+        }
+        write_checkpoint(&data.join(path::WAL_DIR), at).unwrap();
+        assert!(!recover_pending_flush(data).unwrap());
+        assert!(staged.iter().all(|s| s.target().exists()));
+        assert!(!data.join(path::WAL_DIR).join(MANIFEST).exists());
     }
 }

@@ -22,12 +22,18 @@ pub(crate) struct Spanlake {
 
 impl Spanlake {
     pub(crate) fn start(dir: &Path, extra: &[&str]) -> Self {
+        Self::start_with_env(dir, extra, &[])
+    }
+
+    /// Starts the binary with extra environment variables (e.g. `SPANLAKE_FAULT`).
+    pub(crate) fn start_with_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_spanlake"))
             .args(["serve", "--data-dir"])
             .arg(dir)
             .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
             .args(extra)
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -62,14 +68,29 @@ impl Spanlake {
         self.child.wait().expect("reaped");
     }
 
-    pub(crate) fn terminate(mut self) {
+    /// SIGTERM; the exit status (a failed final flush is a non-zero exit).
+    pub(crate) fn terminate_status(mut self) -> std::process::ExitStatus {
         let status = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()
             .expect("kill -TERM");
         assert!(status.success());
-        let exit = self.child.wait().expect("exit");
+        self.child.wait().expect("exit")
+    }
+
+    pub(crate) fn terminate(self) {
+        let exit = self.terminate_status();
         assert!(exit.success(), "SIGTERM must end in exit 0, got {exit:?}");
+    }
+}
+
+impl Drop for Spanlake {
+    /// A failed test must not leave its server running.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 

@@ -4,6 +4,7 @@ mod auth;
 mod common;
 mod crash;
 mod exporters;
+mod flush_faults;
 mod grpc;
 mod hostile_ingest;
 mod http;

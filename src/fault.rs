@@ -1,0 +1,78 @@
+//! Fault injection for tests: fail or crash at a named step of the write path.
+//!
+//! Input: the environment variable `SPANLAKE_FAULT=<point>:<action>[:<nth>]`, read once;
+//! `action` is `error` (the step returns an injected I/O error) or `crash` (the process
+//! aborts at once, as under `kill -9`); `nth` (default 1) is which hit of the point acts,
+//! `0` every hit. Output: [`hit`] at each point. Invariants: without the variable every
+//! point costs one initialized `OnceLock` read.
+
+use std::io;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// After a flush's Parquet file is written, before it is fsynced.
+pub const FLUSH_STAGE: &str = "flush.stage";
+/// Before each rename that publishes a flushed file.
+pub const FLUSH_PUBLISH: &str = "flush.publish";
+/// After a flush's files are published, before the WAL checkpoint moves.
+pub const FLUSH_COMMIT: &str = "flush.commit";
+
+/// The environment variable that arms a fault.
+pub const ENV: &str = "SPANLAKE_FAULT";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Action {
+    Error,
+    Crash,
+}
+
+struct Fault {
+    point: String,
+    action: Action,
+    nth: u64,
+    hits: AtomicU64,
+}
+
+fn armed() -> Option<&'static Fault> {
+    static FAULT: OnceLock<Option<Fault>> = OnceLock::new();
+    FAULT
+        .get_or_init(|| {
+            let spec = std::env::var(ENV).ok()?;
+            let mut parts = spec.split(':');
+            let point = parts.next()?.to_string();
+            let action = match parts.next()? {
+                "error" => Action::Error,
+                "crash" => Action::Crash,
+                _ => return None,
+            };
+            let nth = parts.next().and_then(|n| n.parse().ok()).unwrap_or(1);
+            Some(Fault {
+                point,
+                action,
+                nth,
+                hits: AtomicU64::new(0),
+            })
+        })
+        .as_ref()
+}
+
+/// Passes the point `name`: `Err` or a crash if a fault is armed for this hit of it.
+pub fn hit(name: &str) -> io::Result<()> {
+    let Some(fault) = armed() else {
+        return Ok(());
+    };
+    if fault.point != name {
+        return Ok(());
+    }
+    let hit = fault.hits.fetch_add(1, Ordering::Relaxed) + 1;
+    if fault.nth != 0 && hit != fault.nth {
+        return Ok(());
+    }
+    match fault.action {
+        Action::Crash => {
+            eprintln!("spanlake: injected crash at {name}");
+            std::process::abort()
+        }
+        Action::Error => Err(io::Error::other(format!("injected fault at {name}"))),
+    }
+}

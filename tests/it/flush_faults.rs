@@ -1,0 +1,232 @@
+//! Faults injected at each step of a flush (`SPANLAKE_FAULT`), with the real binary: an
+//! I/O error there and a crash there both keep every acknowledged span, exactly once, in
+//! what queries see while the server runs and in the table after a restart.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use prost::Message;
+
+use crate::common::{otlp, parquet_files, read_tree};
+use crate::crash::{Spanlake, send};
+
+const HOUR_NS: u64 = 3_600_000_000_000;
+
+/// Spans `first..first + n` whose start hours alternate, so one flush writes two files.
+fn request(first: u64, n: u64) -> Vec<u8> {
+    let spans = (first..first + n)
+        .map(|id| {
+            let mut s = otlp::span(0xfa, 0, "fault-test");
+            s.span_id = id.to_be_bytes().to_vec();
+            s.start_time_unix_nano += (id % 2) * HOUR_NS;
+            s.end_time_unix_nano = s.start_time_unix_nano + 1_000;
+            s
+        })
+        .collect();
+    otlp::request(spans).encode_to_vec()
+}
+
+/// Sends 4 requests of 10 spans; all must be acknowledged.
+async fn ingest(http: SocketAddr) -> Vec<String> {
+    let client = reqwest::Client::new();
+    for k in 0..4u64 {
+        assert!(send(&client, http, request(k * 10 + 1, 10)).await, "acked");
+    }
+    (1..=40u64).map(|id| format!("{id:016x}")).collect()
+}
+
+async fn sql(http: SocketAddr, query: &str) -> serde_json::Value {
+    let answer: serde_json::Value = reqwest::Client::new()
+        .post(format!(
+            "http://{http}/apis/intake/v2/workspaces/default/sql"
+        ))
+        .json(&serde_json::json!({ "query": query }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    answer["rows"][0].clone()
+}
+
+/// Waits until at least `n` flushes have failed.
+async fn wait_for_flush_errors(http: SocketAddr, n: u64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while flush_errors(http).await < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "expected {n} failed flushes"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+async fn flush_errors(http: SocketAddr) -> u64 {
+    let text = reqwest::get(format!("http://{http}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix("spanlake_flush_errors_total")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
+fn assert_exactly_once(dir: &Path, expected: &[String]) {
+    let mut counts = BTreeMap::new();
+    for id in read_tree(dir).span_ids() {
+        *counts.entry(id).or_insert(0) += 1;
+    }
+    let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "stored twice: {twice:?}");
+    let missing: Vec<_> = expected
+        .iter()
+        .filter(|id| !counts.contains_key(*id))
+        .collect();
+    assert!(missing.is_empty(), "acked but lost: {missing:?}");
+}
+
+fn temp_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().map(Result::unwrap) {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.to_string_lossy().ends_with(".parquet.tmp") {
+                found.push(p);
+            }
+        }
+    }
+    found
+}
+
+/// A step that fails every time: queries keep seeing every span once, the final flush
+/// fails (exit non-zero, the WAL keeps everything), and a restart without the fault
+/// stores every span once.
+async fn failing_step(point: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let fault = format!("{point}:error:0");
+    let server = Spanlake::start_with_env(
+        dir.path(),
+        &["--flush-interval", "100ms"],
+        &[("SPANLAKE_FAULT", &fault)],
+    );
+    let acked = ingest(server.http).await;
+    let http = server.http;
+    wait_for_flush_errors(http, 2).await;
+    let seen = sql(
+        http,
+        "SELECT COUNT(*) AS n, COUNT(DISTINCT span_id) AS d FROM spans",
+    )
+    .await;
+    assert_eq!(seen["n"], 40, "{point}: queries see each span once: {seen}");
+    assert_eq!(seen["d"], 40, "{point}: {seen}");
+    if point == fault_points::STAGE {
+        assert!(
+            temp_files(dir.path()).is_empty(),
+            "a failed flush removes its temp files"
+        );
+    }
+    assert!(
+        !server.terminate_status().success(),
+        "the final flush fails at {point}"
+    );
+    Spanlake::start(dir.path(), &[]).terminate();
+    assert_exactly_once(dir.path(), &acked);
+}
+
+/// A crash at the step: a restart stores every acked span once.
+async fn crash_at(point: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let fault = format!("{point}:crash");
+    let server = Spanlake::start_with_env(
+        dir.path(),
+        &["--flush-interval", "1h"],
+        &[("SPANLAKE_FAULT", &fault)],
+    );
+    let acked = ingest(server.http).await;
+    // SIGTERM's final flush reaches the step and dies there.
+    let status = server.terminate_status();
+    assert!(
+        !status.success(),
+        "{point}: the process should have crashed: {status:?}"
+    );
+    let restarted = Spanlake::start(dir.path(), &[]);
+    let seen = sql(
+        restarted.http,
+        "SELECT COUNT(*) AS n, COUNT(DISTINCT span_id) AS d FROM spans",
+    )
+    .await;
+    assert_eq!(
+        (seen["n"].clone(), seen["d"].clone()),
+        (40.into(), 40.into()),
+        "{point}: {seen}"
+    );
+    restarted.terminate();
+    assert_exactly_once(dir.path(), &acked);
+    assert_eq!(parquet_files(dir.path()).len() % 2, 0, "whole flushes only");
+}
+
+mod fault_points {
+    pub const STAGE: &str = "flush.stage";
+    pub const PUBLISH: &str = "flush.publish";
+    pub const COMMIT: &str = "flush.commit";
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flush_errors_at_every_step_lose_and_double_nothing() {
+    for point in [
+        fault_points::STAGE,
+        fault_points::PUBLISH,
+        fault_points::COMMIT,
+    ] {
+        failing_step(point).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crashes_at_every_flush_step_lose_and_double_nothing() {
+    for point in [
+        fault_points::STAGE,
+        fault_points::PUBLISH,
+        fault_points::COMMIT,
+    ] {
+        crash_at(point).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rename_failing_half_way_is_taken_back_and_retried_into_the_same_files() {
+    let dir = tempfile::tempdir().unwrap();
+    // The second rename of the first flush fails: the first file is renamed back.
+    let server = Spanlake::start_with_env(
+        dir.path(),
+        &["--flush-interval", "100ms"],
+        &[("SPANLAKE_FAULT", "flush.publish:error:2")],
+    );
+    let acked = ingest(server.http).await;
+    let http = server.http;
+    wait_for_flush_errors(http, 1).await;
+    let seen = sql(
+        http,
+        "SELECT COUNT(*) AS n, COUNT(DISTINCT span_id) AS d FROM spans",
+    )
+    .await;
+    assert_eq!(
+        (seen["n"].clone(), seen["d"].clone()),
+        (40.into(), 40.into()),
+        "{seen}"
+    );
+    server.terminate();
+    assert_exactly_once(dir.path(), &acked);
+}
