@@ -26,6 +26,7 @@ pub mod error;
 pub mod fake;
 pub mod fault;
 pub mod flush;
+pub mod fuzzing;
 pub mod ingest;
 pub mod metrics;
 pub mod normalize;

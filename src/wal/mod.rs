@@ -26,7 +26,7 @@ use crate::chunk::SpanChunk;
 use crate::workspace::Workspace;
 
 pub use format::{
-    HEADER_LEN, SegmentId, WalPosition, encode_record, list_segments, read_checkpoint,
+    HEADER_LEN, MAGIC, SegmentId, WalPosition, encode_record, list_segments, read_checkpoint,
     segment_path, sync_dir, write_checkpoint,
 };
 

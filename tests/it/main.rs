@@ -5,6 +5,7 @@ mod common;
 mod crash;
 mod exporters;
 mod flush_faults;
+mod fuzz_regressions;
 mod grpc;
 mod hostile_ingest;
 mod http;
