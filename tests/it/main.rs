@@ -3,6 +3,7 @@
 mod auth;
 mod common;
 mod crash;
+mod disk_full;
 mod exporters;
 mod flush_faults;
 mod fuzz_regressions;
