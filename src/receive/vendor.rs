@@ -179,7 +179,7 @@ pub async fn span_logs_ingest(
                             trace_ids.push(log.trace_id.clone());
                         }
                     }
-                    Err(reason) => errors.push(format!("item {i}: {reason}")),
+                    Err(reason) => errors.push(format!("span {i}: {reason}")),
                 },
                 Err(e) => errors.push(e.clone()),
             }
