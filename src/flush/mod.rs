@@ -735,6 +735,11 @@ mod tests {
         );
     }
 
+    const AT: WalPosition = WalPosition {
+        segment: SegmentId(7),
+        offset: 0,
+    };
+
     fn staged_flush(data: &Path, at: WalPosition) -> Vec<Staged> {
         std::fs::create_dir_all(data.join(path::WAL_DIR)).unwrap();
         let mut spans = crate::fake::request(16, 1, 1_763_000_000_000_000_000);
@@ -756,11 +761,7 @@ mod tests {
     fn a_flush_with_a_missing_file_is_rolled_back_for_replay() {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path();
-        let at = WalPosition {
-            segment: SegmentId(7),
-            offset: 0,
-        };
-        let staged = staged_flush(data, at);
+        let staged = staged_flush(data, AT);
         std::fs::rename(&staged[0].tmp, &staged[0].target).unwrap();
         std::fs::remove_file(&staged[1].tmp).unwrap();
         assert!(
@@ -779,15 +780,11 @@ mod tests {
     fn a_completed_flush_whose_manifest_stayed_is_left_alone() {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path();
-        let at = WalPosition {
-            segment: SegmentId(7),
-            offset: 0,
-        };
-        let staged = staged_flush(data, at);
+        let staged = staged_flush(data, AT);
         for s in &staged {
             std::fs::rename(&s.tmp, &s.target).unwrap();
         }
-        write_checkpoint(&data.join(path::WAL_DIR), at).unwrap();
+        write_checkpoint(&data.join(path::WAL_DIR), AT).unwrap();
         assert!(!recover_pending_flush(data).unwrap());
         assert!(staged.iter().all(|s| s.target().exists()));
         assert!(!data.join(path::WAL_DIR).join(MANIFEST).exists());

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use prost::Message;
 
-use crate::common::{otlp, parquet_files, read_tree};
+use crate::common::{files_under, metric, otlp, parquet_files, read_tree};
 use crate::crash::{Spanlake, send};
 
 const HOUR_NS: u64 = 3_600_000_000_000;
@@ -64,19 +64,8 @@ async fn wait_for_flush_errors(http: SocketAddr, n: u64) {
 }
 
 async fn flush_errors(http: SocketAddr) -> u64 {
-    let text = reqwest::get(format!("http://{http}/metrics"))
+    metric(http, "spanlake_flush_errors_total")
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix("spanlake_flush_errors_total")?
-                .trim()
-                .parse()
-                .ok()
-        })
         .unwrap_or(0)
 }
 
@@ -95,19 +84,7 @@ fn assert_exactly_once(dir: &Path, expected: &[String]) {
 }
 
 fn temp_files(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut found = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap().map(Result::unwrap) {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.to_string_lossy().ends_with(".parquet.tmp") {
-                found.push(p);
-            }
-        }
-    }
-    found
+    files_under(dir, |p| p.to_string_lossy().ends_with(".parquet.tmp"))
 }
 
 /// A step that fails every time: queries keep seeing every span once, the final flush

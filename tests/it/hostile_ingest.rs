@@ -9,7 +9,7 @@ use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use prost::Message;
 
-use crate::common::{otlp, parquet_files};
+use crate::common::{files_under, metric, otlp, parquet_files};
 use crate::crash::{Spanlake, send};
 
 /// The span ids in the Parquet tree, read without the other (large) columns.
@@ -36,33 +36,10 @@ fn stored_span_ids(dir: &Path) -> Vec<String> {
 }
 
 fn bytes_under(dir: &Path, ext: &str) -> u64 {
-    let mut total = 0;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap().map(Result::unwrap) {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.extension().is_some_and(|x| x == ext) {
-                total += e.metadata().unwrap().len();
-            }
-        }
-    }
-    total
-}
-
-async fn metric(client: &reqwest::Client, http: std::net::SocketAddr, name: &str) -> u64 {
-    let text = client
-        .get(format!("http://{http}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{name} in /metrics"))
+    files_under(dir, |p| p.extension().is_some_and(|x| x == ext))
+        .iter()
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -93,7 +70,7 @@ async fn a_large_resource_shared_by_many_spans_is_stored_once_and_survives_kill_
     let client = reqwest::Client::new();
     assert!(send(&client, server.http, body).await, "acknowledged");
 
-    let buffered = metric(&client, server.http, "spanlake_buffer_bytes").await;
+    let buffered = metric(server.http, "spanlake_buffer_bytes").await.unwrap();
     assert!(
         buffered < 2 * size,
         "buffer holds {buffered} bytes for a {size}-byte request"
