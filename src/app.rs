@@ -195,13 +195,16 @@ async fn run(
     let wal_dir = data_dir.join(path::WAL_DIR);
     let replay_buffer = buffer.clone();
     let replay_dir = data_dir.clone();
-    let summary = tokio::task::spawn_blocking(move || replay(&replay_dir, &replay_buffer))
-        .await
-        .context("replay panicked")??;
+    let skip_corrupt = config.wal_skip_corrupt;
+    let summary =
+        tokio::task::spawn_blocking(move || replay(&replay_dir, &replay_buffer, skip_corrupt))
+            .await
+            .context("replay panicked")??;
     info!(
         records = summary.records,
         rows = summary.rows,
         cut_tails = summary.cut_tails,
+        skipped_corrupt_bytes = summary.skipped_bytes,
         "Replayed the write-ahead log."
     );
     let stats = Arc::new(WalStats::default());
@@ -216,6 +219,7 @@ async fn run(
                 sync: config.wal_sync,
                 queue_capacity: config.wal_queue,
                 max_bytes: config.wal_max_bytes,
+                max_record_len: wal::MAX_RECORD_LEN,
             },
             summary.next_segment,
             stats.clone(),
@@ -258,15 +262,23 @@ async fn run(
 }
 
 /// Replays the WAL into `buffer`, flushing to Parquet whenever a threshold is passed.
-fn replay(data_dir: &Path, buffer: &Buffer) -> anyhow::Result<wal::ReplaySummary> {
+fn replay(
+    data_dir: &Path,
+    buffer: &Buffer,
+    skip_corrupt: bool,
+) -> anyhow::Result<wal::ReplaySummary> {
     let wal_dir = data_dir.join(path::WAL_DIR);
-    let summary = wal::replay(&wal_dir, |position, segment, workspace, batch| {
-        buffer.push(segment, workspace, batch);
-        if buffer.over_threshold() {
-            flush_replayed(data_dir, buffer, position).map_err(std::io::Error::other)?;
-        }
-        Ok(())
-    })
+    let summary = wal::replay(
+        &wal_dir,
+        skip_corrupt,
+        |position, segment, workspace, chunk| {
+            buffer.push(segment, workspace, chunk);
+            if buffer.over_threshold() {
+                flush_replayed(data_dir, buffer, position).map_err(std::io::Error::other)?;
+            }
+            Ok(())
+        },
+    )
     .with_context(|| format!("replaying the WAL in {}", wal_dir.display()))?;
     Ok(summary)
 }

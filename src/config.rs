@@ -62,6 +62,10 @@ pub struct ServeConfig {
     /// Refuse ingestion (503 / UNAVAILABLE) while WAL segments on disk hold this many bytes.
     #[arg(long, env = "SPANLAKE_WAL_MAX_BYTES", default_value_t = 4096 * MIB as u64)]
     pub wal_max_bytes: u64,
+    /// On start, skip WAL records that cannot be read (not a torn tail) instead of
+    /// refusing to start; the spans in them are lost and the skip is logged.
+    #[arg(long, env = "SPANLAKE_WAL_SKIP_CORRUPT")]
+    pub wal_skip_corrupt: bool,
     /// Requests that may wait for the WAL writer at once; more are refused as overload.
     #[arg(long, env = "SPANLAKE_WAL_QUEUE", default_value_t = 4096)]
     pub wal_queue: usize,

@@ -73,12 +73,13 @@ pub enum Error {
 }
 
 impl Error {
-    /// Whether the client should retry later (overload).
+    /// Whether the client should retry later: overload, or a WAL that could not store the
+    /// request now (nothing of it was acknowledged). Answered UNAVAILABLE / 503 with
+    /// `Retry-After`, which OTLP exporters retry.
     pub fn is_overload(&self) -> bool {
         match self {
             Error::NotReady | Error::BufferFull { .. } => true,
-            Error::Wal(WalError::Overloaded(_)) => true,
-            Error::Wal(e) => e.is_disk_full(),
+            Error::Wal(e) => !matches!(e, WalError::Encode(_) | WalError::RecordTooLarge { .. }),
             _ => false,
         }
     }
@@ -92,7 +93,9 @@ impl Error {
             | Error::UnsupportedMediaType(_)
             | Error::UnsupportedEncoding(_)
             | Error::Decompress { .. } => tonic::Code::InvalidArgument,
-            Error::TooLarge { .. } => tonic::Code::ResourceExhausted,
+            Error::TooLarge { .. } | Error::Wal(WalError::RecordTooLarge { .. }) => {
+                tonic::Code::ResourceExhausted
+            }
             Error::Auth(e) if e.is_unauthenticated() => tonic::Code::Unauthenticated,
             Error::Auth(_) => tonic::Code::PermissionDenied,
             Error::MethodNotAllowed => tonic::Code::Unimplemented,
@@ -112,7 +115,9 @@ impl Error {
             | Error::UnsupportedEncoding(_)
             | Error::Decompress { .. }
             | Error::Body(_) => StatusCode::BAD_REQUEST,
-            Error::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::TooLarge { .. } | Error::Wal(WalError::RecordTooLarge { .. }) => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             Error::Auth(e) if e.is_unauthenticated() => StatusCode::UNAUTHORIZED,
             Error::Auth(_) => StatusCode::FORBIDDEN,
             Error::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,

@@ -10,6 +10,15 @@ use std::io;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// Before a group of WAL records is written.
+pub const WAL_WRITE: &str = "wal.write";
+/// After a group is written, before its fsync.
+pub const WAL_FSYNC: &str = "wal.fsync";
+/// After a new WAL segment file is created, before its header is written (the first hit
+/// is the segment opened at start).
+pub const WAL_ROTATE: &str = "wal.rotate";
+/// Before the new WAL checkpoint replaces the old one.
+pub const WAL_CHECKPOINT: &str = "wal.checkpoint";
 /// After a flush's Parquet file is written, before it is fsynced.
 pub const FLUSH_STAGE: &str = "flush.stage";
 /// Before each rename that publishes a flushed file.

@@ -100,6 +100,7 @@ pub fn write_checkpoint(dir: &Path, position: WalPosition) -> io::Result<()> {
         format!("{} {}\n", position.segment.0, position.offset),
     )?;
     std::fs::File::open(&tmp)?.sync_all()?;
+    crate::fault::hit(crate::fault::WAL_CHECKPOINT)?;
     std::fs::rename(&tmp, dir.join(CHECKPOINT_FILE))?;
     sync_dir(dir)
 }
@@ -143,6 +144,23 @@ pub enum BadRecord {
     /// The checksum or contents do not match.
     #[error("corrupt record: {0}")]
     Corrupt(String),
+}
+
+/// Whether `bytes` start with a whole frame whose checksum matches and whose payload
+/// names a known kind: how replay tells a record that follows a bad one (corruption) from
+/// the leftovers of a write cut short (a torn tail).
+pub fn frame_checks_out(bytes: &[u8]) -> bool {
+    let Some((frame, rest)) = bytes.split_first_chunk::<FRAME_LEN>() else {
+        return false;
+    };
+    let len = u32::from_le_bytes([frame[0], frame[1], frame[2], frame[3]]);
+    let crc = u32::from_le_bytes([frame[4], frame[5], frame[6], frame[7]]);
+    // The smallest payload is kind, workspace length and a one-byte workspace.
+    if !(3..=MAX_RECORD_LEN).contains(&len) || len as usize > rest.len() {
+        return false;
+    }
+    let payload = &rest[..len as usize];
+    matches!(payload[0], KIND_SPANS | KIND_SPANS_BATCH) && crc32fast::hash(payload) == crc
 }
 
 /// Reads the next record; `Ok(None)` at a clean end of file.

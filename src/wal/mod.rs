@@ -6,13 +6,25 @@
 //! one writer thread owns the active segment and commits in groups (every append waiting
 //! when it wakes shares one `fdatasync`); the queue to it is bounded and the bytes on
 //! disk are bounded, beyond either `append` answers [`WalError::Overloaded`] at once; a
-//! segment is deleted only by [`Wal::delete_segments_before`], which the flusher calls
-//! after the checkpoint covering it is durable; replay cuts a torn or corrupt tail.
+//! record over [`MAX_RECORD_LEN`] is refused before it is queued (the reader enforces the
+//! same limit); a segment is deleted only by [`Wal::delete_segments_before`], which the
+//! flusher calls after the checkpoint covering it is durable.
+//!
+//! A group is written with one vectored write straight to the file (no user-space buffer),
+//! so a refused group leaves nothing behind to be written later: the file is cut back to
+//! its last acknowledged byte. If even that fails, the writer is poisoned and refuses every
+//! later append and rotation, so no acknowledged record can follow bytes of a refused one.
+//!
+//! Replay cuts a torn tail: a bad record in the newest segment that no readable record
+//! follows (a write cut short by a crash). Any other unreadable record is corruption: replay
+//! stops with an error naming the file and offset, unless the operator chose to skip it.
 
 mod format;
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufReader, BufWriter, Seek, SeekFrom, Write};
+use std::io::{self, BufReader, IoSlice, Read, Seek, SeekFrom, Write};
+
+use format::BadRecord;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,14 +32,16 @@ use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::thread::JoinHandle;
 
 use tokio::sync::oneshot;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
+
+use crate::fault;
 
 use crate::chunk::SpanChunk;
 use crate::workspace::Workspace;
 
 pub use format::{
-    HEADER_LEN, MAGIC, SegmentId, WalPosition, encode_record, list_segments, read_checkpoint,
-    segment_path, sync_dir, write_checkpoint,
+    HEADER_LEN, MAGIC, MAX_RECORD_LEN, SegmentId, WalPosition, encode_record, list_segments,
+    read_checkpoint, segment_path, sync_dir, write_checkpoint,
 };
 
 /// When an append is acknowledged.
@@ -58,13 +72,21 @@ pub enum WalError {
     /// The writer has stopped (shutdown).
     #[error("write-ahead log is closed")]
     Closed,
-}
-
-impl WalError {
-    /// Whether the disk is full (an overload, not a bug).
-    pub fn is_disk_full(&self) -> bool {
-        matches!(self, WalError::Io(e) if e.kind() == io::ErrorKind::StorageFull)
-    }
+    /// The request, stored, would be a record over the limit the WAL can replay.
+    #[error(
+        "the request is {len} bytes once stored, over the write-ahead log's record limit of {limit} bytes; send smaller batches"
+    )]
+    RecordTooLarge {
+        /// The record's payload length.
+        len: usize,
+        /// The limit ([`MAX_RECORD_LEN`] unless lowered).
+        limit: u32,
+    },
+    /// A failed write could not be undone; the writer takes nothing more until restart.
+    #[error(
+        "write-ahead log is stopped after a failed write could not be undone: {0}; restart the server"
+    )]
+    Poisoned(String),
 }
 
 /// Settings of the WAL.
@@ -78,6 +100,8 @@ pub struct WalConfig {
     pub queue_capacity: usize,
     /// Bytes of segments on disk beyond which appends are refused until a flush.
     pub max_bytes: u64,
+    /// The largest record payload accepted: at most [`MAX_RECORD_LEN`], what replay reads.
+    pub max_record_len: u32,
 }
 
 /// Counters the WAL keeps (read by `/metrics`).
@@ -130,10 +154,11 @@ impl Wal {
             dir: config.dir.clone(),
             sync: config.sync,
             segment: first,
-            file: BufWriter::with_capacity(1 << 20, file),
+            file,
             len: HEADER_LEN,
             stats: stats.clone(),
             sink,
+            poisoned: None,
         };
         let thread = std::thread::Builder::new()
             .name("wal-writer".into())
@@ -164,6 +189,11 @@ impl Wal {
         self.check_capacity()?;
         let frame =
             encode_record(&workspace, &chunk).map_err(|e| WalError::Encode(e.to_string()))?;
+        let len = frame.len() - format::FRAME_LEN;
+        let limit = self.config.max_record_len.min(MAX_RECORD_LEN);
+        if len > limit as usize {
+            return Err(WalError::RecordTooLarge { len, limit });
+        }
         let (reply, done) = oneshot::channel();
         let cmd = Command::Append(Append {
             workspace,
@@ -212,15 +242,26 @@ impl Wal {
     }
 }
 
+/// Creates segment `id` with its header, durably; on failure nothing is left behind, so
+/// the next attempt can create it again.
 fn create_segment(dir: &Path, id: SegmentId) -> io::Result<File> {
     let path = segment_path(dir, id);
     let mut file = OpenOptions::new()
         .create_new(true)
         .write(true)
         .open(&path)?;
-    file.write_all(format::MAGIC)?;
-    file.sync_all()?;
-    sync_dir(dir)?;
+    let initialized = (|| {
+        fault::hit(fault::WAL_ROTATE)?;
+        file.write_all(format::MAGIC)?;
+        file.sync_all()?;
+        sync_dir(dir)
+    })();
+    if let Err(e) = initialized {
+        drop(file);
+        let _ = std::fs::remove_file(&path);
+        let _ = sync_dir(dir);
+        return Err(e);
+    }
     Ok(file)
 }
 
@@ -229,10 +270,13 @@ struct Writer {
     dir: PathBuf,
     sync: WalSync,
     segment: SegmentId,
-    file: BufWriter<File>,
+    file: File,
+    /// Bytes of the segment that hold acknowledged records (the file's length).
     len: u64,
     stats: Arc<WalStats>,
     sink: WalSink,
+    /// Why the writer refuses everything, after a failed write it could not undo.
+    poisoned: Option<String>,
 }
 
 /// The most appends committed under one fsync.
@@ -266,15 +310,24 @@ impl Writer {
         self.commit(&mut pending);
     }
 
+    /// Writes the group's frames with vectored writes and, with [`WalSync::Always`],
+    /// fsyncs; returns the bytes written.
     fn write_group(&mut self, pending: &[Append]) -> io::Result<u64> {
-        let mut bytes = 0;
-        for a in pending {
-            self.file.write_all(&a.frame)?;
-            bytes += a.frame.len() as u64;
+        fault::hit(fault::WAL_WRITE)?;
+        let mut slices: Vec<IoSlice<'_>> = pending.iter().map(|a| IoSlice::new(&a.frame)).collect();
+        let bytes: u64 = pending.iter().map(|a| a.frame.len() as u64).sum();
+        let mut rest = &mut slices[..];
+        while !rest.is_empty() {
+            match self.file.write_vectored(rest) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => IoSlice::advance_slices(&mut rest, n),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
         }
-        self.file.flush()?;
         if self.sync == WalSync::Always {
-            self.file.get_ref().sync_data()?;
+            fault::hit(fault::WAL_FSYNC)?;
+            self.file.sync_data()?;
             self.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
         }
         Ok(bytes)
@@ -282,6 +335,13 @@ impl Writer {
 
     fn commit(&mut self, pending: &mut Vec<Append>) {
         if pending.is_empty() {
+            return;
+        }
+        if let Some(why) = &self.poisoned {
+            let e = WalError::Poisoned(why.clone());
+            for a in pending.drain(..) {
+                let _ = a.reply.send(Err(e.clone()));
+            }
             return;
         }
         match self.write_group(pending) {
@@ -299,7 +359,10 @@ impl Writer {
             }
             Err(e) => {
                 warn!(error = %e, segment = self.segment.0, "WAL write failed; the group is refused.");
-                self.undo_partial_write();
+                if let Err(undo) = self.undo_partial_write() {
+                    error!(error = %undo, segment = self.segment.0, "Could not cut the WAL segment back after a failed write; refusing every write until restart.");
+                    self.poisoned = Some(format!("{e}; undoing it failed: {undo}"));
+                }
                 let e = Arc::new(e);
                 for a in pending.drain(..) {
                     let _ = a.reply.send(Err(WalError::Io(e.clone())));
@@ -309,34 +372,25 @@ impl Writer {
     }
 
     /// Cuts whatever part of a failed group reached the file, so that the segment holds
-    /// only acknowledged records.
-    fn undo_partial_write(&mut self) {
-        // Drop the buffered bytes by replacing the writer around a cloned handle.
-        let file = match self.file.get_ref().try_clone() {
-            Ok(f) => f,
-            Err(_) => return,
-        };
-        let _ = file.set_len(self.len);
-        let mut file_for_writer = file;
-        let _ = file_for_writer.seek(SeekFrom::Start(self.len));
-        let old = std::mem::replace(
-            &mut self.file,
-            BufWriter::with_capacity(1 << 20, file_for_writer),
-        );
-        // The old writer's buffer is discarded without being written.
-        let (_, _) = old.into_parts();
+    /// only acknowledged records and the next group starts right after them.
+    fn undo_partial_write(&mut self) -> io::Result<()> {
+        self.file.set_len(self.len)?;
+        self.file.seek(SeekFrom::Start(self.len))?;
+        self.file.sync_data()
     }
 
     fn rotate(&mut self) -> Result<SegmentId, WalError> {
+        if let Some(why) = &self.poisoned {
+            return Err(WalError::Poisoned(why.clone()));
+        }
         let io_err = |e: io::Error| WalError::Io(Arc::new(e));
-        self.file.flush().map_err(io_err)?;
-        self.file.get_ref().sync_data().map_err(io_err)?;
+        self.file.sync_data().map_err(io_err)?;
         let next = SegmentId(self.segment.0 + 1);
         let file = create_segment(&self.dir, next).map_err(io_err)?;
         self.stats
             .bytes_on_disk
             .fetch_add(HEADER_LEN, Ordering::Relaxed);
-        self.file = BufWriter::with_capacity(1 << 20, file);
+        self.file = file;
         self.segment = next;
         self.len = HEADER_LEN;
         debug!(segment = next.0, "Opened WAL segment.");
@@ -353,6 +407,8 @@ pub struct ReplaySummary {
     pub rows: u64,
     /// Segments whose tail was cut.
     pub cut_tails: u64,
+    /// Bytes of unreadable records skipped with `--wal-skip-corrupt`.
+    pub skipped_bytes: u64,
     /// The first segment id free for new writes.
     pub next_segment: SegmentId,
     /// Bytes of segment files on disk after replay.
@@ -367,9 +423,11 @@ impl Default for SegmentId {
 
 /// Replays every record after the checkpoint, oldest first, one at a time into `apply`
 /// (with the position just after the record). Memory stays bounded by one record plus
-/// what `apply` keeps. A torn or corrupt record ends its segment: the file is cut there.
+/// what `apply` keeps. A torn tail is cut; any other unreadable record fails replay with
+/// an error naming the segment and offset, or with `skip_corrupt` is cut off and logged.
 pub fn replay(
     dir: &Path,
+    skip_corrupt: bool,
     mut apply: impl FnMut(WalPosition, SegmentId, Workspace, SpanChunk) -> io::Result<()>,
 ) -> io::Result<ReplaySummary> {
     std::fs::create_dir_all(dir)?;
@@ -378,7 +436,9 @@ pub fn replay(
     if let Some(c) = checkpoint {
         summary.next_segment = SegmentId(c.segment.0.max(1));
     }
-    for (id, _) in list_segments(dir)? {
+    let segments = list_segments(dir)?;
+    let last = segments.last().map(|(id, _)| *id);
+    for (id, _) in segments {
         summary.next_segment = summary.next_segment.max(SegmentId(id.0 + 1));
         if checkpoint.is_some_and(|c| id < c.segment) {
             continue;
@@ -387,29 +447,50 @@ pub fn replay(
             Some(c) if c.segment == id => c.offset,
             _ => 0,
         };
-        replay_segment(dir, id, skip_before, &mut summary, &mut apply)?;
+        let newest = Some(id) == last;
+        replay_segment(
+            dir,
+            id,
+            newest,
+            skip_before,
+            skip_corrupt,
+            &mut summary,
+            &mut apply,
+        )?;
     }
     summary.bytes_on_disk = list_segments(dir)?.iter().map(|(_, len)| len).sum();
     Ok(summary)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn replay_segment(
     dir: &Path,
     id: SegmentId,
+    newest: bool,
     skip_before: u64,
+    skip_corrupt: bool,
     summary: &mut ReplaySummary,
     apply: &mut impl FnMut(WalPosition, SegmentId, Workspace, SpanChunk) -> io::Result<()>,
 ) -> io::Result<()> {
     let path = segment_path(dir, id);
     let file = File::open(&path)?;
+    let file_len = file.metadata()?.len();
     let mut reader = BufReader::with_capacity(1 << 20, file);
     let mut magic = [0u8; 8];
-    let header_ok =
-        io::Read::read_exact(&mut reader, &mut magic).is_ok() && &magic == format::MAGIC;
+    let header_ok = reader.read_exact(&mut magic).is_ok() && &magic == format::MAGIC;
     if !header_ok {
-        warn!(path = %path.display(), "WAL segment has no valid header; it holds no acknowledged record and is cut to empty.");
-        cut(&path, 0)?;
-        return Ok(());
+        // A segment is created with its header fsynced before any record is written to
+        // it, so only the newest can lack one (the crash came while creating it).
+        let reason = BadRecord::Corrupt("no valid segment header".into());
+        return bad_record(
+            &path,
+            0,
+            file_len,
+            newest && file_len <= HEADER_LEN,
+            reason,
+            skip_corrupt,
+            summary,
+        );
     }
     let mut offset = HEADER_LEN;
     loop {
@@ -429,13 +510,60 @@ fn replay_segment(
                 offset = end;
             }
             Err(bad) => {
-                warn!(path = %path.display(), offset, reason = %bad, "WAL segment ends in a torn or corrupt record; cutting it there.");
-                summary.cut_tails += 1;
-                cut(&path, offset)?;
-                return Ok(());
+                let torn = newest && nothing_readable_after(&path, offset)?;
+                return bad_record(&path, offset, file_len, torn, bad, skip_corrupt, summary);
             }
         }
     }
+}
+
+/// Deals with an unreadable record at `offset`: a torn tail is cut; corruption fails
+/// replay, or with `skip_corrupt` is cut off with an ERROR saying what was lost.
+fn bad_record(
+    path: &Path,
+    offset: u64,
+    file_len: u64,
+    torn: bool,
+    bad: BadRecord,
+    skip_corrupt: bool,
+    summary: &mut ReplaySummary,
+) -> io::Result<()> {
+    if torn {
+        warn!(path = %path.display(), offset, reason = %bad, "WAL segment ends in a torn record (a write cut short by a crash, never acknowledged); cutting it there.");
+        summary.cut_tails += 1;
+        return cut(path, offset);
+    }
+    if skip_corrupt {
+        error!(path = %path.display(), offset, skipped_bytes = file_len.saturating_sub(offset), reason = %bad, "Skipping an unreadable WAL record and the rest of its segment (--wal-skip-corrupt); spans in them are lost.");
+        summary.skipped_bytes += file_len.saturating_sub(offset);
+        return cut(path, offset);
+    }
+    Err(io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!(
+            "WAL segment {} has an unreadable record at byte {offset} ({bad}), and it is not a \
+             torn tail: the {} bytes from there hold acknowledged spans that cannot be read. \
+             Keep a copy of the file; to start anyway, losing them, pass --wal-skip-corrupt",
+            path.display(),
+            file_len.saturating_sub(offset)
+        ),
+    ))
+}
+
+/// Whether no readable record starts anywhere after `offset` in the segment: then a bad
+/// record at `offset` is the tail a crash cut short, not corruption. Segments larger than
+/// the scan bound are taken as corrupt (refusing to start is the safe side).
+fn nothing_readable_after(path: &Path, offset: u64) -> io::Result<bool> {
+    const SCAN_LIMIT: u64 = 256 << 20;
+    let mut file = File::open(path)?;
+    let len = file.metadata()?.len();
+    if len.saturating_sub(offset) > SCAN_LIMIT {
+        return Ok(false);
+    }
+    file.seek(SeekFrom::Start(offset))?;
+    let mut rest = Vec::new();
+    file.read_to_end(&mut rest)?;
+    Ok((1..rest.len()).all(|at| !format::frame_checks_out(&rest[at..])))
 }
 
 fn cut(path: &Path, len: u64) -> io::Result<()> {
@@ -444,4 +572,163 @@ fn cut(path: &Path, len: u64) -> io::Result<()> {
     file.sync_all()?;
     info!(path = %path.display(), len, "Cut WAL segment.");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    fn chunk(spans: usize, seed: u64) -> SpanChunk {
+        let bytes = prost::Message::encode_to_vec(&crate::fake::request(
+            spans,
+            seed,
+            1_763_000_000_000_000_000,
+        ));
+        crate::normalize::normalize(&crate::decode::decode_protobuf(&bytes).unwrap())
+            .unwrap()
+            .chunk
+    }
+
+    fn config(dir: &Path, max_record_len: u32) -> WalConfig {
+        WalConfig {
+            dir: dir.to_path_buf(),
+            sync: WalSync::Always,
+            queue_capacity: 16,
+            max_bytes: u64::MAX,
+            max_record_len,
+        }
+    }
+
+    /// Appends three records of 4 spans (then stops the writer); returns the segment path.
+    fn three_records(dir: &Path) -> PathBuf {
+        let wal = Wal::start(
+            config(dir, MAX_RECORD_LEN),
+            SegmentId(1),
+            Arc::default(),
+            Box::new(|_, _, _| {}),
+        )
+        .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let ws = Workspace::new("w").unwrap();
+        for seed in 0..3 {
+            rt.block_on(wal.append(ws.clone(), chunk(4, seed))).unwrap();
+        }
+        wal.stop();
+        segment_path(dir, SegmentId(1))
+    }
+
+    fn replayed(dir: &Path, skip_corrupt: bool) -> io::Result<(u64, ReplaySummary)> {
+        let rows = Mutex::new(0u64);
+        let summary = replay(dir, skip_corrupt, |_, _, _, c| {
+            *rows.lock().unwrap() += c.num_rows() as u64;
+            Ok(())
+        })?;
+        Ok((rows.into_inner().unwrap(), summary))
+    }
+
+    /// Offset of the second record (after the header and the first).
+    fn second_record(path: &Path) -> u64 {
+        let bytes = std::fs::read(path).unwrap();
+        let len = u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as u64;
+        HEADER_LEN + format::FRAME_LEN as u64 + len
+    }
+
+    #[test]
+    fn a_record_over_the_limit_is_refused_before_it_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let stats = Arc::new(WalStats::default());
+        let wal = Wal::start(
+            config(dir.path(), 1000),
+            SegmentId(1),
+            stats.clone(),
+            Box::new(|_, _, _| {}),
+        )
+        .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let refused = rt.block_on(wal.append(Workspace::new("w").unwrap(), chunk(64, 1)));
+        assert!(
+            matches!(refused, Err(WalError::RecordTooLarge { limit: 1000, .. })),
+            "{refused:?}"
+        );
+        let status = crate::error::Error::Wal(refused.unwrap_err()).http_status();
+        assert_eq!(status, http::StatusCode::PAYLOAD_TOO_LARGE);
+        wal.stop();
+        assert_eq!(stats.records.load(Ordering::Relaxed), 0);
+        assert_eq!(
+            std::fs::metadata(segment_path(dir.path(), SegmentId(1)))
+                .unwrap()
+                .len(),
+            HEADER_LEN
+        );
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_and_the_records_before_it_replay() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = three_records(dir.path());
+        let len = std::fs::metadata(&path).unwrap().len();
+        OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(len - 5)
+            .unwrap();
+        let (rows, summary) = replayed(dir.path(), false).unwrap();
+        assert_eq!((rows, summary.cut_tails), (8, 1));
+    }
+
+    #[test]
+    fn a_zeroed_tail_is_a_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = three_records(dir.path());
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes.extend_from_slice(&[0u8; 4096]);
+        std::fs::write(&path, bytes).unwrap();
+        let (rows, summary) = replayed(dir.path(), false).unwrap();
+        assert_eq!((rows, summary.cut_tails), (12, 1));
+    }
+
+    #[test]
+    fn a_bad_record_followed_by_good_ones_stops_replay_naming_file_and_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = three_records(dir.path());
+        let at = second_record(&path);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[at as usize + 20] ^= 0xff; // inside the second record's payload
+        std::fs::write(&path, &bytes).unwrap();
+        let err = replayed(dir.path(), false).unwrap_err().to_string();
+        assert!(err.contains(&path.display().to_string()), "{err}");
+        assert!(err.contains(&format!("byte {at}")), "{err}");
+        assert!(err.contains("--wal-skip-corrupt"), "{err}");
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            bytes,
+            "nothing is cut without the flag"
+        );
+
+        let (rows, summary) = replayed(dir.path(), true).unwrap();
+        assert_eq!(rows, 4, "the record before the damage replays");
+        assert!(summary.skipped_bytes > 0);
+    }
+
+    #[test]
+    fn damage_in_an_older_segment_is_corruption_even_at_its_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = three_records(dir.path());
+        let len = std::fs::metadata(&path).unwrap().len();
+        OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(len - 5)
+            .unwrap();
+        // A newer segment exists: the first one was closed whole, so its end is not torn.
+        std::fs::write(segment_path(dir.path(), SegmentId(2)), MAGIC).unwrap();
+        assert!(replayed(dir.path(), false).is_err());
+    }
 }

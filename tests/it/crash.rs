@@ -68,8 +68,12 @@ impl Spanlake {
         self.child.wait().expect("reaped");
     }
 
-    /// SIGTERM; the exit status (a failed final flush is a non-zero exit).
+    /// SIGTERM (unless it already exited); the exit status (a failed final flush or an
+    /// injected crash is a non-zero exit).
     pub(crate) fn terminate_status(mut self) -> std::process::ExitStatus {
+        if let Some(exited) = self.child.try_wait().expect("try_wait") {
+            return exited;
+        }
         let status = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()

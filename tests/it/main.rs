@@ -5,7 +5,7 @@ mod common;
 mod crash;
 mod disk_full;
 mod exporters;
-mod flush_faults;
+mod faults;
 mod fuzz_regressions;
 mod grpc;
 mod hostile_ingest;
