@@ -123,21 +123,34 @@ impl Auth {
         Ok(Self { keys: Some(keys) })
     }
 
-    /// Checks only that `credential` is a known key (for routes of no workspace).
-    pub fn authenticate(&self, credential: Option<&[u8]>) -> Result<(), AuthError> {
+    /// The key `credential` is; `None` when access is open.
+    fn key(&self, credential: Option<&[u8]>) -> Result<Option<&Key>, AuthError> {
         let Some(keys) = &self.keys else {
-            return Ok(());
+            return Ok(None);
         };
         let credential = credential.ok_or(AuthError::Missing)?;
-        let mut found = false;
+        // Compare against every key, each in constant time, so timing says nothing about
+        // which key or how much of it matched.
+        let mut found = None;
         for key in keys {
-            found |= constant_time_eq(&key.secret, credential);
+            if constant_time_eq(&key.secret, credential) {
+                found = Some(key);
+            }
         }
-        if found {
-            Ok(())
-        } else {
-            Err(AuthError::Unknown)
-        }
+        found.map(Some).ok_or(AuthError::Unknown)
+    }
+
+    /// Checks only that `credential` is a known key (for routes of no workspace).
+    pub fn authenticate(&self, credential: Option<&[u8]>) -> Result<(), AuthError> {
+        self.key(credential).map(|_| ())
+    }
+
+    /// The workspaces `credential` may see; `None` means all of them (open access).
+    pub fn visible_workspaces(
+        &self,
+        credential: Option<&[u8]>,
+    ) -> Result<Option<Vec<Workspace>>, AuthError> {
+        Ok(self.key(credential)?.map(|k| k.workspaces.clone()))
     }
 
     /// Whether requests need no key.
@@ -154,19 +167,9 @@ impl Auth {
         requested: Option<Workspace>,
         scope: Scope,
     ) -> Result<Workspace, AuthError> {
-        let Some(keys) = &self.keys else {
+        let Some(key) = self.key(credential)? else {
             return Ok(requested.unwrap_or_else(Workspace::default_workspace));
         };
-        let credential = credential.ok_or(AuthError::Missing)?;
-        // Compare against every key, each in constant time, so timing says nothing about
-        // which key or how much of it matched.
-        let mut found = None;
-        for key in keys {
-            if constant_time_eq(&key.secret, credential) {
-                found = Some(key);
-            }
-        }
-        let key = found.ok_or(AuthError::Unknown)?;
         let workspace = match requested {
             Some(ws) => ws,
             None if key.workspaces.len() == 1 => key.workspaces[0].clone(),
@@ -182,10 +185,12 @@ impl Auth {
     }
 }
 
+/// Equality whose time depends on `a`'s length only, not on where the bytes differ. Any
+/// length difference makes it false (the whole difference counts, not a part of it).
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut diff = (a.len() ^ b.len()) as u8 | ((a.len() ^ b.len()) >> 8) as u8;
+    let mut diff = a.len() ^ b.len();
     for (i, x) in a.iter().enumerate() {
-        diff |= x ^ b.get(i).copied().unwrap_or(0);
+        diff |= usize::from(x ^ b.get(i).copied().unwrap_or(0));
     }
     diff == 0
 }
@@ -271,6 +276,22 @@ scopes = ["read"]
             a.authorize(Some(b"k-alph"), None, Scope::Read),
             Err(AuthError::Unknown)
         ));
+    }
+
+    #[test]
+    fn keys_of_other_lengths_never_match() {
+        let key = b"k-alpha";
+        for extra in [1usize, 256, 65_536, 1 << 20] {
+            let mut longer = key.to_vec();
+            longer.resize(key.len() + extra, 0);
+            assert!(
+                !constant_time_eq(&longer, key),
+                "{extra} trailing zero bytes"
+            );
+            assert!(!constant_time_eq(key, &longer), "{extra} missing bytes");
+        }
+        assert!(constant_time_eq(key, key));
+        assert!(!constant_time_eq(b"k-alphb", key));
     }
 
     #[test]

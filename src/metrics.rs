@@ -155,8 +155,9 @@ impl Metrics {
         self.flush_errors.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// The Prometheus text exposition of every metric.
-    pub fn render(&self) -> String {
+    /// The Prometheus text exposition of every metric; per-workspace series only for the
+    /// `visible` workspaces (`None`: all).
+    pub fn render(&self, visible: Option<&[Workspace]>) -> String {
         let mut out = String::new();
         let o = &mut out;
         header(
@@ -172,7 +173,8 @@ impl Metrics {
             "Spans refused (bad ids or times), per workspace and protocol.",
         );
         if let Ok(spans) = self.spans.lock() {
-            for ((ws, p), [acc, rej]) in spans.iter() {
+            let shown = |ws: &Workspace| visible.is_none_or(|v| v.contains(ws));
+            for ((ws, p), [acc, rej]) in spans.iter().filter(|((ws, _), _)| shown(ws)) {
                 let _ = writeln!(
                     o,
                     "spanlake_spans_accepted_total{{workspace=\"{ws}\",protocol=\"{}\"}} {acc}",

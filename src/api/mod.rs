@@ -30,7 +30,7 @@ use crate::query::{QueryEngine, ROLLUP_COLUMNS};
 use crate::receive::{API_KEY_HEADER, AUTHORIZATION_HEADER};
 use crate::workspace::Workspace;
 use params::{ListParams, Mode, SPAN_FILTERS, TRACE_FILTERS, ValidationError};
-use sql_text::{conditions, in_list, lit, time_conditions, where_clause};
+use sql_text::{conditions, id_variants, in_list, lit, time_conditions, where_clause};
 
 /// What the API handlers share.
 #[derive(Clone)]
@@ -405,11 +405,18 @@ pub async fn trace_with_spans(
     trace_id: &str,
 ) -> Result<Value, ApiError> {
     let ctx = engine.session(ws).await?;
-    let sql = format!(
-        "SELECT * FROM spans WHERE trace_id = {} ORDER BY start_time, span_id",
-        lit(&trace_id.to_ascii_lowercase())
-    );
-    let spans = json::rows(&engine.run(ctx.clone(), sql).await?.batches);
+    // The id as given (vendor ids keep their case), else lower-cased (OTLP hex ids).
+    let mut spans = Vec::new();
+    for id in id_variants(trace_id) {
+        let sql = format!(
+            "SELECT * FROM spans WHERE trace_id = {} ORDER BY start_time, span_id",
+            lit(&id)
+        );
+        spans = json::rows(&engine.run(ctx.clone(), sql).await?.batches);
+        if !spans.is_empty() {
+            break;
+        }
+    }
     let root = spans
         .iter()
         .find(|s| s.get("parent_span_id").is_some_and(Value::is_null))

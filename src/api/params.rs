@@ -152,6 +152,10 @@ fn int_param(
     v as usize
 }
 
+/// The highest page number: far beyond any listing, and `page × page_size` stays a
+/// valid row offset.
+pub const MAX_PAGE: usize = 1_000_000_000;
+
 /// Parses and validates a raw query string.
 pub fn parse(query: &str, spec: &FilterSpec) -> Result<ListParams, Vec<ValidationError>> {
     let pairs: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
@@ -165,7 +169,7 @@ pub fn parse(query: &str, spec: &FilterSpec) -> Result<ListParams, Vec<Validatio
             .map(|(_, v)| v.as_str())
     };
     let mut errors = Vec::new();
-    let page = int_param(&mut errors, "page", get("page"), 1, None);
+    let page = int_param(&mut errors, "page", get("page"), 1, Some(MAX_PAGE));
     let page_size = int_param(&mut errors, "page_size", get("page_size"), 10, Some(1000));
     let sort = get("sort").unwrap_or("-started_at").to_string();
     if sort != "started_at" && sort != "-started_at" {
@@ -387,6 +391,10 @@ mod tests {
             ["greater_than_equal", "less_than_equal", "enum", "enum"]
         );
         assert!(parse("page=x", &TRACE_FILTERS).is_err());
+        for page in ["9223372036854775807", "1000000001", "99999999999999999999"] {
+            let e = parse(&format!("page={page}"), &TRACE_FILTERS).unwrap_err();
+            assert_eq!(e[0].loc, [json!("query"), json!("page")], "{page}");
+        }
     }
 
     #[test]

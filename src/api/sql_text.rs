@@ -24,6 +24,20 @@ pub fn in_list(column: &str, values: &[String]) -> String {
     }
 }
 
+/// Columns holding span or trace ids: OTLP ids are stored as lower-case hex, vendor ids
+/// exactly as sent, so a filter on them matches a value as given or lower-cased.
+const ID_COLUMNS: [&str; 3] = ["trace_id", "span_id", "parent_span_id"];
+
+/// The stored forms an id given by a user may have: itself and its lower-case form.
+pub fn id_variants(id: &str) -> Vec<String> {
+    let lower = id.to_ascii_lowercase();
+    if lower == id {
+        vec![lower]
+    } else {
+        vec![id.to_string(), lower]
+    }
+}
+
 /// The `start_time` bounds of a filter as SQL conditions.
 pub fn time_conditions(filter: &Filter, column: &str) -> Vec<String> {
     let mut out = Vec::new();
@@ -41,7 +55,15 @@ pub fn conditions(filter: &Filter, column_of: impl Fn(&str) -> &str) -> Vec<Stri
     let mut out: Vec<String> = filter
         .strings
         .iter()
-        .map(|(field, values)| in_list(column_of(field), values))
+        .map(|(field, values)| {
+            let column = column_of(field);
+            if ID_COLUMNS.contains(&column) {
+                let variants: Vec<String> = values.iter().flat_map(|v| id_variants(v)).collect();
+                in_list(column, &variants)
+            } else {
+                in_list(column, values)
+            }
+        })
         .collect();
     out.extend(time_conditions(filter, "start_time"));
     out
@@ -67,5 +89,11 @@ mod tests {
             in_list("x", &["1".into(), "o'k".into()]),
             "x IN ('1', 'o''k')"
         );
+    }
+
+    #[test]
+    fn ids_match_as_given_or_lower_cased() {
+        assert_eq!(id_variants("Trace-1"), ["Trace-1", "trace-1"]);
+        assert_eq!(id_variants("abc"), ["abc"]);
     }
 }

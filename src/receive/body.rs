@@ -43,28 +43,49 @@ pub fn decompress(
         "" | "identity" => Ok(body),
         "gzip" | "x-gzip" => inflate("gzip", flate2::read::MultiGzDecoder::new(&body[..]), limit),
         "zstd" => {
-            let decoder = zstd::stream::read::Decoder::with_buffer(&body[..]).map_err(|e| {
-                Error::Decompress {
-                    encoding: "zstd",
-                    message: e.to_string(),
-                }
-            })?;
+            let corrupt = |e: std::io::Error| Error::Decompress {
+                encoding: "zstd",
+                message: e.to_string(),
+            };
+            let mut decoder =
+                zstd::stream::read::Decoder::with_buffer(&body[..]).map_err(corrupt)?;
+            // A frame may not ask for a window larger than the body may be (nor the
+            // library's default maximum): its memory would be spent before any byte is
+            // counted against the cap.
+            decoder
+                .window_log_max(zstd_window_log(limit))
+                .map_err(corrupt)?;
             inflate("zstd", decoder, limit)
         }
-        // HTTP's "deflate" is zlib-wrapped; some clients send raw deflate instead.
-        "deflate" => inflate("deflate", flate2::read::ZlibDecoder::new(&body[..]), limit).or_else(
-            |zlib_err| match inflate(
-                "deflate",
-                flate2::read::DeflateDecoder::new(&body[..]),
-                limit,
-            ) {
-                Ok(b) => Ok(b),
-                Err(Error::TooLarge { limit }) => Err(Error::TooLarge { limit }),
-                Err(_) => Err(zlib_err),
-            },
+        // HTTP's "deflate" is zlib-wrapped; some clients send raw deflate instead. The
+        // zlib header says which, so the body is decompressed once.
+        "deflate" if is_zlib(&body) => {
+            inflate("deflate", flate2::read::ZlibDecoder::new(&body[..]), limit)
+        }
+        "deflate" => inflate(
+            "deflate",
+            flate2::read::DeflateDecoder::new(&body[..]),
+            limit,
         ),
         _ => Err(Error::UnsupportedEncoding(encoding.to_string())),
     }
+}
+
+/// Whether `body` starts with a zlib header (RFC 1950: method 8, the check bits).
+fn is_zlib(body: &[u8]) -> bool {
+    match body {
+        [cmf, flg, ..] => {
+            cmf & 0x0f == 8 && cmf >> 4 <= 7 && (u16::from(*cmf) << 8 | u16::from(*flg)) % 31 == 0
+        }
+        _ => false,
+    }
+}
+
+/// The largest zstd window (log2 bytes) a body under `limit` may use: enough for any
+/// frame compressed at the body's own size, at most 2^27 (zstd's default decoder maximum).
+fn zstd_window_log(limit: usize) -> u32 {
+    let needed = usize::BITS - limit.max(1 << 10).saturating_sub(1).leading_zeros();
+    needed.clamp(10, 27)
 }
 
 fn inflate(encoding: &'static str, reader: impl Read, limit: usize) -> Result<Bytes, Error> {
@@ -124,5 +145,30 @@ mod tests {
             &decompress(Some("deflate"), Bytes::from(d.finish().unwrap()), 10).unwrap()[..],
             b"hello"
         );
+    }
+
+    #[test]
+    fn a_zstd_frame_asking_for_a_huge_window_is_refused() {
+        let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+        enc.set_parameter(zstd::stream::raw::CParameter::WindowLog(26))
+            .unwrap();
+        enc.write_all(&[1u8; 4096]).unwrap();
+        let frame = Bytes::from(enc.finish().unwrap());
+        assert!(matches!(
+            decompress(Some("zstd"), frame.clone(), 1 << 20),
+            Err(Error::Decompress { .. })
+        ));
+        assert_eq!(
+            decompress(Some("zstd"), frame, 64 << 20).unwrap().len(),
+            4096
+        );
+    }
+
+    #[test]
+    fn zlib_headers() {
+        assert!(is_zlib(&[0x78, 0x9c]));
+        assert!(is_zlib(&[0x78, 0x01]));
+        assert!(!is_zlib(&[0x78, 0x9d]));
+        assert!(!is_zlib(b"x"));
     }
 }

@@ -171,15 +171,17 @@ async fn readyz(State(state): State<HttpState>) -> Response {
 
 async fn metrics(State(state): State<HttpState>, headers: HeaderMap) -> Response {
     let header = |name: &str| headers.get(name).map(|v| v.as_bytes());
-    if let Err(e) = state.auth.authenticate(credential(
+    // Series naming a workspace are shown only to keys of that workspace.
+    let visible = match state.auth.visible_workspaces(credential(
         header(AUTHORIZATION_HEADER),
         header(API_KEY_HEADER),
     )) {
-        return Error::Auth(e).to_http_response(None);
-    }
+        Ok(visible) => visible,
+        Err(e) => return Error::Auth(e).to_http_response(None),
+    };
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(),
+        state.metrics.render(visible.as_deref()),
     )
         .into_response()
 }

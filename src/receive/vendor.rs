@@ -171,11 +171,12 @@ pub async fn span_logs_ingest(
         let mut builder = SpanBatchBuilder::with_capacity(items.len());
         let mut errors = Vec::new();
         let mut trace_ids: Vec<String> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         for (i, item) in items.iter().enumerate() {
             match item {
                 Ok(log) => match builder.append_log(log) {
                     Ok(()) => {
-                        if !trace_ids.contains(&log.trace_id) {
+                        if seen.insert(log.trace_id.as_str()) {
                             trace_ids.push(log.trace_id.clone());
                         }
                     }

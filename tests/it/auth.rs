@@ -238,3 +238,47 @@ async fn non_loopback_addresses_need_keys_or_an_explicit_flag() {
     let server = start(true).await.expect("allowed with the flag");
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_show_a_key_only_its_workspaces() {
+    let (server, _keys) = server_with_keys().await;
+    for (ws, key) in [("alpha", "k-alpha"), ("beta", "k-beta")] {
+        let status = reqwest::Client::new()
+            .post(server.url("/v1/traces"))
+            .header("content-type", "application/x-protobuf")
+            .header("x-workspace", ws)
+            .header("x-api-key", key)
+            .body(otlp::request(vec![otlp::span(0xab, 1, "m")]).encode_to_vec())
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, StatusCode::OK);
+    }
+    let metrics = |key: &'static str| {
+        let url = server.url("/metrics");
+        async move {
+            reqwest::Client::new()
+                .get(url)
+                .header("x-api-key", key)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        }
+    };
+    let beta = metrics("k-beta").await;
+    assert!(beta.contains("workspace=\"beta\""), "{beta}");
+    assert!(
+        !beta.contains("alpha"),
+        "a beta key sees nothing of alpha:\n{beta}"
+    );
+    let alpha = metrics("k-alpha-read").await;
+    assert!(alpha.contains("workspace=\"alpha\"") && !alpha.contains("beta"));
+    assert!(
+        alpha.contains("spanlake_wal_bytes"),
+        "process-wide series stay"
+    );
+}

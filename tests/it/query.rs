@@ -728,3 +728,64 @@ async fn the_grpc_query_service_has_the_http_semantics() {
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mixed_case_vendor_ids_and_upper_case_otlp_ids_are_found() {
+    let server = TestServer::start().await;
+    let client = reqwest::Client::new();
+    let logs = r#"[{"trace_unique_id":"Trace-MixedCase-1","span_unique_id":"Span-A","start_time":"2025-01-01T00:00:00Z","latency":1}]"#;
+    let status = client
+        .post(server.url("/v1/traces/ingest"))
+        .header("content-type", "application/json")
+        .body(logs)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, StatusCode::OK);
+    let status = client
+        .post(server.url("/v1/traces"))
+        .header("content-type", "application/x-protobuf")
+        .body(otlp::request(vec![otlp::span(0xab, 1, "hex")]).encode_to_vec())
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, StatusCode::OK);
+    let base = "/apis/intake/v2/workspaces/default";
+    for id in ["Trace-MixedCase-1", &"AB".repeat(16), &"ab".repeat(16)] {
+        let trace = client
+            .get(server.url(&format!("{base}/traces/{id}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(trace.status(), StatusCode::OK, "{id}");
+        let spans: serde_json::Value = client
+            .get(server.url(&format!("{base}/spans?filter[trace_id]={id}")))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(spans["pagination"]["total_results"], 1, "{id}: {spans}");
+    }
+    assert_eq!(
+        client
+            .get(server.url(&format!("{base}/traces/trace-mixedcase-1")))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::NOT_FOUND,
+        "a vendor id is matched by its own case"
+    );
+    let page = client
+        .get(server.url(&format!("{base}/traces?page=9223372036854775807")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let body: serde_json::Value = page.json().await.unwrap();
+    assert_eq!(body["detail"][0]["loc"], json!(["query", "page"]), "{body}");
+}
