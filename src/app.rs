@@ -94,6 +94,7 @@ impl Server {
             )
             .context("starting the query engine")?,
         );
+        metrics.attach_queries(engine.running());
         let query_service = QueryServiceServer::new(QueryGrpc::new(engine.clone(), auth.clone()));
         let http_app = router(HttpState {
             ingester: ingester.clone(),

@@ -86,11 +86,15 @@ pub struct ServeConfig {
 #[derive(Debug, Clone, Args)]
 pub struct QueryArgs {
     /// Memory all running queries may use together, in bytes; a query needing more fails.
-    #[arg(long, env = "SPANLAKE_QUERY_MEMORY_BYTES", default_value_t = 4096 * MIB)]
+    #[arg(long, env = "SPANLAKE_QUERY_MEMORY_BYTES", default_value_t = 512 * MIB)]
     pub query_memory_bytes: usize,
-    /// How long one query may run (e.g. `30s`).
+    /// How long one query may run, its whole answer included (e.g. `30s`).
     #[arg(long, env = "SPANLAKE_QUERY_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub query_timeout: Duration,
+    /// Bytes of a JSON answer of the SQL route before it is cut (the answer says so); CSV
+    /// and Arrow answers stream and have no such cap.
+    #[arg(long, env = "SPANLAKE_SQL_MAX_JSON_BYTES", default_value_t = 32 * MIB)]
+    pub sql_max_json_bytes: usize,
 }
 
 impl QueryArgs {
@@ -99,6 +103,7 @@ impl QueryArgs {
         crate::query::QueryLimits {
             memory_bytes: self.query_memory_bytes,
             timeout: self.query_timeout,
+            max_json_bytes: self.sql_max_json_bytes,
         }
     }
 }

@@ -45,7 +45,8 @@ async fn sql(args: spanlake::config::SqlArgs) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&rows)?);
         }
         OutputFormat::Csv => {
-            let csv = spanlake::api::to_csv(&result.batches).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let csv = spanlake::api::render::to_csv(&result.batches)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
             print!("{}", String::from_utf8_lossy(&csv));
         }
     }

@@ -89,6 +89,7 @@ pub struct Metrics {
     parquet_files: AtomicU64,
     wal: OnceLock<Arc<WalStats>>,
     buffer: OnceLock<Arc<Buffer>>,
+    queries_running: OnceLock<Arc<AtomicU64>>,
 }
 
 impl Metrics {
@@ -96,6 +97,11 @@ impl Metrics {
     pub fn attach(&self, wal: Arc<WalStats>, buffer: Arc<Buffer>) {
         let _ = self.wal.set(wal);
         let _ = self.buffer.set(buffer);
+    }
+
+    /// Attaches the query engine's gauge of running queries.
+    pub fn attach_queries(&self, running: Arc<AtomicU64>) {
+        let _ = self.queries_running.set(running);
     }
 
     /// Records one request's outcome.
@@ -265,6 +271,15 @@ impl Metrics {
                 "counter",
                 "fsyncs of the WAL (group commits).",
                 load(&w.fsyncs),
+            );
+        }
+        if let Some(q) = self.queries_running.get() {
+            simple(
+                o,
+                "spanlake_queries_running",
+                "gauge",
+                "Queries executing now, their answers still streaming.",
+                q.load(Ordering::Relaxed),
             );
         }
         if let Some(b) = self.buffer.get() {

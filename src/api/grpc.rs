@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::{authorize_read, to_arrow_ipc, trace_with_spans, traces_page};
+use super::render::to_arrow_ipc;
+use super::{authorize_read, trace_with_spans, traces_page};
 use crate::auth::Auth;
 use crate::error::ApiError;
 use crate::proto::query::query_service_server::QueryService;
@@ -93,21 +94,31 @@ impl QueryService for QueryGrpc {
     async fn sql(&self, request: Request<SqlRequest>) -> Result<Response<SqlStream>, Status> {
         let ws = self.access(&request, &request.get_ref().workspace)?;
         let r = request.into_inner();
-        let run = async {
-            let result = self.engine.sql(&ws, &r.query).await?;
-            let messages = if result.batches.is_empty() {
-                vec![to_arrow_ipc(&result.schema, &[])?]
-            } else {
-                result
-                    .batches
-                    .iter()
-                    .map(|b| to_arrow_ipc(&result.schema, std::slice::from_ref(b)))
-                    .collect::<Result<Vec<_>, ApiError>>()?
-            };
-            Ok::<_, ApiError>(messages)
-        };
-        let messages = run.await.map_err(|e| e.to_grpc_status())?;
-        let stream = tokio_stream::iter(messages.into_iter().map(|data| Ok(ArrowIpc { data })));
+        let answer = self
+            .engine
+            .sql_stream(&ws, &r.query)
+            .await
+            .map_err(|e| ApiError::from(e).to_grpc_status())?;
+        // Each batch goes out as its own IPC stream as the client reads; an empty answer
+        // is one message with the schema. Dropping the stream cancels the query.
+        let schema = answer.schema.clone();
+        let stream = futures::stream::unfold((Some(answer), false), move |(answer, sent)| {
+            let schema = schema.clone();
+            async move {
+                let mut answer = answer?;
+                let message = match answer.next().await {
+                    Some(Ok(batch)) => to_arrow_ipc(&schema, std::slice::from_ref(&batch)),
+                    Some(Err(e)) => Err(ApiError::from(e)),
+                    None if !sent => to_arrow_ipc(&schema, &[]),
+                    None => return None,
+                };
+                let next = message.is_ok().then_some(answer);
+                let item = message
+                    .map(|data| ArrowIpc { data })
+                    .map_err(|e| e.to_grpc_status());
+                Some((item, (next, true)))
+            }
+        });
         Ok(Response::new(Box::pin(stream)))
     }
 }

@@ -11,12 +11,12 @@
 pub mod grpc;
 pub mod json;
 pub mod params;
+pub mod render;
 mod sql_text;
 
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
-use arrow::datatypes::SchemaRef;
 use axum::Router;
 use axum::extract::{Path, RawQuery, State};
 use axum::response::{IntoResponse, Response};
@@ -472,9 +472,6 @@ struct SqlRequest {
     query: String,
 }
 
-/// The media type of Arrow IPC streams.
-pub const ARROW_STREAM: &str = "application/vnd.apache.arrow.stream";
-
 async fn sql(
     State(state): State<ApiState>,
     Path(ws): Path<String>,
@@ -490,108 +487,10 @@ async fn sql(
             None,
         )])
     })?;
-    let result = state.engine.sql(&ws, &request.query).await?;
+    let answer = state.engine.sql_stream(&ws, &request.query).await?;
     let accept = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    render(accept, &result.schema, &result.batches)
-}
-
-/// SQL results as JSON (default), CSV or an Arrow IPC stream, by `Accept`.
-pub fn render(
-    accept: &str,
-    schema: &SchemaRef,
-    batches: &[RecordBatch],
-) -> Result<Response, ApiError> {
-    let wants = |m: &str| {
-        accept.split(',').any(|p| {
-            p.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .eq_ignore_ascii_case(m)
-        })
-    };
-    if wants(ARROW_STREAM) {
-        return Ok((
-            [(header::CONTENT_TYPE, ARROW_STREAM)],
-            to_arrow_ipc(schema, batches)?,
-        )
-            .into_response());
-    }
-    if wants("text/csv") {
-        return Ok(([(header::CONTENT_TYPE, "text/csv")], to_csv(batches)?).into_response());
-    }
-    let columns: Vec<Value> = schema
-        .fields()
-        .iter()
-        .map(|f| json!({"name": f.name(), "type": f.data_type().to_string()}))
-        .collect();
-    Ok(axum::Json(json!({ "columns": columns, "rows": json::rows(batches) })).into_response())
-}
-
-fn internal(e: impl std::fmt::Display) -> ApiError {
-    ApiError::Internal(e.to_string())
-}
-
-/// An Arrow IPC stream of the batches.
-pub fn to_arrow_ipc(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Vec<u8>, ApiError> {
-    let mut out = Vec::new();
-    let mut w = arrow::ipc::writer::StreamWriter::try_new(&mut out, schema).map_err(internal)?;
-    for b in batches {
-        w.write(b).map_err(internal)?;
-    }
-    w.finish().map_err(internal)?;
-    drop(w);
-    Ok(out)
-}
-
-/// CSV with a header; nested values as JSON text.
-pub fn to_csv(batches: &[RecordBatch]) -> Result<Vec<u8>, ApiError> {
-    let mut out = Vec::new();
-    let mut w = arrow::csv::WriterBuilder::new()
-        .with_header(true)
-        .build(&mut out);
-    for b in &csv_ready(batches)? {
-        w.write(b).map_err(internal)?;
-    }
-    drop(w);
-    Ok(out)
-}
-
-/// CSV has no nested values: map, list and struct columns are written as JSON text.
-fn csv_ready(batches: &[RecordBatch]) -> Result<Vec<RecordBatch>, ApiError> {
-    use arrow::array::{ArrayRef, StringArray};
-    use arrow::datatypes::{DataType, Field, Schema};
-    batches
-        .iter()
-        .map(|b| {
-            let schema = b.schema();
-            let mut fields = Vec::new();
-            let mut columns: Vec<ArrayRef> = Vec::new();
-            for (f, c) in schema.fields().iter().zip(b.columns()) {
-                if matches!(
-                    f.data_type(),
-                    DataType::Map(..)
-                        | DataType::List(_)
-                        | DataType::LargeList(_)
-                        | DataType::Struct(_)
-                ) {
-                    let text: StringArray = (0..c.len())
-                        .map(|i| {
-                            (!arrow::array::Array::is_null(c.as_ref(), i))
-                                .then(|| json::value(c, i).to_string())
-                        })
-                        .collect();
-                    fields.push(Field::new(f.name(), DataType::Utf8, true));
-                    columns.push(Arc::new(text));
-                } else {
-                    fields.push(f.as_ref().clone());
-                    columns.push(c.clone());
-                }
-            }
-            RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(internal)
-        })
-        .collect()
+    render::sql_answer(accept, answer, state.engine.limits().max_json_bytes).await
 }

@@ -3,11 +3,14 @@
 //! Input: a workspace and SQL (from the API, the gRPC query service or `spanlake sql`).
 //! Output: Arrow record batches. Invariants: a session sees exactly one workspace — its
 //! `spans` table and the `traces` view, nothing else (no file or URL tables, no DDL, DML,
-//! COPY or SET); the file list and the buffer are snapshotted together under the buffer's
+//! COPY or SET, no table functions nor functions whose output an argument sizes: see
+//! [`sandbox`]); the file list and the buffer are snapshotted together under the buffer's
 //! publication lock, so a flush in progress never shows a span twice or not at all; every
-//! query runs on a dedicated runtime, within a shared memory pool and a timeout, so a heavy
-//! query cannot stall ingestion.
+//! query runs on a dedicated runtime, within a shared memory pool and a timeout that covers
+//! its whole answer; answers stream through a bounded channel, so a result is never held
+//! whole, and a client that goes away cancels its query.
 
+pub mod sandbox;
 mod table;
 
 use std::path::PathBuf;
@@ -16,12 +19,12 @@ use std::time::Duration;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
-use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::error::DataFusionError;
 use datafusion::execution::memory_pool::GreedyMemoryPool;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
-use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{SessionConfig, SessionContext};
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::StreamExt;
 
 use crate::buffer::Buffer;
 use crate::workspace::Workspace;
@@ -67,8 +70,10 @@ WHERE r.rn = 1";
 pub struct QueryLimits {
     /// Bytes of the memory pool shared by all running queries.
     pub memory_bytes: usize,
-    /// How long one query may run.
+    /// How long one query may run, its whole answer included.
     pub timeout: Duration,
+    /// Bytes of a JSON answer of the SQL route before it is cut (and says so).
+    pub max_json_bytes: usize,
 }
 
 /// Query failures.
@@ -104,6 +109,35 @@ pub struct QueryEngine {
     runtime_env: Arc<RuntimeEnv>,
     /// `Some` until dropped.
     runtime: Option<tokio::runtime::Runtime>,
+    /// Queries executing now (their answers still streaming).
+    running: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// A query's answer as it is produced: the schema at once, the batches as the consumer
+/// takes them (at most two wait in between). Dropping it cancels the query.
+pub struct QueryStream {
+    /// The answer's schema.
+    pub schema: SchemaRef,
+    batches: mpsc::Receiver<Result<RecordBatch, QueryError>>,
+}
+
+impl QueryStream {
+    /// The next batch; `None` at the end.
+    pub async fn next(&mut self) -> Option<Result<RecordBatch, QueryError>> {
+        self.batches.recv().await
+    }
+
+    /// Every batch (for answers bounded by their SQL, like a page of a listing).
+    pub async fn collect(mut self) -> Result<QueryResult, QueryError> {
+        let mut batches = Vec::new();
+        while let Some(batch) = self.next().await {
+            batches.push(batch?);
+        }
+        Ok(QueryResult {
+            schema: self.schema,
+            batches,
+        })
+    }
 }
 
 /// The result of a query.
@@ -137,7 +171,18 @@ impl QueryEngine {
             limits,
             runtime_env,
             runtime: Some(runtime),
+            running: Arc::default(),
         })
+    }
+
+    /// The limits every query runs under.
+    pub fn limits(&self) -> QueryLimits {
+        self.limits
+    }
+
+    /// Queries executing now (a gauge for `/metrics`).
+    pub fn running(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        self.running.clone()
     }
 
     /// A session holding only `workspace`'s `spans` table and `traces` view.
@@ -147,6 +192,7 @@ impl QueryEngine {
             .with_target_partitions(2)
             .with_default_catalog_and_schema("spanlake", workspace.as_str());
         let ctx = SessionContext::new_with_config_rt(config, self.runtime_env.clone());
+        sandbox::remove_table_functions(&ctx);
         let table = SpansTable::snapshot(&self.data_dir, workspace, self.buffer.as_deref())
             .map_err(|e| QueryError::Internal(e.to_string()))?;
         ctx.register_table("spans", Arc::new(table))
@@ -157,40 +203,98 @@ impl QueryEngine {
         Ok(ctx)
     }
 
-    /// Runs read-only `sql` over `workspace`.
+    /// Runs read-only `sql` over `workspace`; the whole answer.
     pub async fn sql(&self, workspace: &Workspace, sql: &str) -> Result<QueryResult, QueryError> {
-        let ctx = self.session(workspace).await?;
-        self.run(ctx, sql.to_string()).await
+        self.sql_stream(workspace, sql).await?.collect().await
     }
 
-    /// Runs read-only `sql` in an existing session (for several queries over one snapshot).
+    /// Runs read-only `sql` over `workspace`; the answer as it is produced.
+    pub async fn sql_stream(
+        &self,
+        workspace: &Workspace,
+        sql: &str,
+    ) -> Result<QueryStream, QueryError> {
+        let ctx = self.session(workspace).await?;
+        self.stream(ctx, sql.to_string()).await
+    }
+
+    /// Runs read-only `sql` in an existing session (for several queries over one
+    /// snapshot); the whole answer.
     pub async fn run(&self, ctx: SessionContext, sql: String) -> Result<QueryResult, QueryError> {
+        self.stream(ctx, sql).await?.collect().await
+    }
+
+    /// Plans `sql` (refused if the sandbox forbids it) and starts it on the query runtime;
+    /// returns once it is planned. The timeout runs from now to the answer's last batch.
+    pub async fn stream(
+        &self,
+        ctx: SessionContext,
+        sql: String,
+    ) -> Result<QueryStream, QueryError> {
         let limits = self.limits;
-        let work = async move {
-            let plan = ctx
-                .state()
-                .create_logical_plan(&sql)
-                .await
-                .map_err(|e| classify(e, limits))?;
-            refuse_writes(&plan)?;
-            let df = ctx
-                .execute_logical_plan(plan)
-                .await
-                .map_err(|e| classify(e, limits))?;
-            let schema = Arc::new(df.schema().as_arrow().clone());
-            let batches = df.collect().await.map_err(|e| classify(e, limits))?;
-            Ok(QueryResult { schema, batches })
-        };
+        let deadline = tokio::time::Instant::now() + limits.timeout;
         let runtime = self
             .runtime
             .as_ref()
             .ok_or_else(|| QueryError::Internal("the query runtime is shut down".into()))?;
-        let handle = runtime.spawn(tokio::time::timeout(limits.timeout, work));
-        match handle.await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(QueryError::Timeout(limits.timeout)),
-            Err(e) => Err(QueryError::Internal(e.to_string())),
-        }
+        let (planned, schema) = oneshot::channel();
+        let (tx, batches) = mpsc::channel(2);
+        let running = self.running.clone();
+        runtime.spawn(async move {
+            let start = async {
+                let plan = ctx
+                    .state()
+                    .create_logical_plan(&sql)
+                    .await
+                    .map_err(|e| classify(e, limits))?;
+                sandbox::check(&plan)?;
+                let df = ctx
+                    .execute_logical_plan(plan)
+                    .await
+                    .map_err(|e| classify(e, limits))?;
+                let schema = Arc::new(df.schema().as_arrow().clone());
+                let stream = df.execute_stream().await.map_err(|e| classify(e, limits))?;
+                Ok::<_, QueryError>((schema, stream))
+            };
+            let mut stream = match tokio::time::timeout_at(deadline, start).await {
+                Ok(Ok((s, stream))) => {
+                    if planned.send(Ok(s)).is_err() {
+                        return;
+                    }
+                    stream
+                }
+                Ok(Err(e)) => {
+                    let _ = planned.send(Err(e));
+                    return;
+                }
+                Err(_) => {
+                    let _ = planned.send(Err(QueryError::Timeout(limits.timeout)));
+                    return;
+                }
+            };
+            running.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            loop {
+                let next = tokio::time::timeout_at(deadline, stream.next()).await;
+                let item = match next {
+                    Ok(None) => break,
+                    Ok(Some(batch)) => batch.map_err(|e| classify(e, limits)),
+                    Err(_) => Err(QueryError::Timeout(limits.timeout)),
+                };
+                let last = item.is_err();
+                let sent = tokio::time::timeout_at(deadline, tx.send(item)).await;
+                if last || !matches!(sent, Ok(Ok(()))) {
+                    // An error ends the answer; a consumer gone (or too slow) ends the query.
+                    break;
+                }
+            }
+            // Dropping the stream aborts every task of the query.
+            drop(stream);
+            running.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        });
+        let schema = schema
+            .await
+            .map_err(|_| QueryError::Internal("the query task ended early".into()))??;
+        Ok(QueryStream { schema, batches })
     }
 }
 
@@ -211,32 +315,12 @@ fn classify(e: DataFusionError, limits: QueryLimits) -> QueryError {
             limit: limits.memory_bytes,
             message: message.clone(),
         },
+        DataFusionError::External(e) if e.is::<sandbox::Refused>() => {
+            QueryError::NotAllowed(e.to_string())
+        }
         DataFusionError::External(_)
         | DataFusionError::IoError(_)
         | DataFusionError::ObjectStore(_) => QueryError::Internal(root.to_string()),
         _ => QueryError::Sql(root.to_string()),
-    }
-}
-
-/// Refuses every plan that would change something or reach outside the session.
-fn refuse_writes(plan: &LogicalPlan) -> Result<(), QueryError> {
-    let mut refused = None;
-    let _ = plan.apply(|node| {
-        refused = match node {
-            LogicalPlan::Ddl(ddl) => Some(format!("DDL ({})", ddl.name())),
-            LogicalPlan::Dml(dml) => Some(format!("DML ({})", dml.op)),
-            LogicalPlan::Copy(_) => Some("COPY".to_string()),
-            LogicalPlan::Statement(stmt) => Some(format!("the statement {}", stmt.name())),
-            _ => None,
-        };
-        Ok(if refused.is_some() {
-            TreeNodeRecursion::Stop
-        } else {
-            TreeNodeRecursion::Continue
-        })
-    });
-    match refused {
-        Some(what) => Err(QueryError::NotAllowed(what)),
-        None => Ok(()),
     }
 }

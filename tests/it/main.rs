@@ -9,6 +9,7 @@ mod faults;
 mod fuzz_regressions;
 mod grpc;
 mod hostile_ingest;
+mod hostile_sql;
 mod http;
 mod json_equivalence;
 mod query;

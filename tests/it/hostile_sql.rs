@@ -1,0 +1,155 @@
+//! Hostile SQL from a read key (or anyone on loopback): queries that would use unbounded
+//! memory are refused with a clear 400, answers stream or are capped, a client that goes
+//! away cancels its query, and ingestion keeps being acknowledged throughout.
+
+use prost::Message;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::common::{TestServer, metric, otlp};
+
+async fn sql(server: &TestServer, query: &str, accept: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(server.url("/apis/intake/v2/workspaces/default/sql"))
+        .header("accept", accept)
+        .json(&json!({ "query": query }))
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn ingest(server: &TestServer, spans: usize, trace: u8) {
+    let status = reqwest::Client::new()
+        .post(server.url("/v1/traces"))
+        .header("content-type", "application/x-protobuf")
+        .body(otlp::many(spans, trace).encode_to_vec())
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, StatusCode::OK, "ingestion is acknowledged");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unbounded_generators_are_refused_and_ingestion_goes_on() {
+    let server = TestServer::start().await;
+    for (query, refused) in [
+        (
+            "SELECT * FROM generate_series(1, 2000000000)",
+            "generate_series()",
+        ),
+        ("SELECT count(*) FROM range(1, 2000000000)", "range()"),
+        ("SELECT unnest(range(1, 2000000000))", "range()"),
+        (
+            "SELECT unnest(generate_series(1, 2000000000))",
+            "generate_series()",
+        ),
+        ("SELECT repeat('x', 2000000000)", "repeat()"),
+        ("SELECT lpad('x', 2000000000)", "lpad()"),
+        ("SELECT array_repeat(1, 2000000000)", "array_repeat()"),
+        (
+            "SELECT name FROM spans WHERE name IN (SELECT repeat(name, 1000000000) FROM spans)",
+            "repeat()",
+        ),
+        (
+            "WITH t AS (SELECT value FROM generate_series(1, 10)) SELECT * FROM t",
+            "generate_series()",
+        ),
+    ] {
+        let resp = sql(&server, query, "application/json").await;
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{query}");
+        let body = resp.text().await.unwrap();
+        assert!(
+            body.contains("not allowed") && body.contains(refused),
+            "{query}: {body}"
+        );
+        ingest(&server, 5, 0x21).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn csv_and_arrow_answers_stream_every_row() {
+    let server = TestServer::start().await;
+    for trace in 0..5u8 {
+        ingest(&server, 1000, 0x30 + trace).await;
+    }
+    let query = "SELECT trace_id, span_id, name FROM spans";
+    let csv = sql(&server, query, "text/csv").await;
+    assert_eq!(csv.status(), StatusCode::OK);
+    assert_eq!(csv.headers()["content-type"], "text/csv");
+    let text = csv.text().await.unwrap();
+    assert_eq!(text.lines().count(), 5001, "a header and every row");
+    assert_eq!(text.lines().next(), Some("trace_id,span_id,name"));
+
+    let arrow = sql(&server, query, "application/vnd.apache.arrow.stream").await;
+    assert_eq!(arrow.status(), StatusCode::OK);
+    let bytes = arrow.bytes().await.unwrap();
+    let reader = arrow::ipc::reader::StreamReader::try_new(&bytes[..], None).unwrap();
+    let rows: usize = reader.map(|b| b.unwrap().num_rows()).sum();
+    assert_eq!(rows, 5000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_json_answer_over_the_cap_is_cut_and_says_so() {
+    let server = TestServer::start_with(|c| c.query.sql_max_json_bytes = 20_000).await;
+    ingest(&server, 1000, 0x41).await;
+    let resp = sql(
+        &server,
+        "SELECT span_id, name FROM spans",
+        "application/json",
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let text = resp.text().await.unwrap();
+    assert!(text.len() <= 20_500, "{} bytes", text.len());
+    let body: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(body["truncated"], true);
+    let rows = body["rows"].as_array().unwrap().len();
+    assert!(rows > 0 && rows < 1000, "{rows}");
+    let message = body["message"].as_str().unwrap();
+    assert!(
+        message.contains("--sql-max-json-bytes") && message.contains("text/csv"),
+        "{message}"
+    );
+    // Under the cap: whole, and no truncation mark.
+    let small = sql(
+        &server,
+        "SELECT span_id FROM spans LIMIT 3",
+        "application/json",
+    )
+    .await;
+    let small: Value = small.json().await.unwrap();
+    assert_eq!(small["rows"].as_array().unwrap().len(), 3);
+    assert!(small.get("truncated").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_goes_away_cancels_its_query() {
+    let server = TestServer::start_with(|c| {
+        c.query.query_timeout = std::time::Duration::from_secs(600);
+    })
+    .await;
+    ingest(&server, 2000, 0x51).await;
+    let http = server.http;
+    assert_eq!(metric(http, "spanlake_queries_running").await, Some(0));
+    // 8·10⁹ rows streamed as CSV: the client reads the first bytes, then hangs up.
+    let mut resp = sql(
+        &server,
+        "SELECT a.span_id, b.span_id, c.span_id FROM spans a, spans b, spans c",
+        "text/csv",
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(resp.chunk().await.unwrap().is_some());
+    assert_eq!(metric(http, "spanlake_queries_running").await, Some(1));
+    drop(resp);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while metric(http, "spanlake_queries_running").await != Some(0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the query kept running"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    ingest(&server, 5, 0x52).await;
+}
