@@ -27,6 +27,7 @@ use crate::ingest::Ingester;
 use crate::metrics::Metrics;
 use crate::proto::query::query_service_server::QueryServiceServer;
 use crate::query::QueryEngine;
+use crate::receive::admission::{Admission, Budget};
 use crate::receive::grpc::OtlpGrpcReceiver;
 use crate::receive::http::{HttpState, router};
 use crate::schema::path;
@@ -96,11 +97,16 @@ impl Server {
         );
         metrics.attach_queries(engine.running());
         let query_service = QueryServiceServer::new(QueryGrpc::new(engine.clone(), auth.clone()));
+        let budget = Budget::new(config.max_inflight_bytes);
+        metrics.attach_budget(budget.clone());
+        let admission =
+            |front| Admission::new(front, config.max_concurrent_requests, budget.clone());
         let http_app = router(HttpState {
             ingester: ingester.clone(),
             metrics: metrics.clone(),
             max_body_bytes: config.max_message_bytes,
             auth: auth.clone(),
+            admission: admission("the HTTP front end"),
         })
         .merge(crate::api::router(ApiState {
             engine,
@@ -117,6 +123,7 @@ impl Server {
             auth,
             metrics.clone(),
             config.max_message_bytes,
+            admission("the OTLP/gRPC front end"),
         );
         let grpc_stop = stop_accepting.clone();
         let grpc_task = tokio::spawn(async move {

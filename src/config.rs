@@ -69,6 +69,15 @@ pub struct ServeConfig {
     /// Requests that may wait for the WAL writer at once; more are refused as overload.
     #[arg(long, env = "SPANLAKE_WAL_QUEUE", default_value_t = 4096)]
     pub wal_queue: usize,
+    /// Bytes all ingest requests in flight may hold together (body, decompressed body,
+    /// decoded request); a request that would pass it is refused with 503 / UNAVAILABLE
+    /// before its work is done.
+    #[arg(long, env = "SPANLAKE_MAX_INFLIGHT_BYTES", default_value_t = 256 * MIB as u64)]
+    pub max_inflight_bytes: u64,
+    /// Ingest requests each front end (OTLP/gRPC, HTTP) serves at once; more are refused
+    /// with 503 / UNAVAILABLE at once.
+    #[arg(long, env = "SPANLAKE_MAX_CONCURRENT_REQUESTS", default_value_t = 32)]
+    pub max_concurrent_requests: usize,
     /// Query limits.
     #[command(flatten)]
     pub query: QueryArgs,

@@ -11,6 +11,7 @@ use crate::auth::AuthError;
 use crate::decode::{DecodeError, Encoding};
 use crate::normalize::NormalizeError;
 use crate::proto::google_rpc;
+use crate::receive::admission::AdmissionError;
 use crate::wal::WalError;
 use crate::workspace::InvalidWorkspace;
 
@@ -70,6 +71,9 @@ pub enum Error {
     /// A bug while building the batch.
     #[error(transparent)]
     Normalize(#[from] NormalizeError),
+    /// Not taken on: too many requests or bytes in flight.
+    #[error(transparent)]
+    Admission(#[from] AdmissionError),
 }
 
 impl Error {
@@ -78,7 +82,7 @@ impl Error {
     /// `Retry-After`, which OTLP exporters retry.
     pub fn is_overload(&self) -> bool {
         match self {
-            Error::NotReady | Error::BufferFull { .. } => true,
+            Error::NotReady | Error::BufferFull { .. } | Error::Admission(_) => true,
             Error::Wal(e) => !matches!(e, WalError::Encode(_) | WalError::RecordTooLarge { .. }),
             _ => false,
         }
@@ -100,9 +104,11 @@ impl Error {
             Error::Auth(_) => tonic::Code::PermissionDenied,
             Error::MethodNotAllowed => tonic::Code::Unimplemented,
             Error::Body(_) => tonic::Code::Cancelled,
-            Error::NotReady | Error::BufferFull { .. } | Error::Wal(_) | Error::Normalize(_) => {
-                tonic::Code::Internal
-            }
+            Error::NotReady
+            | Error::BufferFull { .. }
+            | Error::Admission(_)
+            | Error::Wal(_)
+            | Error::Normalize(_) => tonic::Code::Internal,
         }
     }
 
@@ -122,9 +128,11 @@ impl Error {
             Error::Auth(_) => StatusCode::FORBIDDEN,
             Error::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Error::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Error::NotReady | Error::BufferFull { .. } | Error::Wal(_) | Error::Normalize(_) => {
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
+            Error::NotReady
+            | Error::BufferFull { .. }
+            | Error::Admission(_)
+            | Error::Wal(_)
+            | Error::Normalize(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 

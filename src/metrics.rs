@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use crate::buffer::Buffer;
+use crate::receive::admission::Budget;
 use crate::wal::WalStats;
 use crate::workspace::Workspace;
 
@@ -90,6 +91,7 @@ pub struct Metrics {
     wal: OnceLock<Arc<WalStats>>,
     buffer: OnceLock<Arc<Buffer>>,
     queries_running: OnceLock<Arc<AtomicU64>>,
+    inflight: OnceLock<Arc<Budget>>,
 }
 
 impl Metrics {
@@ -97,6 +99,11 @@ impl Metrics {
     pub fn attach(&self, wal: Arc<WalStats>, buffer: Arc<Buffer>) {
         let _ = self.wal.set(wal);
         let _ = self.buffer.set(buffer);
+    }
+
+    /// Attaches the in-flight bytes budget of ingest admission.
+    pub fn attach_budget(&self, budget: Arc<Budget>) {
+        let _ = self.inflight.set(budget);
     }
 
     /// Attaches the query engine's gauge of running queries.
@@ -271,6 +278,15 @@ impl Metrics {
                 "counter",
                 "fsyncs of the WAL (group commits).",
                 load(&w.fsyncs),
+            );
+        }
+        if let Some(b) = self.inflight.get() {
+            simple(
+                o,
+                "spanlake_inflight_bytes",
+                "gauge",
+                "Bytes reserved by ingest requests in flight (--max-inflight-bytes).",
+                b.used(),
             );
         }
         if let Some(q) = self.queries_running.get() {

@@ -6,6 +6,7 @@ use std::io::Read;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
 
+use super::admission::Refused;
 use crate::error::Error;
 
 /// Reads a whole body, refusing more than `limit` bytes.
@@ -13,7 +14,10 @@ pub async fn read_limited(body: axum::body::Body, limit: usize) -> Result<Bytes,
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Error::TooLarge { limit }),
-        Err(e) => Err(Error::Body(e.to_string())),
+        Err(e) => match Refused::in_chain(e.as_ref()) {
+            Some(refused) => Err(Error::Admission(refused.error.clone())),
+            None => Err(Error::Body(e.to_string())),
+        },
     }
 }
 

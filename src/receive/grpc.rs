@@ -18,6 +18,7 @@ use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, En
 use tonic::server::{NamedService, UnaryService};
 use tonic::{Code, Status};
 
+use super::admission::{Admission, Admitted, BudgetedBody};
 use super::{API_KEY_HEADER, AUTHORIZATION_HEADER, WORKSPACE_HEADER, ingest_workspace};
 use crate::auth::Auth;
 use crate::decode::decode_protobuf;
@@ -39,6 +40,7 @@ pub struct OtlpGrpcReceiver {
     auth: Arc<Auth>,
     metrics: Arc<Metrics>,
     max_message_bytes: usize,
+    admission: Admission,
 }
 
 impl OtlpGrpcReceiver {
@@ -49,12 +51,14 @@ impl OtlpGrpcReceiver {
         auth: Arc<Auth>,
         metrics: Arc<Metrics>,
         max_message_bytes: usize,
+        admission: Admission,
     ) -> Self {
         Self {
             ingester,
             auth,
             metrics,
             max_message_bytes,
+            admission,
         }
     }
 
@@ -73,6 +77,10 @@ impl OtlpGrpcReceiver {
                 meta(API_KEY_HEADER),
             )?;
             workspace = Some(ws.clone());
+            // Admitted in `call`; the message's decoding is reserved before it is decoded.
+            if let Some(admitted) = request.extensions().get::<Arc<Admitted>>() {
+                admitted.reserve_decoding(request.get_ref().len())?;
+            }
             let decoded = decode_protobuf(request.get_ref())?;
             self.ingester.ingest(&ws, decoded).await
         }
@@ -117,6 +125,18 @@ where
                 Ok(Status::unimplemented("only TraceService/Export is served").into_http())
             });
         }
+        // Refused before a byte of the body is read; then every frame is counted as it
+        // arrives, so tonic never buffers more than the budget allows.
+        let admitted = match self.admission.admit() {
+            Ok(admitted) => admitted,
+            Err(e) => {
+                let status = Error::Admission(e).to_grpc_status();
+                return Box::pin(async move { Ok(status.into_http()) });
+            }
+        };
+        let (mut parts, body) = req.into_parts();
+        parts.extensions.insert(admitted.clone());
+        let req = http::Request::from_parts(parts, BudgetedBody::new(body, admitted));
         let this = self.clone();
         Box::pin(async move {
             let max = this.max_message_bytes;

@@ -15,6 +15,7 @@ use axum::routing::{get, post};
 use http::{HeaderMap, StatusCode, header};
 use prost::Message;
 
+use super::admission::{Admission, Admitted, BudgetedBody};
 use super::body::read_body;
 use super::{API_KEY_HEADER, AUTHORIZATION_HEADER, WORKSPACE_HEADER, ingest_workspace};
 use crate::auth::{Auth, credential};
@@ -36,6 +37,8 @@ pub struct HttpState {
     pub max_body_bytes: usize,
     /// API keys.
     pub auth: Arc<Auth>,
+    /// Admission of ingest requests on the HTTP front end.
+    pub admission: Admission,
 }
 
 /// The router serving every HTTP route.
@@ -56,23 +59,50 @@ pub fn router(state: HttpState) -> Router {
         .with_state(state)
 }
 
-/// The workspace of an ingest request (named by the header `workspace_header`, checked
-/// against its API key) and its body, read under the cap and decompressed.
+/// An ingest request taken on: its workspace (named by the header `workspace_header`,
+/// checked against its API key), its body read under the cap and decompressed, and its
+/// admission, to hold until it is answered.
+pub(super) struct IngestRequest {
+    pub workspace: Workspace,
+    pub body: bytes::Bytes,
+    pub _admitted: Arc<Admitted>,
+}
+
+/// Reads an ingest request: admitted first (or refused before its body is read), its
+/// bytes counted as they arrive and, decompressed, reserved for decoding.
 pub(super) async fn ingest_request(
     state: &HttpState,
     headers: &HeaderMap,
     workspace_header: &str,
     body: Body,
-) -> Result<(Workspace, bytes::Bytes), Error> {
+) -> Result<IngestRequest, Error> {
     let header = |name: &str| headers.get(name).map(|v| v.as_bytes());
-    let ws = ingest_workspace(
+    let workspace = ingest_workspace(
         &state.auth,
         header(workspace_header),
         header(AUTHORIZATION_HEADER),
         header(API_KEY_HEADER),
     )?;
-    let bytes = read_body(headers, body, state.max_body_bytes).await?;
-    Ok((ws, bytes))
+    let (body, admitted) = read_admitted(state, headers, body).await?;
+    Ok(IngestRequest {
+        workspace,
+        body,
+        _admitted: admitted,
+    })
+}
+
+/// Admits a request (or refuses it before its body is read), reads its body counting the
+/// bytes as they arrive, decompresses it and reserves what decoding it will hold.
+pub(super) async fn read_admitted(
+    state: &HttpState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(bytes::Bytes, Arc<Admitted>), Error> {
+    let admitted = state.admission.admit()?;
+    let body = Body::new(BudgetedBody::new(body, admitted.clone()));
+    let body = read_body(headers, body, state.max_body_bytes).await?;
+    admitted.reserve_decoding(body.len())?;
+    Ok((body, admitted))
 }
 
 pub(super) fn request_encoding(headers: &HeaderMap) -> Option<Encoding> {
@@ -105,10 +135,10 @@ async fn otlp_traces(State(state): State<HttpState>, headers: HeaderMap, body: B
     };
     let mut workspace: Option<Workspace> = None;
     let result: Result<IngestOutcome, Error> = async {
-        let (ws, bytes) = ingest_request(&state, &headers, WORKSPACE_HEADER, body).await?;
+        let request = ingest_request(&state, &headers, WORKSPACE_HEADER, body).await?;
+        let ws = request.workspace.clone();
         workspace = Some(ws.clone());
-        let decoded = decode(encoding, &bytes)?;
-        drop(bytes);
+        let decoded = decode(encoding, &request.body)?;
         state.ingester.ingest(&ws, decoded).await
     }
     .await;

@@ -7,6 +7,7 @@
 //! no body larger than the cap is ever held in memory; an invalid workspace is refused
 //! before anything touches the disk; no parsing of span data happens here.
 
+pub mod admission;
 pub mod body;
 pub mod grpc;
 pub mod http;

@@ -12,8 +12,7 @@ use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, StatusCode};
 use serde_json::json;
 
-use super::body::read_body;
-use super::http::{HttpState, ingest_request, request_encoding};
+use super::http::{HttpState, ingest_request, read_admitted, request_encoding};
 use super::{API_KEY_HEADER, AUTHORIZATION_HEADER, WORKSPACE_HEADER};
 use crate::auth::{Scope, credential};
 use crate::decode::vendor::{decode_nemo_json, decode_span_logs};
@@ -65,7 +64,7 @@ pub async fn nemo_ingest(
         let named = Workspace::new(&workspace)?;
         let w = state.auth.authorize(cred, Some(named), Scope::Ingest)?;
         ws = Some(w.clone());
-        let bytes = read_body(&headers, body, state.max_body_bytes).await?;
+        let (bytes, _admitted) = read_admitted(&state, &headers, body).await?;
         let decoded = match request_encoding(&headers) {
             Some(Encoding::Protobuf) => decode_protobuf(&bytes)?,
             _ => decode_nemo_json(&bytes)?,
@@ -113,9 +112,10 @@ pub async fn avido_ingest(
     let encoding = request_encoding(&headers).unwrap_or(Encoding::Json);
     let mut ws = None;
     let result = async {
-        let (w, bytes) = ingest_request(&state, &headers, APPLICATION_HEADER, body).await?;
+        let request = ingest_request(&state, &headers, APPLICATION_HEADER, body).await?;
+        let (w, bytes) = (request.workspace.clone(), &request.body);
         ws = Some(w.clone());
-        let decoded: DecodedRequest = decode(encoding, &bytes)?;
+        let decoded: DecodedRequest = decode(encoding, bytes)?;
         let ids: Vec<uuid::Uuid> = decoded
             .request
             .resource_spans
@@ -165,9 +165,10 @@ pub async fn span_logs_ingest(
     let started = Instant::now();
     let mut ws = None;
     let result = async {
-        let (w, bytes) = ingest_request(&state, &headers, WORKSPACE_HEADER, body).await?;
+        let request = ingest_request(&state, &headers, WORKSPACE_HEADER, body).await?;
+        let (w, bytes) = (request.workspace.clone(), &request.body);
         ws = Some(w.clone());
-        let items = decode_span_logs(&bytes)?;
+        let items = decode_span_logs(bytes)?;
         let mut builder = SpanBatchBuilder::with_capacity(items.len());
         let mut errors = Vec::new();
         let mut trace_ids: Vec<String> = Vec::new();

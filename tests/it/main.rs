@@ -1,5 +1,6 @@
 //! Integration tests: the real server on loopback listeners, real clients.
 
+mod admission;
 mod auth;
 mod common;
 mod crash;
