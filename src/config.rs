@@ -24,6 +24,8 @@ pub enum Command {
     Serve(ServeConfig),
     /// Run read-only SQL over a workspace's Parquet files, without a server.
     Sql(SqlArgs),
+    /// Send synthetic OTLP traffic to a server and report throughput and latency.
+    Loadgen(crate::loadgen::LoadgenArgs),
 }
 
 const MIB: usize = 1024 * 1024;

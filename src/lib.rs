@@ -28,6 +28,7 @@ pub mod fault;
 pub mod flush;
 pub mod fuzzing;
 pub mod ingest;
+pub mod loadgen;
 pub mod metrics;
 pub mod normalize;
 pub mod proto;

@@ -25,6 +25,16 @@ async fn run() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Serve(config) => serve(config).await,
         Command::Sql(args) => sql(args).await,
+        Command::Loadgen(args) => {
+            let json = args.json;
+            let summary = spanlake::loadgen::run(args).await?;
+            if json {
+                println!("{}", serde_json::to_string(&summary)?);
+            } else {
+                print!("{}", summary.text());
+            }
+            Ok(())
+        }
     }
 }
 

@@ -13,5 +13,6 @@ mod hostile_ingest;
 mod hostile_sql;
 mod http;
 mod json_equivalence;
+mod loadgen;
 mod query;
 mod vendor;
