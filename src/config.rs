@@ -53,13 +53,13 @@ pub struct ServeConfig {
     #[arg(long, env = "SPANLAKE_FLUSH_ROWS", default_value_t = 1_000_000)]
     pub flush_rows: u64,
     /// Flush the buffer to Parquet once it holds this many bytes.
-    #[arg(long, env = "SPANLAKE_FLUSH_BYTES", default_value_t = 256 * MIB as u64)]
+    #[arg(long, env = "SPANLAKE_FLUSH_BYTES", default_value_t = 128 * MIB as u64)]
     pub flush_bytes: u64,
     /// Flush buffered spans at the latest this long after they arrived (e.g. `30s`, `500ms`).
     #[arg(long, env = "SPANLAKE_FLUSH_INTERVAL", default_value = "30s", value_parser = parse_duration)]
     pub flush_interval: Duration,
     /// Refuse ingestion (503 / UNAVAILABLE) while the buffer holds this many bytes.
-    #[arg(long, env = "SPANLAKE_BUFFER_MAX_BYTES", default_value_t = 1024 * MIB as u64)]
+    #[arg(long, env = "SPANLAKE_BUFFER_MAX_BYTES", default_value_t = 512 * MIB as u64)]
     pub buffer_max_bytes: u64,
     /// Refuse ingestion (503 / UNAVAILABLE) while WAL segments on disk hold this many bytes.
     #[arg(long, env = "SPANLAKE_WAL_MAX_BYTES", default_value_t = 4096 * MIB as u64)]
@@ -74,7 +74,7 @@ pub struct ServeConfig {
     /// Bytes all ingest requests in flight may hold together (body, decompressed body,
     /// decoded request); a request that would pass it is refused with 503 / UNAVAILABLE
     /// before its work is done.
-    #[arg(long, env = "SPANLAKE_MAX_INFLIGHT_BYTES", default_value_t = 256 * MIB as u64)]
+    #[arg(long, env = "SPANLAKE_MAX_INFLIGHT_BYTES", default_value_t = 128 * MIB as u64)]
     pub max_inflight_bytes: u64,
     /// Ingest requests each front end (OTLP/gRPC, HTTP) serves at once; more are refused
     /// with 503 / UNAVAILABLE at once.
