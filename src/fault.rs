@@ -1,6 +1,6 @@
 //! Fault injection for tests: fail or crash at a named step of the write path.
 //!
-//! Input: the environment variable `SPANLAKE_FAULT=<point>:<action>[:<nth>]`, read once;
+//! Input: the environment variable `SPANLAKE_FAULT=<point>:<action>[:<nth>][,…]`, read once;
 //! `action` is `error` (the step returns an injected I/O error) or `crash` (the process
 //! aborts at once, as under `kill -9`); `nth` (default 1) is which hit of the point acts,
 //! `0` every hit. Output: [`hit`] at each point. Invariants: without the variable every
@@ -17,6 +17,8 @@ pub const WAL_FSYNC: &str = "wal.fsync";
 /// After a new WAL segment file is created, before its header is written (the first hit
 /// is the segment opened at start).
 pub const WAL_ROTATE: &str = "wal.rotate";
+/// When a failed group write is being cut back out of the segment.
+pub const WAL_UNDO: &str = "wal.undo";
 /// Before the new WAL checkpoint replaces the old one.
 pub const WAL_CHECKPOINT: &str = "wal.checkpoint";
 /// After a flush's Parquet file is written, before it is fsynced.
@@ -42,37 +44,38 @@ struct Fault {
     hits: AtomicU64,
 }
 
-fn armed() -> Option<&'static Fault> {
-    static FAULT: OnceLock<Option<Fault>> = OnceLock::new();
-    FAULT
-        .get_or_init(|| {
-            let spec = std::env::var(ENV).ok()?;
-            let mut parts = spec.split(':');
-            let point = parts.next()?.to_string();
-            let action = match parts.next()? {
-                "error" => Action::Error,
-                "crash" => Action::Crash,
-                _ => return None,
-            };
-            let nth = parts.next().and_then(|n| n.parse().ok()).unwrap_or(1);
-            Some(Fault {
-                point,
-                action,
-                nth,
-                hits: AtomicU64::new(0),
+fn armed() -> &'static [Fault] {
+    static FAULTS: OnceLock<Vec<Fault>> = OnceLock::new();
+    FAULTS.get_or_init(|| {
+        let Ok(spec) = std::env::var(ENV) else {
+            return Vec::new();
+        };
+        spec.split(',')
+            .filter_map(|one| {
+                let mut parts = one.trim().split(':');
+                let point = parts.next()?.to_string();
+                let action = match parts.next()? {
+                    "error" => Action::Error,
+                    "crash" => Action::Crash,
+                    _ => return None,
+                };
+                let nth = parts.next().and_then(|n| n.parse().ok()).unwrap_or(1);
+                Some(Fault {
+                    point,
+                    action,
+                    nth,
+                    hits: AtomicU64::new(0),
+                })
             })
-        })
-        .as_ref()
+            .collect()
+    })
 }
 
 /// Passes the point `name`: `Err` or a crash if a fault is armed for this hit of it.
 pub fn hit(name: &str) -> io::Result<()> {
-    let Some(fault) = armed() else {
+    let Some(fault) = armed().iter().find(|f| f.point == name) else {
         return Ok(());
     };
-    if fault.point != name {
-        return Ok(());
-    }
     let hit = fault.hits.fetch_add(1, Ordering::Relaxed) + 1;
     if fault.nth != 0 && hit != fault.nth {
         return Ok(());

@@ -51,6 +51,39 @@ pub fn segment_path(dir: &Path, id: SegmentId) -> PathBuf {
     dir.join(format!("{:020}.{SEGMENT_EXT}", id.0))
 }
 
+/// The marker recording where segment `id`'s acknowledged records end, written when a
+/// failed write could not be cut back out of it.
+pub fn good_end_path(dir: &Path, id: SegmentId) -> PathBuf {
+    dir.join(format!("{:020}.good", id.0))
+}
+
+/// Durably records that segment `id` holds acknowledged records only up to `len`.
+pub fn write_good_end(dir: &Path, id: SegmentId, len: u64) -> io::Result<()> {
+    let target = good_end_path(dir, id);
+    let tmp = target.with_extension("good.tmp");
+    std::fs::write(&tmp, format!("{len}\n"))?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, &target)?;
+    sync_dir(dir)
+}
+
+/// Where segment `id`'s acknowledged records end, if a marker says so.
+pub fn read_good_end(dir: &Path, id: SegmentId) -> io::Result<Option<u64>> {
+    match std::fs::read_to_string(good_end_path(dir, id)) {
+        Ok(text) => text.trim().parse().map(Some).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{} holds {text:?}, not a length",
+                    good_end_path(dir, id).display()
+                ),
+            )
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// The segments in `dir`, oldest first, with their sizes.
 pub fn list_segments(dir: &Path) -> io::Result<Vec<(SegmentId, u64)>> {
     let mut segments = Vec::new();

@@ -225,6 +225,10 @@ impl Wal {
         for (id, len) in list_segments(&self.config.dir)? {
             if id < segment {
                 std::fs::remove_file(segment_path(&self.config.dir, id))?;
+                match std::fs::remove_file(format::good_end_path(&self.config.dir, id)) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                    _ => {}
+                }
                 self.stats.bytes_on_disk.fetch_sub(len, Ordering::Relaxed);
                 debug!(segment = id.0, "Deleted WAL segment.");
             }
@@ -361,6 +365,11 @@ impl Writer {
                 warn!(error = %e, segment = self.segment.0, "WAL write failed; the group is refused.");
                 if let Err(undo) = self.undo_partial_write() {
                     error!(error = %undo, segment = self.segment.0, "Could not cut the WAL segment back after a failed write; refusing every write until restart.");
+                    // Replay must not read the refused records: mark where the
+                    // acknowledged ones end.
+                    if let Err(marker) = format::write_good_end(&self.dir, self.segment, self.len) {
+                        error!(error = %marker, segment = self.segment.0, "Could not record where the WAL segment's acknowledged records end; the refused requests may be replayed.");
+                    }
                     self.poisoned = Some(format!("{e}; undoing it failed: {undo}"));
                 }
                 let e = Arc::new(e);
@@ -374,6 +383,7 @@ impl Writer {
     /// Cuts whatever part of a failed group reached the file, so that the segment holds
     /// only acknowledged records and the next group starts right after them.
     fn undo_partial_write(&mut self) -> io::Result<()> {
+        fault::hit(fault::WAL_UNDO)?;
         self.file.set_len(self.len)?;
         self.file.seek(SeekFrom::Start(self.len))?;
         self.file.sync_data()
@@ -473,6 +483,15 @@ fn replay_segment(
     apply: &mut impl FnMut(WalPosition, SegmentId, Workspace, SpanChunk) -> io::Result<()>,
 ) -> io::Result<()> {
     let path = segment_path(dir, id);
+    if let Some(end) = format::read_good_end(dir, id)? {
+        // A failed write that could not be cut back at the time: its bytes were refused.
+        if std::fs::metadata(&path)?.len() > end {
+            warn!(path = %path.display(), end, "Cutting the records of requests refused after a failed write.");
+            cut(&path, end)?;
+        }
+        std::fs::remove_file(format::good_end_path(dir, id))?;
+        sync_dir(dir)?;
+    }
     let file = File::open(&path)?;
     let file_len = file.metadata()?.len();
     let mut reader = BufReader::with_capacity(1 << 20, file);

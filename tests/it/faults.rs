@@ -213,6 +213,25 @@ async fn wal_write_and_fsync_errors_refuse_the_request_and_store_none_of_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_write_that_cannot_be_undone_stores_nothing_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    // The second group's fsync fails, and cutting it back out of the segment fails too.
+    let server = Spanlake::start_with_env(
+        dir.path(),
+        &["--flush-interval", "1h"],
+        &[("SPANLAKE_FAULT", "wal.fsync:error:2,wal.undo:error")],
+    );
+    let (acked, refused) = send_four(server.http).await;
+    assert_eq!(
+        acked.len(),
+        10,
+        "the first request only; the WAL refuses after the failure"
+    );
+    server.kill_9();
+    recovered(dir.path(), &acked, &refused);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crashes_at_wal_steps_lose_nothing_acked() {
     // `wal.rotate`'s first hit is the segment opened at start; its second, the flush's.
     for (point, nth) in [
