@@ -10,7 +10,7 @@ use reqwest::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::common::{TestServer, metric, otlp};
+use crate::common::{TestServer, metric, otlp, span_counts};
 
 /// An OTLP/HTTP protobuf upload whose body is sent in two parts, so that it stays in
 /// flight (admitted, its first part counted) until [`SlowUpload::finish`].
@@ -63,16 +63,7 @@ async fn post(http: SocketAddr, body: Vec<u8>) -> reqwest::Response {
 }
 
 async fn stored(server: &TestServer) -> u64 {
-    let answer: serde_json::Value = reqwest::Client::new()
-        .post(server.url("/apis/intake/v2/workspaces/default/sql"))
-        .json(&serde_json::json!({"query": "SELECT COUNT(*) AS n FROM spans"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    answer["rows"][0]["n"].as_u64().unwrap()
+    span_counts(server.http, "default").await.0
 }
 
 /// Waits until the server holds `bytes` or more of in-flight requests.

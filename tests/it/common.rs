@@ -87,6 +87,32 @@ pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// The first row of `query` over workspace `ws` through `POST …/sql` (JSON).
+pub async fn sql_row(http: SocketAddr, ws: &str, query: &str) -> serde_json::Value {
+    let answer: serde_json::Value = reqwest::Client::new()
+        .post(format!("http://{http}/apis/intake/v2/workspaces/{ws}/sql"))
+        .json(&serde_json::json!({ "query": query }))
+        .send()
+        .await
+        .expect("sql request")
+        .json()
+        .await
+        .expect("a JSON answer");
+    answer["rows"][0].clone()
+}
+
+/// `COUNT(*)` and `COUNT(DISTINCT span_id)` of workspace `ws`'s spans.
+pub async fn span_counts(http: SocketAddr, ws: &str) -> (u64, u64) {
+    let row = sql_row(
+        http,
+        ws,
+        "SELECT COUNT(*) AS n, COUNT(DISTINCT span_id) AS d FROM spans",
+    )
+    .await;
+    let n = |k: &str| row[k].as_u64().unwrap_or_else(|| panic!("{k} in {row}"));
+    (n("n"), n("d"))
+}
+
 /// A sample of the Prometheus text at `http`'s `/metrics` (an unlabelled series).
 pub async fn metric(http: SocketAddr, name: &str) -> Option<u64> {
     let text = reqwest::get(format!("http://{http}/metrics"))

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use prost::Message;
 
-use crate::common::{files_under, metric, otlp, parquet_files, read_tree};
+use crate::common::{files_under, metric, otlp, parquet_files, read_tree, span_counts};
 use crate::crash::{Spanlake, send};
 
 const HOUR_NS: u64 = 3_600_000_000_000;
@@ -49,21 +49,6 @@ async fn ingest(http: SocketAddr) -> Vec<String> {
     let (acked, refused) = send_four(http).await;
     assert!(refused.is_empty(), "refused: {refused:?}");
     acked
-}
-
-async fn sql(http: SocketAddr, query: &str) -> serde_json::Value {
-    let answer: serde_json::Value = reqwest::Client::new()
-        .post(format!(
-            "http://{http}/apis/intake/v2/workspaces/default/sql"
-        ))
-        .json(&serde_json::json!({ "query": query }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    answer["rows"][0].clone()
 }
 
 /// Waits until at least `n` flushes have failed.
@@ -116,13 +101,8 @@ async fn failing_step(point: &str) {
     let acked = ingest(server.http).await;
     let http = server.http;
     wait_for_flush_errors(http, 2).await;
-    let seen = sql(
-        http,
-        "SELECT COUNT(*) AS n, COUNT(DISTINCT span_id) AS d FROM spans",
-    )
-    .await;
-    assert_eq!(seen["n"], 40, "{point}: queries see each span once: {seen}");
-    assert_eq!(seen["d"], 40, "{point}: {seen}");
+    let seen = span_counts(http, "default").await;
+    assert_eq!(seen, (40, 40), "{point}: queries see each span once");
     if point == fault_points::STAGE {
         assert!(
             temp_files(dir.path()).is_empty(),
@@ -154,16 +134,8 @@ async fn crash_at(point: &str) {
         "{point}: the process should have crashed: {status:?}"
     );
     let restarted = Spanlake::start(dir.path(), &[]);
-    let seen = sql(
-        restarted.http,
-        "SELECT COUNT(*) AS n, COUNT(DISTINCT span_id) AS d FROM spans",
-    )
-    .await;
-    assert_eq!(
-        (seen["n"].clone(), seen["d"].clone()),
-        (40.into(), 40.into()),
-        "{point}: {seen}"
-    );
+    let seen = span_counts(restarted.http, "default").await;
+    assert_eq!(seen, (40, 40), "{point}");
     restarted.terminate();
     assert_exactly_once(dir.path(), &acked);
     assert_eq!(parquet_files(dir.path()).len() % 2, 0, "whole flushes only");
@@ -280,16 +252,8 @@ async fn a_failed_rotation_or_checkpoint_is_retried_and_loses_nothing() {
             );
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
-        let seen = sql(
-            server.http,
-            "SELECT COUNT(*) AS n, COUNT(DISTINCT span_id) AS d FROM spans",
-        )
-        .await;
-        assert_eq!(
-            (seen["n"].clone(), seen["d"].clone()),
-            (40.into(), 40.into()),
-            "{point}: {seen}"
-        );
+        let seen = span_counts(server.http, "default").await;
+        assert_eq!(seen, (40, 40), "{point}");
         server.terminate();
         recovered(dir.path(), &acked, &[]);
     }
@@ -329,16 +293,8 @@ async fn a_rename_failing_half_way_is_taken_back_and_retried_into_the_same_files
     let acked = ingest(server.http).await;
     let http = server.http;
     wait_for_flush_errors(http, 1).await;
-    let seen = sql(
-        http,
-        "SELECT COUNT(*) AS n, COUNT(DISTINCT span_id) AS d FROM spans",
-    )
-    .await;
-    assert_eq!(
-        (seen["n"].clone(), seen["d"].clone()),
-        (40.into(), 40.into()),
-        "{seen}"
-    );
+    let seen = span_counts(http, "default").await;
+    assert_eq!(seen, (40, 40), "every span once while the flush is retried");
     server.terminate();
     assert_exactly_once(dir.path(), &acked);
 }

@@ -5,7 +5,7 @@ use prost::Message;
 use spanlake::fake::Shape;
 use spanlake::loadgen::{FIXED_START_NS, LoadProtocol, LoadgenArgs, request, run};
 
-use crate::common::TestServer;
+use crate::common::{TestServer, span_counts};
 
 fn args(endpoint: String, protocol: LoadProtocol, seed: u64) -> LoadgenArgs {
     LoadgenArgs {
@@ -45,17 +45,7 @@ async fn every_protocol_delivers_what_it_counts() {
         assert!(summary.errors.is_empty(), "{summary:?}");
         assert!(summary.p99_ms >= summary.p50_ms);
     }
-    let answer: serde_json::Value = reqwest::Client::new()
-        .post(server.url("/apis/intake/v2/workspaces/load/sql"))
-        .json(&serde_json::json!({"query": "SELECT COUNT(*) AS n, COUNT(DISTINCT span_id) AS d FROM spans"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(answer["rows"][0]["n"], 3000, "{answer}");
-    assert_eq!(answer["rows"][0]["d"], 3000, "{answer}");
+    assert_eq!(span_counts(server.http, "load").await, (3000, 3000));
     let logged = std::fs::read_to_string(log.path()).unwrap();
     assert_eq!(logged.lines().count(), 3000);
     assert!(logged.lines().all(|l| l.len() == 16));
