@@ -639,6 +639,17 @@ mod tests {
         segment_path(dir, SegmentId(1))
     }
 
+    /// Removes the last `bytes` of the file, as a write cut short would leave it.
+    fn cut_off(path: &Path, bytes: u64) {
+        let len = std::fs::metadata(path).unwrap().len();
+        OpenOptions::new()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_len(len - bytes)
+            .unwrap();
+    }
+
     fn replayed(dir: &Path, skip_corrupt: bool) -> io::Result<(u64, ReplaySummary)> {
         let rows = Mutex::new(0u64);
         let summary = replay(dir, skip_corrupt, |_, _, _, c| {
@@ -690,13 +701,7 @@ mod tests {
     fn a_torn_tail_is_cut_and_the_records_before_it_replay() {
         let dir = tempfile::tempdir().unwrap();
         let path = three_records(dir.path());
-        let len = std::fs::metadata(&path).unwrap().len();
-        OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .unwrap()
-            .set_len(len - 5)
-            .unwrap();
+        cut_off(&path, 5);
         let (rows, summary) = replayed(dir.path(), false).unwrap();
         assert_eq!((rows, summary.cut_tails), (8, 1));
     }
@@ -739,13 +744,7 @@ mod tests {
     fn damage_in_an_older_segment_is_corruption_even_at_its_end() {
         let dir = tempfile::tempdir().unwrap();
         let path = three_records(dir.path());
-        let len = std::fs::metadata(&path).unwrap().len();
-        OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .unwrap()
-            .set_len(len - 5)
-            .unwrap();
+        cut_off(&path, 5);
         // A newer segment exists: the first one was closed whole, so its end is not torn.
         std::fs::write(segment_path(dir.path(), SegmentId(2)), MAGIC).unwrap();
         assert!(replayed(dir.path(), false).is_err());
