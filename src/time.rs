@@ -1,4 +1,29 @@
-//! Civil-time helpers for partition paths, without a calendar dependency.
+//! Time helpers: civil hours for partition paths (no calendar dependency), the one
+//! parser of the date-times that query parameters and vendor bodies carry, and the one
+//! rule for a span's duration.
+
+/// An RFC 3339 datetime (or a date) → ns since the epoch.
+pub fn parse_datetime(s: &str) -> Option<i64> {
+    if let Ok(dt) = chrono::DateTime::parse_from_rfc3339(s.trim()) {
+        return dt.timestamp_nanos_opt();
+    }
+    let naive = chrono::NaiveDateTime::parse_from_str(s.trim(), "%Y-%m-%dT%H:%M:%S%.f")
+        .ok()
+        .or_else(|| {
+            chrono::NaiveDate::parse_from_str(s.trim(), "%Y-%m-%d")
+                .ok()
+                .and_then(|d| d.and_hms_opt(0, 0, 0))
+        })?;
+    naive.and_utc().timestamp_nanos_opt()
+}
+
+/// The duration of a span that ended at or after it started; `None` for one that has not
+/// ended, ends before it starts, or lasts longer than `i64` nanoseconds can say.
+pub fn duration_ns(start_ns: i64, end_ns: Option<i64>) -> Option<i64> {
+    end_ns
+        .filter(|end| *end >= start_ns)
+        .and_then(|end| end.checked_sub(start_ns))
+}
 
 /// Nanoseconds in one hour.
 pub const NANOS_PER_HOUR: i64 = 3_600_000_000_000;

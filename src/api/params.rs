@@ -3,7 +3,6 @@
 //! `filter[started_at][$gte]=…`, `filter[id][$in]=a,b`) and as a JSON object
 //! (`filter={"status":"error"}`). Every problem becomes one `ValidationError`.
 
-use chrono::DateTime;
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
@@ -271,7 +270,7 @@ fn parse_filter(
                 continue;
             };
             for (op, v) in ops {
-                let ns = v.as_str().and_then(parse_datetime);
+                let ns = v.as_str().and_then(crate::time::parse_datetime);
                 let Some(ns) = ns else {
                     errors.push(ValidationError::new(
                         &["query", "filter", "started_at", op],
@@ -356,21 +355,6 @@ fn parse_filter(
         filter.strings.push((field, values));
     }
     filter
-}
-
-/// An RFC 3339 datetime (or a date) → ns since the epoch.
-pub fn parse_datetime(s: &str) -> Option<i64> {
-    if let Ok(dt) = DateTime::parse_from_rfc3339(s.trim()) {
-        return dt.timestamp_nanos_opt();
-    }
-    let naive = chrono::NaiveDateTime::parse_from_str(s.trim(), "%Y-%m-%dT%H:%M:%S%.f")
-        .ok()
-        .or_else(|| {
-            chrono::NaiveDate::parse_from_str(s.trim(), "%Y-%m-%d")
-                .ok()
-                .and_then(|d| d.and_hms_opt(0, 0, 0))
-        })?;
-    naive.and_utc().timestamp_nanos_opt()
 }
 
 #[cfg(test)]

@@ -183,7 +183,7 @@ fn time(item: &Map<String, Value>, key: &str) -> Result<Option<i64>, String> {
     match item.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) if s.is_empty() => Ok(None),
-        Some(Value::String(s)) => crate::api::params::parse_datetime(s)
+        Some(Value::String(s)) => crate::time::parse_datetime(s)
             .map(Some)
             .ok_or_else(|| format!("{key} {s:?} is not an RFC 3339 time")),
         Some(Value::Number(n)) => n
@@ -193,6 +193,9 @@ fn time(item: &Map<String, Value>, key: &str) -> Result<Option<i64>, String> {
         Some(other) => Err(format!("{key} {other} is not a time")),
     }
 }
+
+/// Why a time computed from `latency` is refused.
+const OUT_OF_RANGE: &str = "start_time and latency give a time out of range";
 
 fn log_span(item: &Value) -> Result<LogSpan, String> {
     let Value::Object(item) = item else {
@@ -213,8 +216,8 @@ fn log_span(item: &Value) -> Result<LogSpan, String> {
     };
     let (start_ns, end_ns) = match (start, end, latency_ns) {
         (Some(s), Some(e), _) => (s, e),
-        (Some(s), None, Some(l)) => (s, s + l),
-        (None, Some(e), Some(l)) => (e - l, e),
+        (Some(s), None, Some(l)) => (s, s.checked_add(l).ok_or(OUT_OF_RANGE)?),
+        (None, Some(e), Some(l)) => (e.checked_sub(l).ok_or(OUT_OF_RANGE)?, e),
         (Some(s), None, None) => (s, s),
         (None, Some(e), None) => (e, e),
         (None, None, _) => return Err("start_time or timestamp is required".into()),

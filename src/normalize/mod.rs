@@ -24,7 +24,7 @@ use crate::decode::vendor::LogSpan;
 use crate::decode::{DecodedRequest, RejectedField, SpanRejection};
 use crate::proto::{AnyValue, InstrumentationScope, KeyValue, Resource, Span};
 use crate::schema;
-use crate::time::hour_bucket;
+use crate::time::{duration_ns, hour_bucket};
 
 pub use values::{write_json, write_json_string, write_text};
 
@@ -633,7 +633,7 @@ impl SpanBatchBuilder {
             self.end_time.append_null();
         }
         self.duration_ns
-            .append_option((ended && end >= start).then(|| end - start));
+            .append_option(duration_ns(start, ended.then_some(end)));
         let (code, message) = span
             .status
             .as_ref()
@@ -724,7 +724,7 @@ impl SpanBatchBuilder {
         self.start_time.append_value(log.start_ns);
         self.end_time.append_value(log.end_ns);
         self.duration_ns
-            .append_option((log.end_ns >= log.start_ns).then(|| log.end_ns - log.start_ns));
+            .append_option(duration_ns(log.start_ns, Some(log.end_ns)));
         let code = if log.error.is_some() { 2 } else { 0 };
         let message = log.error.as_deref().unwrap_or("");
         self.status_code.append_value(status_code_name(code));
