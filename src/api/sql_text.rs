@@ -25,16 +25,20 @@ pub fn in_list(column: &str, values: &[String]) -> String {
 }
 
 /// Columns holding span or trace ids: OTLP ids are stored as lower-case hex, vendor ids
-/// exactly as sent, so a filter on them matches a value as given or lower-cased.
+/// exactly as sent, so a filter on them matches a value as given, and an OTLP id typed in
+/// upper case also lower-cased.
 const ID_COLUMNS: [&str; 3] = ["trace_id", "span_id", "parent_span_id"];
 
-/// The stored forms an id given by a user may have: itself and its lower-case form.
+/// The stored forms an id given by a user may have: itself, and for an OTLP id (32 or 16
+/// hex digits) with capitals its lower-case form. A vendor id matches only as given, so
+/// `Trace-A` never finds a different trace `trace-a`.
 pub fn id_variants(id: &str) -> Vec<String> {
+    let otlp_hex = matches!(id.len(), 16 | 32) && id.bytes().all(|b| b.is_ascii_hexdigit());
     let lower = id.to_ascii_lowercase();
-    if lower == id {
-        vec![lower]
-    } else {
+    if otlp_hex && lower != id {
         vec![id.to_string(), lower]
+    } else {
+        vec![id.to_string()]
     }
 }
 
@@ -93,7 +97,9 @@ mod tests {
 
     #[test]
     fn ids_match_as_given_or_lower_cased() {
-        assert_eq!(id_variants("Trace-1"), ["Trace-1", "trace-1"]);
+        assert_eq!(id_variants("Trace-1"), ["Trace-1"]);
         assert_eq!(id_variants("abc"), ["abc"]);
+        let upper = "0AF7651916CD43DD8448EB211C80319C";
+        assert_eq!(id_variants(upper), [upper, &upper.to_ascii_lowercase()]);
     }
 }

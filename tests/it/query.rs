@@ -742,7 +742,9 @@ async fn the_grpc_query_service_has_the_http_semantics() {
 async fn mixed_case_vendor_ids_and_upper_case_otlp_ids_are_found() {
     let server = TestServer::start().await;
     let client = reqwest::Client::new();
-    let logs = r#"[{"trace_unique_id":"Trace-MixedCase-1","span_unique_id":"Span-A","start_time":"2025-01-01T00:00:00Z","latency":1}]"#;
+    // Two vendor traces whose ids differ only in case are two traces.
+    let logs = r#"[{"trace_unique_id":"Trace-MixedCase-1","span_unique_id":"Span-A","start_time":"2025-01-01T00:00:00Z","latency":1},
+                   {"trace_unique_id":"trace-mixedcase-1","span_unique_id":"Span-B","start_time":"2025-01-01T00:00:00Z","latency":1}]"#;
     let status = client
         .post(server.url("/v1/traces/ingest"))
         .header("content-type", "application/json")
@@ -762,7 +764,12 @@ async fn mixed_case_vendor_ids_and_upper_case_otlp_ids_are_found() {
         .status();
     assert_eq!(status, StatusCode::OK);
     let base = "/apis/intake/v2/workspaces/default";
-    for id in ["Trace-MixedCase-1", &"AB".repeat(16), &"ab".repeat(16)] {
+    for id in [
+        "Trace-MixedCase-1",
+        "trace-mixedcase-1",
+        &"AB".repeat(16),
+        &"ab".repeat(16),
+    ] {
         let trace = client
             .get(server.url(&format!("{base}/traces/{id}")))
             .send()
@@ -779,9 +786,24 @@ async fn mixed_case_vendor_ids_and_upper_case_otlp_ids_are_found() {
             .unwrap();
         assert_eq!(spans["pagination"]["total_results"], 1, "{id}: {spans}");
     }
+    let lower: serde_json::Value = client
+        .get(server.url(&format!("{base}/traces/trace-mixedcase-1")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let span_ids: Vec<_> = lower["spans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["span_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(span_ids, ["Span-B"], "{lower}");
     assert_eq!(
         client
-            .get(server.url(&format!("{base}/traces/trace-mixedcase-1")))
+            .get(server.url(&format!("{base}/traces/TRACE-MIXEDCASE-1")))
             .send()
             .await
             .unwrap()
