@@ -499,7 +499,14 @@ fn replay_segment(
     let header_ok = reader.read_exact(&mut magic).is_ok() && &magic == format::MAGIC;
     if !header_ok {
         // A segment is created with its header fsynced before any record is written to
-        // it, so only the newest can lack one (the crash came while creating it).
+        // it, so only the newest can lack one (the crash came while creating it). It holds
+        // nothing: remove it, or the next start would find it no longer newest.
+        if newest && file_len <= HEADER_LEN {
+            warn!(path = %path.display(), "Removing a WAL segment a crash left without its header (it holds no record).");
+            summary.cut_tails += 1;
+            std::fs::remove_file(&path)?;
+            return sync_dir(dir);
+        }
         let reason = BadRecord::Corrupt("no valid segment header".into());
         return bad_record(
             &path,
@@ -704,6 +711,28 @@ mod tests {
         cut_off(&path, 5);
         let (rows, summary) = replayed(dir.path(), false).unwrap();
         assert_eq!((rows, summary.cut_tails), (8, 1));
+    }
+
+    #[test]
+    fn a_segment_left_without_its_header_is_removed_so_the_next_start_still_works() {
+        let dir = tempfile::tempdir().unwrap();
+        three_records(dir.path());
+        // A crash right after creating segment 2, before its header was written.
+        let empty = segment_path(dir.path(), SegmentId(2));
+        File::create(&empty).unwrap();
+        let (rows, summary) = replayed(dir.path(), false).unwrap();
+        assert_eq!((rows, summary.next_segment), (12, SegmentId(3)));
+        assert!(!empty.exists());
+        // The next run writes segment 3 and dies again: segment 2 must not be in the way.
+        let wal = Wal::start(
+            config(dir.path(), MAX_RECORD_LEN),
+            summary.next_segment,
+            Arc::default(),
+            Box::new(|_, _, _| {}),
+        )
+        .unwrap();
+        wal.stop();
+        assert_eq!(replayed(dir.path(), false).unwrap().0, 12);
     }
 
     #[test]
