@@ -97,7 +97,7 @@ impl Server {
         );
         metrics.attach_queries(engine.running());
         let query_service = QueryServiceServer::new(QueryGrpc::new(engine.clone(), auth.clone()));
-        let budget = Budget::new(config.max_inflight_bytes);
+        let budget = Budget::new(config.max_inflight_bytes, config.max_message_bytes as u64);
         metrics.attach_budget(budget.clone());
         let admission =
             |front| Admission::new(front, config.max_concurrent_requests, budget.clone());

@@ -82,7 +82,8 @@ impl Error {
     /// `Retry-After`, which OTLP exporters retry.
     pub fn is_overload(&self) -> bool {
         match self {
-            Error::NotReady | Error::BufferFull { .. } | Error::Admission(_) => true,
+            Error::NotReady | Error::BufferFull { .. } => true,
+            Error::Admission(e) => e.is_retryable(),
             Error::Wal(e) => !matches!(e, WalError::Encode(_) | WalError::RecordTooLarge { .. }),
             _ => false,
         }
@@ -97,7 +98,9 @@ impl Error {
             | Error::UnsupportedMediaType(_)
             | Error::UnsupportedEncoding(_)
             | Error::Decompress { .. } => tonic::Code::InvalidArgument,
-            Error::TooLarge { .. } | Error::Wal(WalError::RecordTooLarge { .. }) => {
+            Error::TooLarge { .. }
+            | Error::Wal(WalError::RecordTooLarge { .. })
+            | Error::Admission(AdmissionError::DecodesTooLarge { .. }) => {
                 tonic::Code::ResourceExhausted
             }
             Error::Auth(e) if e.is_unauthenticated() => tonic::Code::Unauthenticated,
@@ -121,7 +124,9 @@ impl Error {
             | Error::UnsupportedEncoding(_)
             | Error::Decompress { .. }
             | Error::Body(_) => StatusCode::BAD_REQUEST,
-            Error::TooLarge { .. } | Error::Wal(WalError::RecordTooLarge { .. }) => {
+            Error::TooLarge { .. }
+            | Error::Wal(WalError::RecordTooLarge { .. })
+            | Error::Admission(AdmissionError::DecodesTooLarge { .. }) => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
             Error::Auth(e) if e.is_unauthenticated() => StatusCode::UNAUTHORIZED,

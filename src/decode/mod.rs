@@ -7,6 +7,7 @@
 //! fails the request, it is listed in [`DecodedRequest::rejected`] by its position in
 //! the request (counting spans across resource and scope groups, from 0).
 
+pub mod footprint;
 mod json;
 pub mod vendor;
 
@@ -31,6 +32,14 @@ impl Encoding {
         match self {
             Encoding::Protobuf => "application/x-protobuf",
             Encoding::Json => "application/json",
+        }
+    }
+
+    /// How a body in this encoding is decoded, for its footprint.
+    pub fn shape(self) -> footprint::Shape {
+        match self {
+            Encoding::Protobuf => footprint::Shape::Protobuf,
+            Encoding::Json => footprint::Shape::OtlpJson,
         }
     }
 

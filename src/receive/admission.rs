@@ -5,9 +5,10 @@
 //! budgets until the request is answered, or a refusal ([`AdmissionError`], answered 503 /
 //! `UNAVAILABLE` with `Retry-After`). Invariants: each front end serves at most its
 //! `--max-concurrent-requests` at once; the bytes of every request in flight — body as
-//! read, then [`DECODE_FACTOR`] × its decompressed size for the decompressed body, the
-//! decoded request and its chunk — stay within `--max-inflight-bytes`, counted before
-//! they are allocated. A request larger than the whole budget still runs when nothing
+//! read, then [`DECODE_FACTOR`] × its decompressed size (or its structural footprint, if
+//! larger) for the decompressed body, the decoded request and its chunk — stay within
+//! `--max-inflight-bytes`, counted before they are allocated. A request whose footprint
+//! passes 4 × `--max-message-bytes` is refused as too large (413 / `RESOURCE_EXHAUSTED`). A request larger than the whole budget still runs when nothing
 //! else is in flight, so the request cap, not the budget, decides what is too large.
 //! Each check is an atomic compare-and-swap; nothing waits.
 
@@ -17,6 +18,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::decode::footprint::{Shape, footprint};
 
 /// Bytes reserved per decompressed byte for the decompressed body, the decoded request
 /// and its chunk (measured on the synthetic requests of `crate::fake`: the prost tree
@@ -36,6 +39,17 @@ pub enum AdmissionError {
         /// Its bound.
         limit: usize,
     },
+    /// Decoding this one request would hold more than any request may (its structure
+    /// multiplies its size: many tiny spans, attributes or JSON containers).
+    #[error(
+        "decoding this request would hold about {needs} bytes, more than the {limit} one request may use (4 × --max-message-bytes, or --max-inflight-bytes if larger); send fewer, larger values per request"
+    )]
+    DecodesTooLarge {
+        /// The estimate.
+        needs: u64,
+        /// The bound.
+        limit: u64,
+    },
     /// The bytes of the requests in flight would pass the budget.
     #[error(
         "the requests in flight hold their budget of {limit} bytes (--max-inflight-bytes); retry later"
@@ -46,18 +60,29 @@ pub enum AdmissionError {
     },
 }
 
+impl AdmissionError {
+    /// Whether retrying the same request could succeed (a busy server), as opposed to a
+    /// request that is too large to ever be taken on.
+    pub fn is_retryable(&self) -> bool {
+        !matches!(self, AdmissionError::DecodesTooLarge { .. })
+    }
+}
+
 /// The bytes budget shared by every front end.
 #[derive(Debug)]
 pub struct Budget {
     limit: u64,
+    /// The most that decoding one request may hold.
+    request_limit: u64,
     used: AtomicU64,
 }
 
 impl Budget {
-    /// A budget of `limit` bytes.
-    pub fn new(limit: u64) -> Arc<Self> {
+    /// A budget of `limit` bytes, with requests of at most `max_message_bytes`.
+    pub fn new(limit: u64, max_message_bytes: u64) -> Arc<Self> {
         Arc::new(Self {
             limit,
+            request_limit: limit.max(DECODE_FACTOR.saturating_mul(max_message_bytes)),
             used: AtomicU64::new(0),
         })
     }
@@ -140,9 +165,23 @@ impl Admitted {
         Ok(())
     }
 
-    /// Reserves what decoding a body of `decompressed` bytes will hold.
-    pub fn reserve_decoding(&self, decompressed: usize) -> Result<(), AdmissionError> {
-        self.reserve(DECODE_FACTOR.saturating_mul(decompressed as u64))
+    /// Reserves what decoding `body` (decompressed) as `shape` will hold: [`DECODE_FACTOR`]
+    /// × its size, or its structural [`footprint`] where that is larger. A request whose
+    /// footprint passes what one request may hold is refused as too large.
+    /// `held` is what the body itself already holds in the budget (its decompression).
+    pub fn reserve_decoding(
+        &self,
+        body: &[u8],
+        shape: Shape,
+        held: u64,
+    ) -> Result<(), AdmissionError> {
+        let needs = footprint(shape, body);
+        let limit = self.budget.request_limit;
+        if needs > limit {
+            return Err(AdmissionError::DecodesTooLarge { needs, limit });
+        }
+        let total = needs.max(DECODE_FACTOR.saturating_mul(body.len() as u64));
+        self.reserve(total.saturating_sub(held))
     }
 }
 
@@ -248,7 +287,7 @@ mod tests {
 
     #[test]
     fn concurrency_and_bytes_are_bounded_and_given_back() {
-        let budget = Budget::new(100);
+        let budget = Budget::new(100, 10);
         let admission = Admission::new("test", 2, budget.clone());
         let a = admission.admit().unwrap();
         let b = admission.admit().unwrap();

@@ -22,30 +22,36 @@ pub async fn read_limited(body: axum::body::Body, limit: usize) -> Result<Bytes,
 }
 
 /// Reads a body under the cap and decompresses it per its `Content-Encoding`, under the
-/// same cap.
+/// same cap; the decompressed bytes are reserved with `reserve` as they are produced.
+/// Returns the body and the bytes reserved for it beyond those read.
 pub async fn read_body(
     headers: &http::HeaderMap,
     body: axum::body::Body,
     limit: usize,
-) -> Result<Bytes, Error> {
+    reserve: &mut (dyn FnMut(u64) -> Result<(), Error> + Send),
+) -> Result<(Bytes, u64), Error> {
     let raw = read_limited(body, limit).await?;
     let encoding = headers
         .get(http::header::CONTENT_ENCODING)
         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-    decompress(encoding.as_deref(), raw, limit)
+    decompress(encoding.as_deref(), raw, limit, reserve)
 }
 
-/// Decompresses `body` per its `Content-Encoding`, refusing a result over `limit` bytes.
+/// Decompresses `body` per its `Content-Encoding`, refusing a result over `limit` bytes;
+/// the memory of the result is reserved with `reserve` before it is allocated. Returns
+/// the result and the bytes reserved for it (0 for an uncompressed body).
 pub fn decompress(
     content_encoding: Option<&str>,
     body: Bytes,
     limit: usize,
-) -> Result<Bytes, Error> {
+    reserve: &mut (dyn FnMut(u64) -> Result<(), Error> + Send),
+) -> Result<(Bytes, u64), Error> {
     let encoding = content_encoding.map(str::trim).unwrap_or("");
     let lower = encoding.to_ascii_lowercase();
+    let out = Output { limit, reserve };
     match lower.as_str() {
-        "" | "identity" => Ok(body),
-        "gzip" | "x-gzip" => inflate("gzip", flate2::read::MultiGzDecoder::new(&body[..]), limit),
+        "" | "identity" => Ok((body, 0)),
+        "gzip" | "x-gzip" => out.inflate("gzip", flate2::read::MultiGzDecoder::new(&body[..])),
         "zstd" => {
             let corrupt = |e: std::io::Error| Error::Decompress {
                 encoding: "zstd",
@@ -59,18 +65,14 @@ pub fn decompress(
             decoder
                 .window_log_max(zstd_window_log(limit))
                 .map_err(corrupt)?;
-            inflate("zstd", decoder, limit)
+            out.inflate("zstd", decoder)
         }
         // HTTP's "deflate" is zlib-wrapped; some clients send raw deflate instead. The
         // zlib header says which, so the body is decompressed once.
         "deflate" if is_zlib(&body) => {
-            inflate("deflate", flate2::read::ZlibDecoder::new(&body[..]), limit)
+            out.inflate("deflate", flate2::read::ZlibDecoder::new(&body[..]))
         }
-        "deflate" => inflate(
-            "deflate",
-            flate2::read::DeflateDecoder::new(&body[..]),
-            limit,
-        ),
+        "deflate" => out.inflate("deflate", flate2::read::DeflateDecoder::new(&body[..])),
         _ => Err(Error::UnsupportedEncoding(encoding.to_string())),
     }
 }
@@ -92,19 +94,40 @@ fn zstd_window_log(limit: usize) -> u32 {
     needed.clamp(10, 27)
 }
 
-fn inflate(encoding: &'static str, reader: impl Read, limit: usize) -> Result<Bytes, Error> {
-    let mut out = Vec::new();
-    reader
-        .take(limit as u64 + 1)
-        .read_to_end(&mut out)
-        .map_err(|e| Error::Decompress {
+/// Where a decompressed body goes: at most `limit` bytes, each allocation reserved first.
+struct Output<'a> {
+    limit: usize,
+    reserve: &'a mut (dyn FnMut(u64) -> Result<(), Error> + Send),
+}
+
+impl Output<'_> {
+    fn inflate(self, encoding: &'static str, mut reader: impl Read) -> Result<(Bytes, u64), Error> {
+        let corrupt = |e: std::io::Error| Error::Decompress {
             encoding,
             message: e.to_string(),
-        })?;
-    if out.len() > limit {
-        return Err(Error::TooLarge { limit });
+        };
+        let mut out: Vec<u8> = Vec::new();
+        let mut chunk = vec![0u8; 16 << 10];
+        loop {
+            let n = reader.read(&mut chunk).map_err(corrupt)?;
+            if n == 0 {
+                break;
+            }
+            let len = out.len() + n;
+            if len > self.limit {
+                return Err(Error::TooLarge { limit: self.limit });
+            }
+            if len > out.capacity() {
+                // Grow by doubling (as a vector would), never past the cap, reserving first.
+                let grown = (out.capacity() * 2).max(len).max(64 << 10).min(self.limit);
+                (self.reserve)((grown - out.capacity()) as u64)?;
+                out.reserve_exact(grown - out.len());
+            }
+            out.extend_from_slice(&chunk[..n]);
+        }
+        let reserved = out.capacity() as u64;
+        Ok((Bytes::from(out), reserved))
     }
-    Ok(Bytes::from(out))
 }
 
 #[cfg(test)]
@@ -112,25 +135,50 @@ mod tests {
     use super::*;
     use std::io::Write;
 
+    /// Decompresses without a budget.
+    fn dec(encoding: Option<&str>, body: Bytes, limit: usize) -> Result<Bytes, Error> {
+        decompress(encoding, body, limit, &mut |_| Ok(())).map(|(b, _)| b)
+    }
+
+    #[test]
+    fn decompressed_bytes_are_reserved_before_they_are_held() {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        enc.write_all(&vec![0u8; 8 << 20]).unwrap();
+        let bomb = Bytes::from(enc.finish().unwrap());
+        let mut reserved = 0u64;
+        let mut budget = |n: u64| {
+            reserved += n;
+            if reserved > 1 << 20 {
+                Err(Error::Admission(
+                    crate::receive::admission::AdmissionError::Bytes { limit: 1 << 20 },
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        let refused = decompress(Some("gzip"), bomb.clone(), 64 << 20, &mut budget);
+        assert!(matches!(refused, Err(Error::Admission(_))), "{refused:?}");
+        let (body, held) = decompress(Some("gzip"), bomb, 64 << 20, &mut |_| Ok(())).unwrap();
+        assert_eq!(body.len(), 8 << 20);
+        assert!(held >= body.len() as u64);
+    }
+
     #[test]
     fn gzip_and_caps() {
         let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
         enc.write_all(&[7u8; 1000]).unwrap();
         let gz = Bytes::from(enc.finish().unwrap());
-        assert_eq!(
-            decompress(Some("GZIP"), gz.clone(), 1000).unwrap().len(),
-            1000
-        );
+        assert_eq!(dec(Some("GZIP"), gz.clone(), 1000).unwrap().len(), 1000);
         assert!(matches!(
-            decompress(Some("gzip"), gz, 999),
+            dec(Some("gzip"), gz, 999),
             Err(Error::TooLarge { .. })
         ));
         assert!(matches!(
-            decompress(Some("gzip"), Bytes::from_static(b"not gzip"), 10),
+            dec(Some("gzip"), Bytes::from_static(b"not gzip"), 10),
             Err(Error::Decompress { .. })
         ));
         assert!(matches!(
-            decompress(Some("br"), Bytes::new(), 10),
+            dec(Some("br"), Bytes::new(), 10),
             Err(Error::UnsupportedEncoding(_))
         ));
     }
@@ -140,13 +188,13 @@ mod tests {
         let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
         z.write_all(b"hello").unwrap();
         assert_eq!(
-            &decompress(Some("deflate"), Bytes::from(z.finish().unwrap()), 10).unwrap()[..],
+            &dec(Some("deflate"), Bytes::from(z.finish().unwrap()), 10).unwrap()[..],
             b"hello"
         );
         let mut d = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
         d.write_all(b"hello").unwrap();
         assert_eq!(
-            &decompress(Some("deflate"), Bytes::from(d.finish().unwrap()), 10).unwrap()[..],
+            &dec(Some("deflate"), Bytes::from(d.finish().unwrap()), 10).unwrap()[..],
             b"hello"
         );
     }
@@ -159,13 +207,10 @@ mod tests {
         enc.write_all(&[1u8; 4096]).unwrap();
         let frame = Bytes::from(enc.finish().unwrap());
         assert!(matches!(
-            decompress(Some("zstd"), frame.clone(), 1 << 20),
+            dec(Some("zstd"), frame.clone(), 1 << 20),
             Err(Error::Decompress { .. })
         ));
-        assert_eq!(
-            decompress(Some("zstd"), frame, 64 << 20).unwrap().len(),
-            4096
-        );
+        assert_eq!(dec(Some("zstd"), frame, 64 << 20).unwrap().len(), 4096);
     }
 
     #[test]

@@ -22,6 +22,7 @@ use super::admission::{Admission, Admitted, BudgetedBody};
 use super::{API_KEY_HEADER, AUTHORIZATION_HEADER, WORKSPACE_HEADER, ingest_workspace};
 use crate::auth::Auth;
 use crate::decode::decode_protobuf;
+use crate::decode::footprint::Shape;
 use crate::error::Error;
 use crate::ingest::{IngestOutcome, Ingester};
 use crate::metrics::{Metrics, Protocol};
@@ -79,7 +80,7 @@ impl OtlpGrpcReceiver {
             workspace = Some(ws.clone());
             // Admitted in `call`; the message's decoding is reserved before it is decoded.
             if let Some(admitted) = request.extensions().get::<Arc<Admitted>>() {
-                admitted.reserve_decoding(request.get_ref().len())?;
+                admitted.reserve_decoding(request.get_ref(), Shape::Protobuf, 0)?;
             }
             let decoded = decode_protobuf(request.get_ref())?;
             self.ingester.ingest(&ws, decoded).await

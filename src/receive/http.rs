@@ -19,6 +19,7 @@ use super::admission::{Admission, Admitted, BudgetedBody};
 use super::body::read_body;
 use super::{API_KEY_HEADER, AUTHORIZATION_HEADER, WORKSPACE_HEADER, ingest_workspace};
 use crate::auth::{Auth, credential};
+use crate::decode::footprint::Shape;
 use crate::decode::{Encoding, decode};
 use crate::error::Error;
 use crate::ingest::{IngestOutcome, Ingester};
@@ -75,6 +76,7 @@ pub(super) async fn ingest_request(
     headers: &HeaderMap,
     workspace_header: &str,
     body: Body,
+    shape: Shape,
 ) -> Result<IngestRequest, Error> {
     let header = |name: &str| headers.get(name).map(|v| v.as_bytes());
     let workspace = ingest_workspace(
@@ -83,7 +85,7 @@ pub(super) async fn ingest_request(
         header(AUTHORIZATION_HEADER),
         header(API_KEY_HEADER),
     )?;
-    let (body, admitted) = read_admitted(state, headers, body).await?;
+    let (body, admitted) = read_admitted(state, headers, body, shape).await?;
     Ok(IngestRequest {
         workspace,
         body,
@@ -97,11 +99,13 @@ pub(super) async fn read_admitted(
     state: &HttpState,
     headers: &HeaderMap,
     body: Body,
+    shape: Shape,
 ) -> Result<(bytes::Bytes, Arc<Admitted>), Error> {
     let admitted = state.admission.admit()?;
     let body = Body::new(BudgetedBody::new(body, admitted.clone()));
-    let body = read_body(headers, body, state.max_body_bytes).await?;
-    admitted.reserve_decoding(body.len())?;
+    let mut reserve = |n| admitted.reserve(n).map_err(Error::Admission);
+    let (body, held) = read_body(headers, body, state.max_body_bytes, &mut reserve).await?;
+    admitted.reserve_decoding(&body, shape, held)?;
     Ok((body, admitted))
 }
 
@@ -135,7 +139,8 @@ async fn otlp_traces(State(state): State<HttpState>, headers: HeaderMap, body: B
     };
     let mut workspace: Option<Workspace> = None;
     let result: Result<IngestOutcome, Error> = async {
-        let request = ingest_request(&state, &headers, WORKSPACE_HEADER, body).await?;
+        let request =
+            ingest_request(&state, &headers, WORKSPACE_HEADER, body, encoding.shape()).await?;
         let ws = request.workspace.clone();
         workspace = Some(ws.clone());
         let decoded = decode(encoding, &request.body)?;

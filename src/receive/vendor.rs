@@ -15,6 +15,7 @@ use serde_json::json;
 use super::http::{HttpState, ingest_request, read_admitted, request_encoding};
 use super::{API_KEY_HEADER, AUTHORIZATION_HEADER, WORKSPACE_HEADER};
 use crate::auth::{Scope, credential};
+use crate::decode::footprint::Shape;
 use crate::decode::vendor::{decode_nemo_json, decode_span_logs};
 use crate::decode::{
     DecodedRequest, Encoding, RejectedField, SpanRejection, decode, decode_protobuf,
@@ -64,7 +65,11 @@ pub async fn nemo_ingest(
         let named = Workspace::new(&workspace)?;
         let w = state.auth.authorize(cred, Some(named), Scope::Ingest)?;
         ws = Some(w.clone());
-        let (bytes, _admitted) = read_admitted(&state, &headers, body).await?;
+        let shape = match request_encoding(&headers) {
+            Some(Encoding::Protobuf) => Shape::Protobuf,
+            _ => Shape::NemoJson,
+        };
+        let (bytes, _admitted) = read_admitted(&state, &headers, body, shape).await?;
         let decoded = match request_encoding(&headers) {
             Some(Encoding::Protobuf) => decode_protobuf(&bytes)?,
             _ => decode_nemo_json(&bytes)?,
@@ -112,7 +117,8 @@ pub async fn avido_ingest(
     let encoding = request_encoding(&headers).unwrap_or(Encoding::Json);
     let mut ws = None;
     let result = async {
-        let request = ingest_request(&state, &headers, APPLICATION_HEADER, body).await?;
+        let request =
+            ingest_request(&state, &headers, APPLICATION_HEADER, body, encoding.shape()).await?;
         let (w, bytes) = (request.workspace.clone(), &request.body);
         ws = Some(w.clone());
         let decoded: DecodedRequest = decode(encoding, bytes)?;
@@ -165,7 +171,8 @@ pub async fn span_logs_ingest(
     let started = Instant::now();
     let mut ws = None;
     let result = async {
-        let request = ingest_request(&state, &headers, WORKSPACE_HEADER, body).await?;
+        let request =
+            ingest_request(&state, &headers, WORKSPACE_HEADER, body, Shape::SpanLogs).await?;
         let (w, bytes) = (request.workspace.clone(), &request.body);
         ws = Some(w.clone());
         let items = decode_span_logs(bytes)?;

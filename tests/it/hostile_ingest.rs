@@ -139,3 +139,87 @@ async fn one_request_cannot_spread_over_thousands_of_partitions() {
             .any(|f| f.to_string_lossy().contains("date=2001-09-09"))
     );
 }
+
+/// A protobuf length prefix.
+fn varint(mut n: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    while n >= 0x80 {
+        out.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_whose_structure_multiplies_their_size_are_refused_before_decoding() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Spanlake::start(dir.path(), &[]);
+    let client = reqwest::Client::new();
+    let post = |path: &str, content_type: &str, body: Vec<u8>| {
+        client
+            .post(format!("http://{}{path}", server.http))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+    };
+
+    // 8 MiB of empty spans (2 bytes each on the wire, ~300 bytes each decoded): 4M spans.
+    let spans: Vec<u8> = [0x12u8, 0x00].repeat(4 << 20);
+    let resource_spans = [vec![0x12], varint(spans.len()), spans].concat();
+    let body = [vec![0x0a], varint(resource_spans.len()), resource_spans].concat();
+    let answer = post("/v1/traces", "application/x-protobuf", body)
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 413);
+    let status =
+        spanlake::proto::google_rpc::Status::decode(answer.bytes().await.unwrap()).unwrap();
+    assert!(
+        status.message.contains("decoding this request would hold"),
+        "{}",
+        status.message
+    );
+
+    // The same in OTLP JSON: `{}` per span.
+    let json = format!(
+        "{{\"resourceSpans\":[{{\"scopeSpans\":[{{\"spans\":[{}{{}}]}}]}}]}}",
+        "{},".repeat(2 << 20)
+    );
+    let answer = post("/v1/traces", "application/json", json.into_bytes())
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 413);
+    let text = answer.text().await.unwrap();
+    assert!(text.contains("decoding this request would hold"), "{text}");
+
+    // Span logs: 2M items of `0`, each a refused item with its reason.
+    let logs = format!("[{}0]", "0,".repeat(2 << 20));
+    let answer = post("/v1/traces/ingest", "application/json", logs.into_bytes())
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 413, "{:?}", answer.text().await);
+
+    // NeMo intake's simplified JSON: one tiny attribute map per span.
+    let nemo = format!(
+        "{{\"traceId\":\"{}\",\"spans\":[{}{{}}]}}",
+        "ab".repeat(16),
+        "{\"attributes\":{\"a\":1}},".repeat(1 << 18)
+    );
+    let answer = post(
+        "/apis/intake/v2/workspaces/default/ingest/otlp/v1/traces",
+        "application/json",
+        nemo.into_bytes(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(answer.status(), 413, "{:?}", answer.text().await);
+
+    // The server is still there and takes an ordinary request.
+    let ordinary = otlp::request(vec![otlp::span(0x21, 1, "after")]).encode_to_vec();
+    assert!(send(&client, server.http, ordinary).await);
+    assert_eq!(
+        metric(server.http, "spanlake_inflight_bytes").await,
+        Some(0)
+    );
+    server.terminate();
+}
