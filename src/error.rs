@@ -248,6 +248,10 @@ pub enum ApiError {
     /// The query failed.
     #[error(transparent)]
     Query(#[from] crate::query::QueryError),
+    /// An answer larger than the JSON cap: 400 (`RESOURCE_EXHAUSTED` over gRPC), saying how
+    /// to ask for less.
+    #[error("{0}")]
+    TooLarge(String),
     /// A bug or an I/O failure: 500.
     #[error("{0}")]
     Internal(String),
@@ -264,7 +268,8 @@ impl ApiError {
             ApiError::Auth(_) => StatusCode::FORBIDDEN,
             ApiError::Query(
                 QueryError::NotAllowed(_) | QueryError::Sql(_) | QueryError::Memory { .. },
-            ) => StatusCode::BAD_REQUEST,
+            )
+            | ApiError::TooLarge(_) => StatusCode::BAD_REQUEST,
             ApiError::Query(QueryError::Timeout(_)) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Query(QueryError::Internal(_)) | ApiError::Internal(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
@@ -285,7 +290,9 @@ impl ApiError {
             ApiError::Query(QueryError::NotAllowed(_) | QueryError::Sql(_)) => {
                 tonic::Code::InvalidArgument
             }
-            ApiError::Query(QueryError::Memory { .. }) => tonic::Code::ResourceExhausted,
+            ApiError::Query(QueryError::Memory { .. }) | ApiError::TooLarge(_) => {
+                tonic::Code::ResourceExhausted
+            }
             ApiError::Query(QueryError::Timeout(_)) => tonic::Code::DeadlineExceeded,
             ApiError::Query(QueryError::Internal(_)) | ApiError::Internal(_) => {
                 tonic::Code::Internal

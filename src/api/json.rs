@@ -113,21 +113,58 @@ pub fn value(array: &ArrayRef, i: usize) -> Value {
     }
 }
 
+/// Row `i` of `batch` as a JSON object keyed by column name.
+pub fn row(batch: &RecordBatch, i: usize) -> Map<String, Value> {
+    batch
+        .schema_ref()
+        .fields()
+        .iter()
+        .zip(batch.columns())
+        .map(|(f, c)| (f.name().clone(), value(c, i)))
+        .collect()
+}
+
 /// Every row of `batches` as a JSON object keyed by column name.
 pub fn rows(batches: &[RecordBatch]) -> Vec<Map<String, Value>> {
+    rows_within(batches, usize::MAX).unwrap_or_default()
+}
+
+/// Every row of `batches`, as [`rows`]; `Err` with the bytes reached once their JSON text
+/// would pass `limit` bytes (rendering stops there, so memory stays near `limit`).
+pub fn rows_within(
+    batches: &[RecordBatch],
+    limit: usize,
+) -> Result<Vec<Map<String, Value>>, usize> {
     let mut out = Vec::new();
+    let mut size = 0usize;
     for batch in batches {
-        let schema = batch.schema();
         for i in 0..batch.num_rows() {
-            out.push(
-                schema
-                    .fields()
-                    .iter()
-                    .zip(batch.columns())
-                    .map(|(f, c)| (f.name().clone(), value(c, i)))
-                    .collect(),
-            );
+            let row = row(batch, i);
+            size = row
+                .iter()
+                .map(|(k, v)| k.len() + 4 + text_len(v))
+                .fold(size.saturating_add(2), usize::saturating_add);
+            if size > limit {
+                return Err(size);
+            }
+            out.push(row);
         }
     }
-    out
+    Ok(out)
+}
+
+/// About the length of `v` as JSON text (numbers count 20).
+fn text_len(v: &Value) -> usize {
+    match v {
+        Value::Null | Value::Bool(_) => 5,
+        Value::Number(_) => 20,
+        Value::String(s) => s.len() + 2,
+        Value::Array(a) => a.iter().map(|v| text_len(v) + 1).sum::<usize>() + 2,
+        Value::Object(o) => {
+            o.iter()
+                .map(|(k, v)| k.len() + 4 + text_len(v))
+                .sum::<usize>()
+                + 2
+        }
+    }
 }

@@ -122,7 +122,15 @@ async fn page_and_total(
         params.offset()
     );
     let count_sql = format!("{prefix} SELECT COUNT(*) AS n FROM {from} {filter}");
-    let rows = json::rows(&engine.run(ctx.clone(), page_sql).await?.batches);
+    let limit = engine.limits().max_json_bytes;
+    let rows = json::rows_within(&engine.run(ctx.clone(), page_sql).await?.batches, limit)
+        .map_err(|_| {
+            ApiError::TooLarge(format!(
+                "page {} of {} rows comes to more than {limit} bytes of JSON \
+                 (--sql-max-json-bytes); ask for a smaller page_size",
+                params.page, params.page_size
+            ))
+        })?;
     let total = first_count(&engine.run(ctx.clone(), count_sql).await?.batches);
     Ok((rows, total))
 }
@@ -249,7 +257,7 @@ async fn rollups(
 }
 
 fn duration_ms(start: &Value, end: &Value) -> Value {
-    let parse = |v: &Value| v.as_str().and_then(params::parse_datetime);
+    let parse = |v: &Value| v.as_str().and_then(crate::time::parse_datetime);
     match (parse(start), parse(end)) {
         (Some(s), Some(e)) => json!((e - s) as f64 / 1e6),
         _ => Value::Null,
@@ -412,7 +420,17 @@ pub async fn trace_with_spans(
             "SELECT * FROM spans WHERE trace_id = {} ORDER BY start_time, span_id",
             lit(&id)
         );
-        spans = json::rows(&engine.run(ctx.clone(), sql).await?.batches);
+        let limit = engine.limits().max_json_bytes;
+        spans = json::rows_within(&engine.run(ctx.clone(), sql).await?.batches, limit).map_err(
+            |_| {
+                ApiError::TooLarge(format!(
+                    "trace {trace_id} comes to more than {limit} bytes of JSON \
+                     (--sql-max-json-bytes); read its spans a page at a time with \
+                     GET /apis/intake/v2/workspaces/{ws}/spans?filter[trace_id]={id}&page_size=10, \
+                     or choose columns with POST /apis/intake/v2/workspaces/{ws}/sql"
+                ))
+            },
+        )?;
         if !spans.is_empty() {
             break;
         }

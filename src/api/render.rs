@@ -15,9 +15,12 @@ use axum::response::{IntoResponse, Response};
 use http::header;
 use serde_json::{Value, json};
 
-use super::json::{rows as json_rows, value as json_value};
+use super::json::{row as json_row, value as json_value};
 use crate::error::ApiError;
 use crate::query::{QueryError, QueryStream};
+
+/// Rows of a CSV answer rendered together (see [`Encoder::rows_per_piece`]).
+const CSV_ROWS_PER_PIECE: usize = 16;
 
 /// The media type of Arrow IPC streams.
 pub const ARROW_STREAM: &str = "application/vnd.apache.arrow.stream";
@@ -53,27 +56,44 @@ pub async fn sql_answer(
     // An error before any row is still an error status.
     let first = answer.next().await.transpose()?;
     let mut encoder = Encoder::new(format, &answer.schema)?;
-    let mut head = encoder.start()?;
-    if let Some(batch) = &first {
-        head.extend(encoder.batch(batch)?);
-    }
-    let state = (Some(answer), encoder, Some(head));
-    let body = futures::stream::unfold(state, |(answer, mut encoder, head)| async move {
-        if let Some(head) = head {
-            return Some((Ok(Bytes::from(head)), (answer, encoder, None)));
+    let head = encoder.start()?;
+    let state = Rendering {
+        answer: Some(answer),
+        encoder,
+        head: Some(head),
+        pending: first.map(|b| (b, 0)),
+    };
+    let body = futures::stream::unfold(state, |mut state| async move {
+        if let Some(head) = state.head.take() {
+            return Some((Ok(Bytes::from(head)), state));
         }
-        let mut answer = answer?;
-        let bytes = match answer.next().await {
-            Some(Ok(batch)) => encoder.batch(&batch).map_err(std::io::Error::other),
-            Some(Err(e)) => Err(std::io::Error::other(e)),
-            None => {
-                let tail = encoder.finish().map_err(std::io::Error::other);
-                return Some((tail.map(Bytes::from), (None, encoder, None)));
+        let answer = state.answer.as_mut()?;
+        if state.pending.is_none() {
+            match answer.next().await {
+                Some(Ok(batch)) => state.pending = Some((batch, 0)),
+                Some(Err(e)) => {
+                    // After an error the body ends: the client sees a cut answer, not a
+                    // false end.
+                    state.answer = None;
+                    return Some((Err(std::io::Error::other(e)), state));
+                }
+                None => {
+                    state.answer = None;
+                    let tail = state.encoder.finish().map_err(std::io::Error::other);
+                    return Some((tail.map(Bytes::from), state));
+                }
             }
-        };
-        // After an error the body ends: the client sees a cut answer, not a false end.
-        let next = bytes.is_ok().then_some(answer);
-        Some((bytes.map(Bytes::from), (next, encoder, None)))
+        }
+        let (batch, at) = state.pending.take()?;
+        let rows = state.encoder.rows_per_piece().min(batch.num_rows() - at);
+        let bytes = state.encoder.batch(&batch.slice(at, rows));
+        if at + rows < batch.num_rows() {
+            state.pending = Some((batch, at + rows));
+        }
+        if bytes.is_err() {
+            state.answer = None;
+        }
+        Some((bytes.map(Bytes::from).map_err(std::io::Error::other), state))
     });
     Ok((
         [(header::CONTENT_TYPE, format.media_type())],
@@ -95,7 +115,8 @@ async fn json_answer(mut answer: QueryStream, max_bytes: usize) -> Result<Respon
     let (mut rows, mut truncated) = (0usize, false);
     'batches: while let Some(batch) = answer.next().await {
         let batch = batch?;
-        for row in json_rows(std::slice::from_ref(&batch)) {
+        for i in 0..batch.num_rows() {
+            let row = json_row(&batch, i);
             let at = out.len();
             if rows > 0 {
                 out.push(b',');
@@ -123,6 +144,17 @@ async fn json_answer(mut answer: QueryStream, max_bytes: usize) -> Result<Respon
     }
     out.push(b'}');
     Ok(([(header::CONTENT_TYPE, "application/json")], out).into_response())
+}
+
+/// A streamed answer between two pieces of its body.
+struct Rendering {
+    /// `None` once the answer has ended (or failed).
+    answer: Option<QueryStream>,
+    encoder: Encoder,
+    /// The bytes before the first row, until sent.
+    head: Option<Vec<u8>>,
+    /// A batch being rendered and the first row not yet rendered.
+    pending: Option<(RecordBatch, usize)>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -162,6 +194,16 @@ impl Encoder {
             Encoder::Csv { .. } => Vec::new(),
             Encoder::Arrow(w) => std::mem::take(w.get_mut()),
         })
+    }
+
+    /// Rows rendered in one piece of the body: CSV writes every value out (a value shared
+    /// through a dictionary becomes one copy per row), so it goes a few rows at a time;
+    /// Arrow keeps the batch's own encoding.
+    fn rows_per_piece(&self) -> usize {
+        match self {
+            Encoder::Csv { .. } => CSV_ROWS_PER_PIECE,
+            Encoder::Arrow(_) => usize::MAX,
+        }
     }
 
     fn batch(&mut self, batch: &RecordBatch) -> Result<Vec<u8>, ApiError> {

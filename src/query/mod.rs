@@ -4,12 +4,14 @@
 //! Output: Arrow record batches. Invariants: a session sees exactly one workspace — its
 //! `spans` table and the `traces` view, nothing else (no file or URL tables, no DDL, DML,
 //! COPY or SET, no table functions nor functions whose output an argument sizes: see
-//! [`sandbox`]); the file list and the buffer are snapshotted together under the buffer's
+//! [`sandbox`]); a function whose output can outgrow its arguments reserves it in the
+//! memory pool first (see [`guard`]); the file list and the buffer are snapshotted together under the buffer's
 //! publication lock, so a flush in progress never shows a span twice or not at all; every
 //! query runs on a dedicated runtime, within a shared memory pool and a timeout that covers
 //! its whole answer; answers stream through a bounded channel, so a result is never held
 //! whole, and a client that goes away cancels its query.
 
+mod guard;
 pub mod sandbox;
 mod table;
 
@@ -193,6 +195,7 @@ impl QueryEngine {
             .with_default_catalog_and_schema("spanlake", workspace.as_str());
         let ctx = SessionContext::new_with_config_rt(config, self.runtime_env.clone());
         sandbox::remove_table_functions(&ctx);
+        guard::install(&ctx, &self.runtime_env.memory_pool);
         let table = SpansTable::snapshot(&self.data_dir, workspace, self.buffer.as_deref())
             .map_err(|e| QueryError::Internal(e.to_string()))?;
         ctx.register_table("spans", Arc::new(table))
@@ -240,6 +243,7 @@ impl QueryEngine {
         let (planned, schema) = oneshot::channel();
         let (tx, batches) = mpsc::channel(2);
         let running = self.running.clone();
+        let concat = guard::concat_operator(&self.runtime_env.memory_pool);
         runtime.spawn(async move {
             let start = async {
                 let plan = ctx
@@ -248,6 +252,8 @@ impl QueryEngine {
                     .await
                     .map_err(|e| classify(e, limits))?;
                 sandbox::check(&plan)?;
+                let plan =
+                    guard::guard_concat_operator(plan, &concat).map_err(|e| classify(e, limits))?;
                 let df = ctx
                     .execute_logical_plan(plan)
                     .await

@@ -153,3 +153,132 @@ async fn a_client_that_goes_away_cancels_its_query() {
     }
     ingest(&server, 5, 0x52).await;
 }
+
+/// `f(f(f(…)))` nested `depth` times around `seed`: `f` is `replace` or another function
+/// given as `before`/`after` text around its first argument.
+fn nested(depth: usize, seed: &str, before: &str, after: &str) -> String {
+    let mut expr = seed.to_string();
+    for _ in 0..depth {
+        expr = format!("{before}{expr}{after}");
+    }
+    expr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn functions_that_grow_their_input_are_bounded_by_the_memory_pool() {
+    let server = TestServer::start().await;
+    ingest(&server, 50, 0x71).await;
+    // Each query would build a value of 10¹³ bytes or more: tenfold per level.
+    let tenfold = nested(13, "'aaaaaaaaaa'", "replace(", ", 'a', 'aaaaaaaaaa')");
+    let regexp = nested(
+        13,
+        "'aaaaaaaaaa'",
+        "regexp_replace(",
+        ", 'a', 'aaaaaaaaaa', 'g')",
+    );
+    let runtime = nested(14, "name", "replace(", ", 'o', 'oooooooooo')");
+    // Eightfold per subquery through `||`, which no function call shows.
+    let mut chain = "WITH t0 AS (SELECT 'aaaaaaaaaaaaaaaa' AS s)".to_string();
+    for i in 1..=14 {
+        chain += &format!(
+            ", t{i} AS (SELECT s||s||s||s||s||s||s||s AS s FROM t{})",
+            i - 1
+        );
+    }
+    chain += " SELECT length(s) FROM t14";
+    for query in [
+        format!("SELECT length({tenfold})"),
+        format!("SELECT length({regexp})"),
+        format!("SELECT length({runtime}) FROM spans"),
+        chain,
+        format!("SELECT length(concat({tenfold}, 'x'))"),
+    ] {
+        let resp = sql(&server, &query, "application/json").await;
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{query}");
+        let body = resp.text().await.unwrap();
+        assert!(body.contains("memory limit"), "{query}: {body}");
+        ingest(&server, 5, 0x72).await;
+    }
+
+    // Within bounds the functions answer as before, and `||` keeps its name and nulls.
+    let resp = sql(
+        &server,
+        "SELECT replace('abc', 'b', 'xx') AS r, 'a' || 'b', NULL || 'a' AS n, \
+         regexp_replace('foobarbaz', 'b(..)', 'X\\1Y', 'g') AS g, concat('a', NULL, 'b') AS k, \
+         upper('straße') AS u",
+        "application/json",
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body: Value = resp.json().await.unwrap();
+    let names: Vec<&str> = body["columns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["r", "Utf8(\"a\") || Utf8(\"b\")", "n", "g", "k", "u"]
+    );
+    assert_eq!(
+        body["rows"][0],
+        json!({"r": "axxc", "Utf8(\"a\") || Utf8(\"b\")": "ab", "n": null,
+               "g": "fooXarYXazY", "k": "ab", "u": "STRASSE"})
+    );
+    let resp = sql(
+        &server,
+        &format!(
+            "SELECT count(*) AS n FROM spans WHERE trace_id = '{}' AND name || '-x' = 'op-3-x'",
+            "71".repeat(16)
+        ),
+        "application/json",
+    )
+    .await;
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["rows"][0]["n"], 1, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trace_too_large_to_answer_whole_says_how_to_read_it() {
+    let server = TestServer::start_with(|c| c.query.sql_max_json_bytes = 50_000).await;
+    let mut request = crate::common::otlp::many(50, 0x61);
+    for span in &mut request.resource_spans[0].scope_spans[0].spans {
+        span.attributes.push(crate::common::otlp::kv(
+            "llm.input",
+            crate::common::otlp::s(&"i".repeat(2000)),
+        ));
+    }
+    let status = reqwest::Client::new()
+        .post(server.url("/v1/traces"))
+        .header("content-type", "application/x-protobuf")
+        .body(request.encode_to_vec())
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, StatusCode::OK);
+    let id = "61".repeat(16);
+    let base = "/apis/intake/v2/workspaces/default";
+    let resp = reqwest::get(server.url(&format!("{base}/traces/{id}")))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let body = resp.text().await.unwrap();
+    assert!(
+        body.contains("50000 bytes") && body.contains(&format!("spans?filter[trace_id]={id}")),
+        "{body}"
+    );
+    let page = |size: usize| {
+        reqwest::get(server.url(&format!(
+            "{base}/spans?filter[trace_id]={id}&page_size={size}"
+        )))
+    };
+    let resp = page(50).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    assert!(resp.text().await.unwrap().contains("smaller page_size"));
+    let resp = page(10).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["data"].as_array().unwrap().len(), 10, "{body}");
+}
