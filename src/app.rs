@@ -29,7 +29,8 @@ use crate::proto::query::query_service_server::QueryServiceServer;
 use crate::query::QueryEngine;
 use crate::receive::admission::{Admission, Budget};
 use crate::receive::grpc::OtlpGrpcReceiver;
-use crate::receive::http::{HttpState, router};
+use crate::receive::http::HttpState;
+use crate::receive::http_router;
 use crate::schema::path;
 use crate::wal::{self, Wal, WalConfig, WalStats};
 
@@ -101,7 +102,7 @@ impl Server {
         metrics.attach_budget(budget.clone());
         let admission =
             |front| Admission::new(front, config.max_concurrent_requests, budget.clone());
-        let http_app = router(HttpState {
+        let http_app = http_router(HttpState {
             ingester: ingester.clone(),
             metrics: metrics.clone(),
             max_body_bytes: config.max_message_bytes,

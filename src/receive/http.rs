@@ -1,4 +1,5 @@
-//! OTLP/HTTP and the operational routes, on one axum router.
+//! OTLP/HTTP and the operational routes, and what every HTTP ingest handler shares
+//! (admission, body reading, the request's encoding).
 //!
 //! `POST /v1/traces` takes `application/x-protobuf` and `application/json` (media type
 //! parsed leniently), answers in the request's encoding with exactly its media type, and
@@ -7,11 +8,9 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::Router;
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use http::{HeaderMap, StatusCode, header};
 use prost::Message;
 
@@ -40,24 +39,6 @@ pub struct HttpState {
     pub auth: Arc<Auth>,
     /// Admission of ingest requests on the HTTP front end.
     pub admission: Admission,
-}
-
-/// The router serving every HTTP route.
-pub fn router(state: HttpState) -> Router {
-    Router::new()
-        .route("/v1/traces", post(otlp_traces).fallback(method_not_allowed))
-        .route(
-            "/apis/intake/v2/workspaces/{workspace}/ingest/otlp/v1/traces",
-            post(super::vendor::nemo_ingest),
-        )
-        .route("/v0/otel/traces", post(super::vendor::avido_ingest))
-        .route("/v1/traces/ingest", post(super::vendor::span_logs_ingest))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        // The cap is ours, applied while reading and again after decompression.
-        .layer(DefaultBodyLimit::disable())
-        .with_state(state)
 }
 
 /// An ingest request taken on: its workspace (named by the header `workspace_header`,
@@ -116,7 +97,7 @@ pub(super) fn request_encoding(headers: &HeaderMap) -> Option<Encoding> {
         .and_then(Encoding::from_content_type)
 }
 
-async fn method_not_allowed(headers: HeaderMap) -> Response {
+pub(super) async fn method_not_allowed(headers: HeaderMap) -> Response {
     let mut response = Error::MethodNotAllowed.to_http_response(request_encoding(&headers));
     response
         .headers_mut()
@@ -124,7 +105,11 @@ async fn method_not_allowed(headers: HeaderMap) -> Response {
     response
 }
 
-async fn otlp_traces(State(state): State<HttpState>, headers: HeaderMap, body: Body) -> Response {
+pub(super) async fn otlp_traces(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let started = Instant::now();
     let Some(encoding) = request_encoding(&headers) else {
         let got = headers
@@ -188,11 +173,11 @@ fn export_response(encoding: Encoding, outcome: IngestOutcome) -> Response {
         .into_response()
 }
 
-async fn healthz() -> &'static str {
+pub(super) async fn healthz() -> &'static str {
     "ok\n"
 }
 
-async fn readyz(State(state): State<HttpState>) -> Response {
+pub(super) async fn readyz(State(state): State<HttpState>) -> Response {
     if state.ingester.is_ready() {
         (StatusCode::OK, "ready\n").into_response()
     } else {
@@ -204,7 +189,7 @@ async fn readyz(State(state): State<HttpState>) -> Response {
     }
 }
 
-async fn metrics(State(state): State<HttpState>, headers: HeaderMap) -> Response {
+pub(super) async fn metrics(State(state): State<HttpState>, headers: HeaderMap) -> Response {
     let header = |name: &str| headers.get(name).map(|v| v.as_bytes());
     // Series naming a workspace are shown only to keys of that workspace.
     let visible = match state.auth.visible_workspaces(credential(

@@ -13,6 +13,10 @@ pub mod grpc;
 pub mod http;
 pub mod vendor;
 
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+
 use crate::auth::{Auth, Scope, credential};
 use crate::error::Error;
 use crate::workspace::Workspace;
@@ -41,4 +45,25 @@ pub fn ingest_workspace(
 ) -> Result<Workspace, Error> {
     let requested = requested_workspace(named)?;
     Ok(auth.authorize(credential(authorization, api_key), requested, Scope::Ingest)?)
+}
+
+/// The router serving every HTTP ingest and operational route (OTLP and the vendors').
+pub fn http_router(state: http::HttpState) -> Router {
+    Router::new()
+        .route(
+            "/v1/traces",
+            post(http::otlp_traces).fallback(http::method_not_allowed),
+        )
+        .route(
+            "/apis/intake/v2/workspaces/{workspace}/ingest/otlp/v1/traces",
+            post(vendor::nemo_ingest),
+        )
+        .route("/v0/otel/traces", post(vendor::avido_ingest))
+        .route("/v1/traces/ingest", post(vendor::span_logs_ingest))
+        .route("/healthz", get(http::healthz))
+        .route("/readyz", get(http::readyz))
+        .route("/metrics", get(http::metrics))
+        // The cap is ours, applied while reading and again after decompression.
+        .layer(DefaultBodyLimit::disable())
+        .with_state(state)
 }
