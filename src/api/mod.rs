@@ -26,7 +26,7 @@ use serde_json::{Map, Value, json};
 
 use crate::auth::{Auth, Scope, credential};
 use crate::error::ApiError;
-use crate::query::{QueryEngine, ROLLUP_COLUMNS};
+use crate::query::{QueryEngine, ROLLUP_COLUMNS, ROOT_ORDER};
 use crate::receive::{API_KEY_HEADER, AUTHORIZATION_HEADER};
 use crate::workspace::Workspace;
 use params::{ListParams, Mode, SPAN_FILTERS, TRACE_FILTERS, ValidationError};
@@ -154,41 +154,25 @@ const ROOT_COLUMNS: [&str; 7] = [
     "test_case_id",
 ];
 
-/// Per trace, the columns of its earliest span (by start time, then span id), as a hash
-/// aggregate: memory grows with the number of traces, not spans, and nothing is sorted.
-fn earliest_span_columns() -> String {
-    let mut cols = vec![
-        "trace_id".to_string(),
-        "MIN(start_time) AS start_time".to_string(),
-    ];
+/// Per trace, the columns of its root span (see [`ROOT_ORDER`]), as a hash aggregate:
+/// memory grows with the number of traces, not spans, and nothing is sorted.
+fn root_columns() -> String {
+    let mut cols = vec!["trace_id".to_string()];
     cols.extend(
-        ROOT_COLUMNS
-            .iter()
-            .map(|c| format!("first_value({c} ORDER BY start_time, span_id) AS {c}")),
+        std::iter::once("start_time")
+            .chain(ROOT_COLUMNS)
+            .map(|c| format!("first_value({c} ORDER BY {ROOT_ORDER}) AS {c}")),
     );
     cols.join(", ")
 }
 
-/// Root spans: the earliest parentless span of each trace, or the earliest span of a
-/// trace without one. `time` restricts which spans are considered (partition pruning).
+/// `roots`: the root span of each trace. `time` restricts which spans are considered
+/// (partition pruning).
 fn roots_cte(time: &[String]) -> String {
-    let and_time = |prefix: &str| {
-        if time.is_empty() {
-            String::new()
-        } else {
-            format!("{prefix} {}", time.join(" AND "))
-        }
-    };
     format!(
-        "WITH parentless AS (
-           SELECT {cols} FROM spans WHERE parent_span_id IS NULL {t1} GROUP BY trace_id),
-         orphans AS (
-           SELECT {cols} FROM spans
-           WHERE trace_id NOT IN (SELECT trace_id FROM spans WHERE parent_span_id IS NULL {t1}) {t1}
-           GROUP BY trace_id),
-         roots AS (SELECT * FROM parentless UNION ALL SELECT * FROM orphans)",
-        cols = earliest_span_columns(),
-        t1 = and_time("AND"),
+        "WITH roots AS (SELECT {cols} FROM spans {filter} GROUP BY trace_id)",
+        cols = root_columns(),
+        filter = where_clause(time),
     )
 }
 
@@ -406,6 +390,9 @@ async fn get_trace(
     Ok(axum::Json(trace_with_spans(&state.engine, &ws, &trace_id).await?).into_response())
 }
 
+/// The column marking the root span in a trace lookup's rows (removed before answering).
+const IS_ROOT: &str = "spanlake_is_root";
+
 /// One trace: its summary and all its spans in start order.
 pub async fn trace_with_spans(
     engine: &QueryEngine,
@@ -417,7 +404,8 @@ pub async fn trace_with_spans(
     let mut spans = Vec::new();
     for id in id_variants(trace_id) {
         let sql = format!(
-            "SELECT * FROM spans WHERE trace_id = {} ORDER BY start_time, span_id",
+            "SELECT *, ROW_NUMBER() OVER (ORDER BY {ROOT_ORDER}) = 1 AS {IS_ROOT} \
+             FROM spans WHERE trace_id = {} ORDER BY start_time, span_id",
             lit(&id)
         );
         let limit = engine.limits().max_json_bytes;
@@ -435,13 +423,15 @@ pub async fn trace_with_spans(
             break;
         }
     }
-    let root = spans
-        .iter()
-        .find(|s| s.get("parent_span_id").is_some_and(Value::is_null))
-        .or_else(|| spans.first())
-        .ok_or_else(|| {
-            ApiError::NotFound(format!("trace {trace_id} not found in workspace {ws}"))
-        })?;
+    let mut root_at = None;
+    for (i, span) in spans.iter_mut().enumerate() {
+        if span.remove(IS_ROOT) == Some(Value::Bool(true)) {
+            root_at = Some(i);
+        }
+    }
+    let root = root_at.map(|i| &spans[i]).ok_or_else(|| {
+        ApiError::NotFound(format!("trace {trace_id} not found in workspace {ws}"))
+    })?;
     let id = root
         .get("trace_id")
         .and_then(Value::as_str)

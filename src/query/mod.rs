@@ -49,13 +49,19 @@ pub const ROLLUP_COLUMNS: &str = "trace_id,
          WHEN SUM(CASE WHEN status = 'unknown' THEN 1 ELSE 0 END) = COUNT(*) THEN 'unknown'
          ELSE 'success' END AS status";
 
-/// The `traces` view: one row per trace, the root span's fields and rollups over all spans.
-/// Root = the earliest span without a parent, else the earliest span.
+/// The root-span rule, the one place it is defined: a trace's root is its first span in
+/// this order — the earliest span without a parent, else the earliest span (ties broken by
+/// span id). The `traces` view, the API's listing and its trace lookup all order by it.
+pub const ROOT_ORDER: &str =
+    "CASE WHEN parent_span_id IS NULL THEN 0 ELSE 1 END, start_time, span_id";
+
+/// The `traces` view: one row per trace, the root span's fields (see [`ROOT_ORDER`]) and
+/// rollups over all spans.
 pub const TRACES_VIEW_TEMPLATE: &str = "CREATE VIEW traces AS
 WITH ranked AS (
   SELECT *, ROW_NUMBER() OVER (
     PARTITION BY trace_id
-    ORDER BY CASE WHEN parent_span_id IS NULL THEN 0 ELSE 1 END, start_time, span_id) AS rn
+    ORDER BY ROOT_ORDER) AS rn
   FROM spans),
 rollup AS (SELECT ROLLUP_COLUMNS FROM spans GROUP BY trace_id)
 SELECT r.trace_id AS id, r.span_id AS root_span_id, r.name, r.session_id, r.service_name,
@@ -200,7 +206,10 @@ impl QueryEngine {
             .map_err(|e| QueryError::Internal(e.to_string()))?;
         ctx.register_table("spans", Arc::new(table))
             .map_err(|e| QueryError::Internal(e.to_string()))?;
-        ctx.sql(&TRACES_VIEW_TEMPLATE.replace("ROLLUP_COLUMNS", ROLLUP_COLUMNS))
+        let view = TRACES_VIEW_TEMPLATE
+            .replace("ROLLUP_COLUMNS", ROLLUP_COLUMNS)
+            .replace("ROOT_ORDER", ROOT_ORDER);
+        ctx.sql(&view)
             .await
             .map_err(|e| QueryError::Internal(format!("creating the traces view: {e}")))?;
         Ok(ctx)
