@@ -47,9 +47,23 @@ pub const ROW_GROUP_ROWS: usize = 128 * 1024;
 /// A row group is closed early once the writer holds this many encoded bytes.
 pub const ROW_GROUP_BYTES: usize = 128 << 20;
 /// Dictionary pages of the columns whose values repeat per resource or scope may grow to
-/// this size before Parquet falls back to plain encoding, so that a large shared value is
-/// stored once per file rather than once per span.
+/// at least this size before Parquet falls back to plain encoding, so that a large shared
+/// value is stored once per row group rather than once per span.
 const SHARED_DICTIONARY_BYTES: usize = 16 << 20;
+/// The most a shared column's dictionary page may hold (a Parquet page size is an i32).
+const MAX_DICTIONARY_BYTES: usize = 1 << 30;
+
+/// The dictionary limit of the shared columns of a file written from `chunks`: room for
+/// every distinct value of such a column (a resource's or scope's value is held once in its
+/// chunk, a lifted column's own values once per span), so a file never holds a shared value
+/// once per span, however large it is.
+fn shared_dictionary_bytes(chunks: &[&SpanChunk]) -> usize {
+    chunks
+        .iter()
+        .map(|c| c.memory_size())
+        .fold(1 << 20, usize::saturating_add)
+        .clamp(SHARED_DICTIONARY_BYTES, MAX_DICTIONARY_BYTES)
+}
 
 /// Flush failures; the chunks stay buffered and the WAL keeps them.
 #[derive(Debug, thiserror::Error)]
@@ -84,8 +98,9 @@ fn io_at(path: &Path) -> impl FnOnce(io::Error) -> FlushError + '_ {
     }
 }
 
-/// The Parquet writer settings of the storage layout.
-pub fn writer_properties() -> WriterProperties {
+/// The Parquet writer settings of the storage layout; the dictionaries of the columns
+/// whose values repeat per resource or scope may hold `shared_dictionary` bytes.
+pub fn writer_properties(shared_dictionary: usize) -> WriterProperties {
     let shared = [
         vec![col::SERVICE_NAME],
         vec![col::SCOPE_NAME],
@@ -107,7 +122,7 @@ pub fn writer_properties() -> WriterProperties {
         .fold(WriterProperties::builder(), |b, path| {
             b.set_column_dictionary_page_size_limit(
                 ColumnPath::new(path.into_iter().map(str::to_string).collect()),
-                SHARED_DICTIONARY_BYTES,
+                shared_dictionary,
             )
         })
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
@@ -263,7 +278,8 @@ fn write_file(
     let target = dir.join(format!("{name}.{}", path::PARQUET_EXT));
     let written = (|| -> Result<(), FlushError> {
         let file = File::create(&tmp).map_err(io_at(&tmp))?;
-        let mut writer = ArrowWriter::try_new(file, spans_schema(), Some(writer_properties()))?;
+        let properties = writer_properties(shared_dictionary_bytes(chunks));
+        let mut writer = ArrowWriter::try_new(file, spans_schema(), Some(properties))?;
         for slice in plan_slices(chunks, rows) {
             writer.write(&gather(chunks, &rows[slice], None)?)?;
             if writer.in_progress_size() >= ROW_GROUP_BYTES {

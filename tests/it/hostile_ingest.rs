@@ -223,3 +223,42 @@ async fn requests_whose_structure_multiplies_their_size_are_refused_before_decod
     );
     server.terminate();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_values_larger_than_a_default_dictionary_are_still_stored_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Spanlake::start(dir.path(), &["--flush-interval", "1h"]);
+    let client = reqwest::Client::new();
+    // Two resources of 10 MiB each (20 MiB of distinct shared values, past the 16 MiB a
+    // dictionary page held before), 30 spans each, flushed into one file.
+    let mut size = 0;
+    for (trace, letter) in [(0xd1u8, b'a'), (0xd2, b'k')] {
+        let spans = (1..=30u64)
+            .map(|id| {
+                let mut s = otlp::span(trace, 0, "under-a-big-resource");
+                s.span_id = (u64::from(trace) << 32 | id).to_be_bytes().to_vec();
+                s
+            })
+            .collect();
+        let mut request = otlp::request(spans);
+        let blob: String = (0..10 << 20)
+            .map(|i| char::from(letter + (i * 7 % 16) as u8))
+            .collect();
+        request.resource_spans[0]
+            .resource
+            .as_mut()
+            .unwrap()
+            .attributes
+            .push(otlp::kv("blob", otlp::s(&blob)));
+        let body = request.encode_to_vec();
+        size += body.len() as u64;
+        assert!(send(&client, server.http, body).await, "acknowledged");
+    }
+    server.terminate();
+    assert_eq!(stored_span_ids(dir.path()).len(), 60, "every acked span");
+    let parquet = bytes_under(dir.path(), "parquet");
+    assert!(
+        parquet < 2 * size,
+        "Parquet holds {parquet} bytes for {size} bytes of requests"
+    );
+}
