@@ -66,7 +66,10 @@ enum Msg {
     Status,
     KeyValue,
     AnyValue,
+    /// An `ArrayValue`: a list of `AnyValue`.
     List,
+    /// A `KeyValueList`: a list of `KeyValue`.
+    KvList,
 }
 
 impl Msg {
@@ -84,9 +87,10 @@ impl Msg {
             (Span, 13) => Link,
             (Span, 15) => Status,
             (KeyValue, 2) => AnyValue,
-            // ArrayValue (5) and KeyValueList (6): a list of AnyValue or KeyValue.
-            (AnyValue, 5) | (AnyValue, 6) => List,
+            (AnyValue, 5) => List,
+            (AnyValue, 6) => KvList,
             (List, 1) => AnyValue,
+            (KvList, 1) => KeyValue,
             _ => return None,
         })
     }
@@ -106,7 +110,9 @@ impl Msg {
             Msg::Link => grown(size_of::<Link>()),
             Msg::Status => grown(size_of::<Status>()),
             // A list element may be either; count the larger.
-            Msg::KeyValue | Msg::List => grown(size_of::<KeyValue>().max(size_of::<AnyValue>())),
+            Msg::KeyValue | Msg::List | Msg::KvList => {
+                grown(size_of::<KeyValue>().max(size_of::<AnyValue>()))
+            }
             Msg::AnyValue => grown(size_of::<AnyValue>()),
         }
     }
@@ -172,6 +178,9 @@ fn protobuf(body: &[u8]) -> u64 {
                     }
                 }
             }
+            // A group (deprecated, but skipped by the decoder, which goes on after it): its
+            // fields are counted as the enclosing message's, which only counts more.
+            3 | 4 => {}
             _ => break,
         }
     }
@@ -247,7 +256,13 @@ fn json(shape: Shape, body: &[u8]) -> u64 {
                     at += 1;
                 }
                 if at < n && body[at] == b':' && stack.last().is_some_and(|c| !c.array) {
-                    pending_key = Key::of(text);
+                    pending_key = if text.contains(&b'\\') {
+                        // An escaped key names what its unescaped text names.
+                        serde_json::from_slice::<String>(&body[start - 1..start + text.len() + 1])
+                            .map_or(Key::Other, |k| Key::of(k.as_bytes()))
+                    } else {
+                        Key::of(text)
+                    };
                     at += 1;
                     // The key is a String in a map (values) or nothing (typed structs).
                     total += if values { text.len() as u64 } else { 0 };
@@ -408,5 +423,60 @@ mod tests {
     fn nesting_beyond_the_decoders_limit_ends_the_count() {
         let deep = "[".repeat(1 << 20);
         assert!(footprint(Shape::OtlpJson, deep.as_bytes()) < 1 << 20);
+    }
+
+    #[test]
+    fn a_group_before_the_spans_does_not_end_the_count() {
+        // An unknown field 99 as an empty group, which the decoder skips and goes on.
+        let body = [vec![0x9b, 0x06, 0x9c, 0x06], request_of_empty_spans(1000)].concat();
+        let decoded = ExportTraceServiceRequest::decode(body.as_slice()).unwrap();
+        assert_eq!(decoded.resource_spans[0].scope_spans[0].spans.len(), 1000);
+        assert!(footprint(Shape::Protobuf, &body) >= 1000 * size_of::<Span>() as u64);
+    }
+
+    #[test]
+    fn key_value_lists_count_their_values_as_messages() {
+        use crate::proto::{AnyValue, KeyValueList, any_value::Value as V};
+        let empty_array = || AnyValue {
+            value: Some(V::ArrayValue(Default::default())),
+        };
+        let kvlist = AnyValue {
+            value: Some(V::KvlistValue(KeyValueList {
+                values: (0..1000)
+                    .map(|_| KeyValue {
+                        key: String::new(),
+                        value: Some(empty_array()),
+                        key_strindex: 0,
+                    })
+                    .collect(),
+            })),
+        };
+        let mut span = Span::default();
+        span.attributes.push(KeyValue {
+            key: "k".into(),
+            value: Some(kvlist),
+            key_strindex: 0,
+        });
+        let request = crate::proto::ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                scope_spans: vec![ScopeSpans {
+                    spans: vec![span],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        let body = request.encode_to_vec();
+        assert!(footprint(Shape::Protobuf, &body) >= 1000 * 2 * size_of::<AnyValue>() as u64);
+    }
+
+    #[test]
+    fn an_escaped_key_counts_as_the_key_it_spells() {
+        let spans = format!(
+            "{{\"resourceSpans\":[{{\"scopeSpans\":[{{\"sp\\u0061ns\":[{}{{}}]}}]}}]}}",
+            "{},".repeat(1000)
+        );
+        let estimate = footprint(Shape::OtlpJson, spans.as_bytes());
+        assert!(estimate >= 1000 * size_of::<Span>() as u64, "{estimate}");
     }
 }
