@@ -153,12 +153,17 @@ pub fn rows_within(
     Ok(out)
 }
 
-/// About the length of `v` as JSON text (numbers count 20).
+/// At least the length of `v` as JSON text (numbers count 20).
 fn text_len(v: &Value) -> usize {
     match v {
         Value::Null | Value::Bool(_) => 5,
         Value::Number(_) => 20,
-        Value::String(s) => s.len() + 2,
+        // Quotes and backslashes gain one byte escaped, control characters five.
+        Value::String(s) => s.bytes().fold(s.len() + 2, |n, b| match b {
+            b'"' | b'\\' => n + 1,
+            0..0x20 => n + 5,
+            _ => n,
+        }),
         Value::Array(a) => a.iter().map(|v| text_len(v) + 1).sum::<usize>() + 2,
         Value::Object(o) => {
             o.iter()

@@ -77,7 +77,14 @@ async fn add_input_output(
         in_list("trace_id", &traces),
         in_list("span_id", &spans)
     );
-    let found = json::rows(&engine.run(ctx.clone(), sql).await?.batches);
+    let limit = engine.limits().max_json_bytes;
+    let found =
+        json::rows_within(&engine.run(ctx.clone(), sql).await?.batches, limit).map_err(|_| {
+            ApiError::TooLarge(format!(
+                "the inputs and outputs of this page come to more than {limit} bytes of JSON \
+                 (--sql-max-json-bytes); ask for a smaller page_size, or mode=summary"
+            ))
+        })?;
     for root in roots.iter_mut() {
         let hit = found.iter().find(|f| {
             f.get("trace_id") == root.get("trace_id") && f.get("span_id") == root.get("span_id")

@@ -1,8 +1,7 @@
 //! Output guards: functions whose answer can outgrow their arguments.
 //!
-//! Input: a session's scalar functions, and each query's logical plan before it is
-//! optimized. Output: the same session where every function whose output can be larger
-//! than its arguments (`replace`, `regexp_replace`, `array_to_string`, `concat`, the `||`
+//! Input: each query's logical plan before it is optimized. Output: the same plan where
+//! every function whose output can be larger than its arguments (`replace`, `regexp_replace`, `array_to_string`, `concat`, the `||`
 //! operator, `upper`, …) first computes an upper bound of the bytes it is about to produce
 //! and reserves them in the query memory pool for the length of the call; when they do not
 //! fit, the query fails with the pool's memory error instead of allocating them. A call on
@@ -12,10 +11,11 @@
 //! through subqueries cannot build a value larger than the pool's free memory — neither
 //! while the optimizer folds constants nor while the query runs.
 
+use std::any::Any;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray};
+use arrow::array::{Array, AsArray};
 use arrow::compute::kernels::concat_elements::concat_elements_dyn;
 use arrow::datatypes::{DataType, FieldRef};
 use datafusion::common::ScalarValue;
@@ -28,7 +28,6 @@ use datafusion::logical_expr::{
     ColumnarValue, Documentation, Expr, LogicalPlan, Operator, ReturnFieldArgs, ScalarFunctionArgs,
     ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
-use datafusion::prelude::SessionContext;
 use regex::Regex;
 
 /// Bytes one call may produce from constant arguments only. The optimizer folds such calls
@@ -58,7 +57,8 @@ const GUARDED: [(&str, Growth); 17] = [
     ("array_to_string", Growth::Join),
     ("concat_ws", Growth::Separated),
     ("concat", Growth::Times(1)),
-    ("overlay", Growth::Times(1)),
+    // A negative `FOR` writes the string around the replacement twice.
+    ("overlay", Growth::Times(2)),
     ("array_concat", Growth::Times(1)),
     ("array_append", Growth::Times(1)),
     ("array_prepend", Growth::Times(1)),
@@ -73,18 +73,8 @@ const GUARDED: [(&str, Growth); 17] = [
     ("string_to_array", Growth::Times(9)),
 ];
 
-/// Replaces each function of [`GUARDED`] registered in `ctx` by its guarded self.
-pub fn install(ctx: &SessionContext, pool: &Arc<dyn MemoryPool>) {
-    let state = ctx.state();
-    for (name, growth) in GUARDED {
-        if let Some(udf) = state.scalar_functions().get(name) {
-            ctx.register_udf(guarded(udf.inner().clone(), growth, pool));
-        }
-    }
-}
-
-/// The guarded `||` operator, for [`guard_concat_operator`].
-pub fn concat_operator(pool: &Arc<dyn MemoryPool>) -> Arc<ScalarUDF> {
+/// The guarded `||` operator.
+fn concat_operator(pool: &Arc<dyn MemoryPool>) -> Arc<ScalarUDF> {
     Arc::new(guarded(
         Arc::new(ConcatOperator::default()),
         Growth::Times(1),
@@ -100,20 +90,15 @@ fn guarded(inner: Arc<dyn ScalarUDFImpl>, growth: Growth, pool: &Arc<dyn MemoryP
     }))
 }
 
-/// Replaces every `a || b` on strings in `plan` by the guarded operator `concat` (the
+/// Guards every growing function of `plan` (before it is optimized, so constant folding
+/// runs guarded too): each call of a function of [`GUARDED`] — however it got into the
+/// plan: by name, by an alias, or written by the planner for `[a, b]`, `list || list` or
+/// `OVERLAY(…)` — calls its guarded self, and `a || b` calls the guarded operator (the
 /// operator itself is evaluated by a kernel no function guard sees).
-pub fn guard_concat_operator(plan: LogicalPlan, op: &Arc<ScalarUDF>) -> Result<LogicalPlan> {
+pub fn guard_plan(plan: LogicalPlan, pool: &Arc<dyn MemoryPool>) -> Result<LogicalPlan> {
+    let concat = concat_operator(pool);
     plan.transform_up_with_subqueries(|node| {
-        let node = node.map_expressions(|e| {
-            e.transform_up(|e| match e {
-                Expr::BinaryExpr(b) if b.op == Operator::StringConcat => {
-                    Ok(Transformed::yes(Expr::ScalarFunction(
-                        ScalarFunction::new_udf(op.clone(), vec![*b.left, *b.right]),
-                    )))
-                }
-                e => Ok(Transformed::no(e)),
-            })
-        })?;
+        let node = node.map_expressions(|e| e.transform_up(|e| guard_expr(e, &concat, pool)))?;
         if node.transformed {
             node.map_data(|p| p.recompute_schema())
         } else {
@@ -121,6 +106,33 @@ pub fn guard_concat_operator(plan: LogicalPlan, op: &Arc<ScalarUDF>) -> Result<L
         }
     })
     .map(|t| t.data)
+}
+
+fn guard_expr(
+    e: Expr,
+    concat: &Arc<ScalarUDF>,
+    pool: &Arc<dyn MemoryPool>,
+) -> Result<Transformed<Expr>> {
+    Ok(match e {
+        Expr::BinaryExpr(b) if b.op == Operator::StringConcat => {
+            Transformed::yes(Expr::ScalarFunction(ScalarFunction::new_udf(
+                concat.clone(),
+                vec![*b.left, *b.right],
+            )))
+        }
+        Expr::ScalarFunction(f) => {
+            let inner = f.func.inner();
+            let already = (inner.as_ref() as &dyn Any).is::<Guarded>();
+            match GUARDED.iter().find(|(name, _)| *name == f.func.name()) {
+                Some(&(_, growth)) if !already => {
+                    let udf = Arc::new(guarded(inner.clone(), growth, pool));
+                    Transformed::yes(Expr::ScalarFunction(ScalarFunction::new_udf(udf, f.args)))
+                }
+                _ => Transformed::no(Expr::ScalarFunction(f)),
+            }
+        }
+        e => Transformed::no(e),
+    })
 }
 
 /// A function that reserves its output's upper bound in the pool while it runs.
@@ -227,13 +239,13 @@ fn output_bound(growth: Growth, args: &[ColumnarValue], rows: usize) -> usize {
         Growth::Replace => replace_bound(args, rows),
         Growth::RegexpReplace => regexp_replace_bound(args, rows),
         Growth::Join => {
-            let per_element = args
+            let per_leaf = args
                 .iter()
                 .skip(1)
                 .map(|a| longest(a, rows))
-                .fold(0, usize::saturating_add);
-            let elements = args.first().map_or(0, list_elements);
-            all.saturating_add(elements.saturating_mul(per_element))
+                .fold(PRINTED_WIDTH, usize::saturating_add);
+            let (leaves, text) = args.first().map_or((0, 0), |a| list_leaves(a, rows));
+            text.saturating_add(leaves.saturating_mul(per_leaf))
         }
     };
     body.saturating_add(per_row)
@@ -331,7 +343,7 @@ fn text(v: &ColumnarValue, i: usize) -> Option<&str> {
 fn bytes(v: &ColumnarValue, rows: usize) -> usize {
     match v {
         ColumnarValue::Scalar(s) => scalar_bytes(s).saturating_mul(rows),
-        ColumnarValue::Array(a) => array_bytes(a),
+        ColumnarValue::Array(a) => array_bytes(a.as_ref()),
     }
 }
 
@@ -344,7 +356,7 @@ fn scalar_bytes(s: &ScalarValue) -> usize {
     }
 }
 
-fn array_bytes(a: &ArrayRef) -> usize {
+fn array_bytes(a: &dyn Array) -> usize {
     match a.data_type() {
         DataType::Utf8 => {
             let o = a.as_string::<i32>().value_offsets();
@@ -373,24 +385,34 @@ fn longest(v: &ColumnarValue, rows: usize) -> usize {
         .unwrap_or(0)
 }
 
-/// Elements of a list argument, all rows together.
-fn list_elements(v: &ColumnarValue) -> usize {
-    let array = match v {
-        ColumnarValue::Array(a) => a.clone(),
-        ColumnarValue::Scalar(s) => match s.to_array() {
-            Ok(a) => a,
-            Err(_) => return 0,
-        },
-    };
-    match array.data_type() {
-        DataType::List(_) => array.as_list::<i32>().values().len(),
-        DataType::LargeList(_) => array.as_list::<i64>().values().len(),
-        DataType::FixedSizeList(_, _) => array.as_fixed_size_list().values().len(),
-        _ => 0,
+/// The most characters a number, date or other non-text value prints as.
+const PRINTED_WIDTH: usize = 80;
+
+/// Leaf elements of a list argument over `rows` rows (a scalar list counts once per row),
+/// and the bytes of those that are text.
+fn list_leaves(v: &ColumnarValue, rows: usize) -> (usize, usize) {
+    match v {
+        ColumnarValue::Array(a) => leaves(a.as_ref()),
+        ColumnarValue::Scalar(s) => s.to_array().map_or((0, 0), |a| {
+            let (n, text) = leaves(a.as_ref());
+            (n.saturating_mul(rows), text.saturating_mul(rows))
+        }),
     }
 }
 
-/// `a || b` on strings as a function: null when either side is, else the two joined.
+/// Leaf values under a (possibly nested) list array, and the bytes of those that are text.
+fn leaves(a: &dyn Array) -> (usize, usize) {
+    match a.data_type() {
+        DataType::List(_) => leaves(a.as_list::<i32>().values().as_ref()),
+        DataType::LargeList(_) => leaves(a.as_list::<i64>().values().as_ref()),
+        DataType::FixedSizeList(_, _) => leaves(a.as_fixed_size_list().values().as_ref()),
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => (a.len(), array_bytes(a)),
+        _ => (a.len(), 0),
+    }
+}
+
+/// `a || b` on strings or binaries as a function: null when either side is, else the two
+/// joined.
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct ConcatOperator {
     signature: Signature,
@@ -404,9 +426,27 @@ impl Default for ConcatOperator {
     }
 }
 
-/// The string type both sides of `||` become.
+/// The type both sides of `||` become: binary when both are, else a string type.
 fn concat_type(types: &[DataType]) -> DataType {
-    if types.contains(&DataType::Utf8View) {
+    let binary = |t: &DataType| {
+        matches!(
+            t,
+            DataType::Binary
+                | DataType::LargeBinary
+                | DataType::BinaryView
+                | DataType::FixedSizeBinary(_)
+                | DataType::Null
+        )
+    };
+    if types.iter().all(binary) && types.iter().any(|t| *t != DataType::Null) {
+        if types.contains(&DataType::BinaryView) {
+            DataType::BinaryView
+        } else if types.contains(&DataType::LargeBinary) {
+            DataType::LargeBinary
+        } else {
+            DataType::Binary
+        }
+    } else if types.contains(&DataType::Utf8View) {
         DataType::Utf8View
     } else if types.contains(&DataType::LargeUtf8) {
         DataType::LargeUtf8
@@ -488,5 +528,22 @@ mod tests {
         assert_eq!(all, 4 + 4 * 2);
         let referenced = regexp_replace_bound(&[arg("aaaa"), arg("(a)"), arg("$1$1"), arg("g")], 1);
         assert!(referenced >= "aaaaaaaa".len());
+    }
+
+    #[test]
+    fn a_scalar_list_joined_counts_once_per_row_and_every_nested_leaf() {
+        use arrow::array::{ListArray, StringArray};
+        use arrow::datatypes::{Field, Int32Type};
+        let inner = ListArray::from_iter_primitive::<Int32Type, _, _>([Some(vec![Some(1); 10])]);
+        let nested = ListArray::new(
+            Arc::new(Field::new_list_field(inner.data_type().clone(), true)),
+            arrow::buffer::OffsetBuffer::from_lengths([1]),
+            Arc::new(inner),
+            None,
+        );
+        let list = ColumnarValue::Scalar(ScalarValue::List(Arc::new(nested)));
+        let delimiter = ColumnarValue::Array(Arc::new(StringArray::from(vec!["abc"; 100])));
+        let bound = output_bound(Growth::Join, &[list, delimiter], 100);
+        assert!(bound >= 100 * 10 * (PRINTED_WIDTH + 3), "{bound}");
     }
 }

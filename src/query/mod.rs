@@ -201,7 +201,6 @@ impl QueryEngine {
             .with_default_catalog_and_schema("spanlake", workspace.as_str());
         let ctx = SessionContext::new_with_config_rt(config, self.runtime_env.clone());
         sandbox::remove_table_functions(&ctx);
-        guard::install(&ctx, &self.runtime_env.memory_pool);
         let table = SpansTable::snapshot(&self.data_dir, workspace, self.buffer.as_deref())
             .map_err(|e| QueryError::Internal(e.to_string()))?;
         ctx.register_table("spans", Arc::new(table))
@@ -252,7 +251,7 @@ impl QueryEngine {
         let (planned, schema) = oneshot::channel();
         let (tx, batches) = mpsc::channel(2);
         let running = self.running.clone();
-        let concat = guard::concat_operator(&self.runtime_env.memory_pool);
+        let pool = self.runtime_env.memory_pool.clone();
         runtime.spawn(async move {
             let start = async {
                 let plan = ctx
@@ -261,8 +260,7 @@ impl QueryEngine {
                     .await
                     .map_err(|e| classify(e, limits))?;
                 sandbox::check(&plan)?;
-                let plan =
-                    guard::guard_concat_operator(plan, &concat).map_err(|e| classify(e, limits))?;
+                let plan = guard::guard_plan(plan, &pool).map_err(|e| classify(e, limits))?;
                 let df = ctx
                     .execute_logical_plan(plan)
                     .await

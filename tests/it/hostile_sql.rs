@@ -186,11 +186,18 @@ async fn functions_that_grow_their_input_are_bounded_by_the_memory_pool() {
         );
     }
     chain += " SELECT length(s) FROM t14";
+    // Doubling a list per subquery: `list || list` is planned as array_concat.
+    let mut lists = "WITH t0 AS (SELECT [name] AS l FROM spans)".to_string();
+    for i in 1..=40 {
+        lists += &format!(", t{i} AS (SELECT l || l AS l FROM t{})", i - 1);
+    }
+    lists += " SELECT cardinality(l) FROM t40";
     for query in [
         format!("SELECT length({tenfold})"),
         format!("SELECT length({regexp})"),
         format!("SELECT length({runtime}) FROM spans"),
         chain,
+        lists,
         format!("SELECT length(concat({tenfold}, 'x'))"),
     ] {
         let resp = sql(&server, &query, "application/json").await;
@@ -205,7 +212,7 @@ async fn functions_that_grow_their_input_are_bounded_by_the_memory_pool() {
         &server,
         "SELECT replace('abc', 'b', 'xx') AS r, 'a' || 'b', NULL || 'a' AS n, \
          regexp_replace('foobarbaz', 'b(..)', 'X\\1Y', 'g') AS g, concat('a', NULL, 'b') AS k, \
-         upper('straße') AS u",
+         upper('straße') AS u, encode(decode('ff', 'hex') || decode('00', 'hex'), 'hex') AS b",
         "application/json",
     )
     .await;
@@ -219,12 +226,12 @@ async fn functions_that_grow_their_input_are_bounded_by_the_memory_pool() {
         .collect();
     assert_eq!(
         names,
-        ["r", "Utf8(\"a\") || Utf8(\"b\")", "n", "g", "k", "u"]
+        ["r", "Utf8(\"a\") || Utf8(\"b\")", "n", "g", "k", "u", "b"]
     );
     assert_eq!(
         body["rows"][0],
         json!({"r": "axxc", "Utf8(\"a\") || Utf8(\"b\")": "ab", "n": null,
-               "g": "fooXarYXazY", "k": "ab", "u": "STRASSE"})
+               "g": "fooXarYXazY", "k": "ab", "u": "STRASSE", "b": "ff00"})
     );
     let resp = sql(
         &server,
