@@ -56,7 +56,7 @@ pub async fn sql_answer(
     // An error before any row is still an error status.
     let first = answer.next().await.transpose()?;
     let mut encoder = Encoder::new(format, &answer.schema)?;
-    let head = encoder.start()?;
+    let head = encoder.start(&answer.schema)?;
     let state = Rendering {
         answer: Some(answer),
         encoder,
@@ -188,12 +188,13 @@ impl Encoder {
         })
     }
 
-    /// Bytes before the first batch (the Arrow schema message).
-    fn start(&mut self) -> Result<Vec<u8>, ApiError> {
-        Ok(match self {
-            Encoder::Csv { .. } => Vec::new(),
-            Encoder::Arrow(w) => std::mem::take(w.get_mut()),
-        })
+    /// Bytes before the first row: the CSV header or the Arrow schema message (so an
+    /// answer without rows still names its columns).
+    fn start(&mut self, schema: &SchemaRef) -> Result<Vec<u8>, ApiError> {
+        match self {
+            Encoder::Csv { .. } => self.batch(&RecordBatch::new_empty(schema.clone())),
+            Encoder::Arrow(w) => Ok(std::mem::take(w.get_mut())),
+        }
     }
 
     /// Rows rendered in one piece of the body: CSV writes every value out (a value shared

@@ -80,6 +80,12 @@ async fn csv_and_arrow_answers_stream_every_row() {
     let text = csv.text().await.unwrap();
     assert_eq!(text.lines().count(), 5001, "a header and every row");
     assert_eq!(text.lines().next(), Some("trace_id,span_id,name"));
+    let empty = sql(&server, &format!("{query} WHERE false"), "text/csv").await;
+    assert_eq!(
+        empty.text().await.unwrap(),
+        "trace_id,span_id,name\n",
+        "an answer without rows still has its header"
+    );
 
     let arrow = sql(&server, query, "application/vnd.apache.arrow.stream").await;
     assert_eq!(arrow.status(), StatusCode::OK);
