@@ -59,7 +59,7 @@ pub struct ServeConfig {
     #[arg(long, env = "SPANLAKE_FLUSH_INTERVAL", default_value = "30s", value_parser = parse_duration)]
     pub flush_interval: Duration,
     /// Refuse ingestion (503 / UNAVAILABLE) while the buffer holds this many bytes.
-    #[arg(long, env = "SPANLAKE_BUFFER_MAX_BYTES", default_value_t = 512 * MIB as u64)]
+    #[arg(long, env = "SPANLAKE_BUFFER_MAX_BYTES", default_value_t = 384 * MIB as u64)]
     pub buffer_max_bytes: u64,
     /// Refuse ingestion (503 / UNAVAILABLE) while WAL segments on disk hold this many bytes.
     #[arg(long, env = "SPANLAKE_WAL_MAX_BYTES", default_value_t = 4096 * MIB as u64)]
