@@ -72,3 +72,37 @@ fn tempfile_dir() -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).expect("creating a temp dir");
     dir
 }
+
+/// Admission's footprint estimate never panics, and never counts less than the spans a
+/// protobuf body decodes to.
+pub fn check_footprint(bytes: &[u8]) {
+    use prost::Message;
+
+    use crate::decode::footprint::{Shape, footprint};
+    use crate::proto::{ExportTraceServiceRequest, Span};
+
+    for shape in [
+        Shape::Protobuf,
+        Shape::OtlpJson,
+        Shape::NemoJson,
+        Shape::SpanLogs,
+    ] {
+        let estimate = footprint(shape, bytes);
+        if shape != Shape::Protobuf {
+            continue;
+        }
+        if let Ok(request) = ExportTraceServiceRequest::decode(bytes) {
+            let spans: usize = request
+                .resource_spans
+                .iter()
+                .flat_map(|r| &r.scope_spans)
+                .map(|s| s.spans.len())
+                .sum();
+            let least = (spans * std::mem::size_of::<Span>()) as u64;
+            assert!(
+                estimate >= least,
+                "{spans} spans decoded, estimate {estimate} < {least}"
+            );
+        }
+    }
+}

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use spanlake::decode::{decode_json, decode_protobuf, vendor::decode_nemo_json};
-use spanlake::fuzzing::{check_request, check_span_logs, check_wal_segment};
+use spanlake::fuzzing::{check_footprint, check_request, check_span_logs, check_wal_segment};
 
 fn inputs(target: &str) -> Vec<(String, Vec<u8>)> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -54,6 +54,21 @@ fn fuzz_inputs_pass_their_checks() {
         eprintln!("wal_replay {name}");
         check_wal_segment(&bytes);
         checked += 1;
+    }
+    // Admission's estimate sees every body before its route decodes it.
+    for target in [
+        "otlp_protobuf",
+        "otlp_json",
+        "nemo_json",
+        "span_logs",
+        "wal_replay",
+        "footprint",
+    ] {
+        for (name, bytes) in inputs(target) {
+            eprintln!("footprint {name}");
+            check_footprint(&bytes);
+            checked += 1;
+        }
     }
     assert!(checked >= 4, "the seed inputs are there");
 }
