@@ -20,9 +20,7 @@ pub fn parse_datetime(s: &str) -> Option<i64> {
 /// The duration of a span that ended at or after it started; `None` for one that has not
 /// ended, ends before it starts, or lasts longer than `i64` nanoseconds can say.
 pub fn duration_ns(start_ns: i64, end_ns: Option<i64>) -> Option<i64> {
-    end_ns
-        .filter(|end| *end >= start_ns)
-        .and_then(|end| end.checked_sub(start_ns))
+    end_ns?.checked_sub(start_ns).filter(|d| *d >= 0)
 }
 
 /// Nanoseconds in one hour.

@@ -126,31 +126,52 @@ pub fn row(batch: &RecordBatch, i: usize) -> Map<String, Value> {
 
 /// Every row of `batches` as a JSON object keyed by column name.
 pub fn rows(batches: &[RecordBatch]) -> Vec<Map<String, Value>> {
-    rows_within(batches, usize::MAX).unwrap_or_default()
+    let mut rows = CappedRows::new(usize::MAX);
+    for batch in batches {
+        rows.push(batch);
+    }
+    rows.into_rows()
 }
 
-/// Every row of `batches`, as [`rows`]; `Err` with the bytes reached once their JSON text
-/// would pass `limit` bytes (rendering stops there, so memory stays near `limit`).
-pub fn rows_within(
-    batches: &[RecordBatch],
+/// Rows as JSON objects, added batch by batch, holding at most about `limit` bytes of
+/// their JSON text.
+pub struct CappedRows {
+    rows: Vec<Map<String, Value>>,
+    size: usize,
     limit: usize,
-) -> Result<Vec<Map<String, Value>>, usize> {
-    let mut out = Vec::new();
-    let mut size = 0usize;
-    for batch in batches {
-        for i in 0..batch.num_rows() {
-            let row = row(batch, i);
-            size = row
-                .iter()
-                .map(|(k, v)| k.len() + 4 + text_len(v))
-                .fold(size.saturating_add(2), usize::saturating_add);
-            if size > limit {
-                return Err(size);
-            }
-            out.push(row);
+}
+
+impl CappedRows {
+    /// No rows yet, at most `limit` bytes of text.
+    pub fn new(limit: usize) -> Self {
+        Self {
+            rows: Vec::new(),
+            size: 0,
+            limit,
         }
     }
-    Ok(out)
+
+    /// Adds the rows of `batch`; `false` once their text would pass the limit (rendering
+    /// stops at that row, so memory stays near the limit).
+    pub fn push(&mut self, batch: &RecordBatch) -> bool {
+        for i in 0..batch.num_rows() {
+            let row = row(batch, i);
+            self.size = row
+                .iter()
+                .map(|(k, v)| k.len() + 4 + text_len(v))
+                .fold(self.size.saturating_add(2), usize::saturating_add);
+            if self.size > self.limit {
+                return false;
+            }
+            self.rows.push(row);
+        }
+        true
+    }
+
+    /// The rows added.
+    pub fn into_rows(self) -> Vec<Map<String, Value>> {
+        self.rows
+    }
 }
 
 /// At least the length of `v` as JSON text (numbers count 20).

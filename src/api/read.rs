@@ -36,17 +36,33 @@ async fn page_and_total(
         params.offset()
     );
     let count_sql = format!("{prefix} SELECT COUNT(*) AS n FROM {from} {filter}");
-    let limit = engine.limits().max_json_bytes;
-    let rows = json::rows_within(&engine.run(ctx.clone(), page_sql).await?.batches, limit)
-        .map_err(|_| {
-            ApiError::TooLarge(format!(
-                "page {} of {} rows comes to more than {limit} bytes of JSON \
-                 (--sql-max-json-bytes); ask for a smaller page_size",
-                params.page, params.page_size
-            ))
-        })?;
+    let what = format!("page {} of {} rows", params.page, params.page_size);
+    let rows = capped_rows(engine, ctx, page_sql, &what, "ask for a smaller page_size").await?;
     let total = first_count(&engine.run(ctx.clone(), count_sql).await?.batches);
     Ok((rows, total))
+}
+
+/// The rows of `sql` as JSON objects, rendered as its batches arrive. An answer whose JSON
+/// would pass `--sql-max-json-bytes` is refused (its query cancelled) with a message naming
+/// `what` it is and saying how to ask for less (`advice`).
+async fn capped_rows(
+    engine: &QueryEngine,
+    ctx: &datafusion::prelude::SessionContext,
+    sql: String,
+    what: &str,
+    advice: &str,
+) -> Result<Vec<Map<String, Value>>, ApiError> {
+    let limit = engine.limits().max_json_bytes;
+    let mut answer = engine.stream(ctx.clone(), sql).await?;
+    let mut rows = json::CappedRows::new(limit);
+    while let Some(batch) = answer.next().await {
+        if !rows.push(&batch?) {
+            return Err(ApiError::TooLarge(format!(
+                "{what} comes to more than {limit} bytes of JSON (--sql-max-json-bytes); {advice}"
+            )));
+        }
+    }
+    Ok(rows.into_rows())
 }
 
 fn first_count(batches: &[RecordBatch]) -> usize {
@@ -77,14 +93,14 @@ async fn add_input_output(
         in_list("trace_id", &traces),
         in_list("span_id", &spans)
     );
-    let limit = engine.limits().max_json_bytes;
-    let found =
-        json::rows_within(&engine.run(ctx.clone(), sql).await?.batches, limit).map_err(|_| {
-            ApiError::TooLarge(format!(
-                "the inputs and outputs of this page come to more than {limit} bytes of JSON \
-                 (--sql-max-json-bytes); ask for a smaller page_size, or mode=summary"
-            ))
-        })?;
+    let found = capped_rows(
+        engine,
+        ctx,
+        sql,
+        "the inputs and outputs of this page",
+        "ask for a smaller page_size, or mode=summary",
+    )
+    .await?;
     for root in roots.iter_mut() {
         let hit = found.iter().find(|f| {
             f.get("trace_id") == root.get("trace_id") && f.get("span_id") == root.get("span_id")
@@ -189,17 +205,12 @@ pub async fn trace_with_spans(
              FROM spans WHERE trace_id = {} ORDER BY start_time, span_id",
             lit(&id)
         );
-        let limit = engine.limits().max_json_bytes;
-        spans = json::rows_within(&engine.run(ctx.clone(), sql).await?.batches, limit).map_err(
-            |_| {
-                ApiError::TooLarge(format!(
-                    "trace {trace_id} comes to more than {limit} bytes of JSON \
-                     (--sql-max-json-bytes); read its spans a page at a time with \
-                     GET /apis/intake/v2/workspaces/{ws}/spans?filter[trace_id]={id}&page_size=10, \
-                     or choose columns with POST /apis/intake/v2/workspaces/{ws}/sql"
-                ))
-            },
-        )?;
+        let advice = format!(
+            "read its spans a page at a time with GET /apis/intake/v2/workspaces/{ws}/spans\
+             ?filter[trace_id]={id}&page_size=10, or choose columns with \
+             POST /apis/intake/v2/workspaces/{ws}/sql"
+        );
+        spans = capped_rows(engine, &ctx, sql, &format!("trace {trace_id}"), &advice).await?;
         if !spans.is_empty() {
             break;
         }

@@ -185,12 +185,7 @@ impl ScalarUDFImpl for Guarded {
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let bound = output_bound(self.growth, &args.args, args.number_rows);
-        if bound > CONSTANT_LIMIT
-            && args
-                .args
-                .iter()
-                .all(|a| matches!(a, ColumnarValue::Scalar(_)))
-        {
+        if bound > CONSTANT_LIMIT && constants_only(&args.args) {
             return Err(DataFusionError::ResourcesExhausted(format!(
                 "{}() would build a constant of up to {bound} bytes; one constant may hold \
                  {CONSTANT_LIMIT} bytes",
@@ -217,14 +212,15 @@ impl ScalarUDFImpl for Guarded {
     // `simplify` is not passed on: a simplified call names the unguarded function.
 }
 
+/// Whether a call has constant arguments only (its answer is one scalar, whatever the
+/// batch's length).
+fn constants_only(args: &[ColumnarValue]) -> bool {
+    args.iter().all(|a| matches!(a, ColumnarValue::Scalar(_)))
+}
+
 /// The upper bound of the bytes a `growth` function produces from `args`.
 fn output_bound(growth: Growth, args: &[ColumnarValue], rows: usize) -> usize {
-    // Scalar arguments only: one scalar answer, whatever the batch's length.
-    let rows = if args.iter().all(|a| matches!(a, ColumnarValue::Scalar(_))) {
-        1
-    } else {
-        rows
-    };
+    let rows = if constants_only(args) { 1 } else { rows };
     let all: usize = args
         .iter()
         .map(|a| bytes(a, rows))
@@ -490,10 +486,7 @@ impl ScalarUDFImpl for ConcatOperator {
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let scalar = args
-            .args
-            .iter()
-            .all(|a| matches!(a, ColumnarValue::Scalar(_)));
+        let scalar = constants_only(&args.args);
         let rows = if scalar { 1 } else { args.number_rows };
         let [left, right] = args.args.as_slice() else {
             return Err(DataFusionError::Internal("|| takes two arguments".into()));

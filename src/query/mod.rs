@@ -5,8 +5,9 @@
 //! `spans` table and the `traces` view, nothing else (no file or URL tables, no DDL, DML,
 //! COPY or SET, no table functions nor functions whose output an argument sizes: see
 //! [`sandbox`]); a function whose output can outgrow its arguments reserves it in the
-//! memory pool first (see [`guard`]); the file list and the buffer are snapshotted together under the buffer's
-//! publication lock, so a flush in progress never shows a span twice or not at all; every
+//! memory pool first (see [`guard`]); the file list and the buffer are snapshotted
+//! together under the buffer's publication lock, so a flush in progress never shows a span
+//! twice or not at all; every
 //! query runs on a dedicated runtime, within a shared memory pool and a timeout that covers
 //! its whole answer; answers stream through a bounded channel, so a result is never held
 //! whole, and a client that goes away cancels its query.

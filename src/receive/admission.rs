@@ -7,9 +7,10 @@
 //! `--max-concurrent-requests` at once; the bytes of every request in flight — body as
 //! read, then [`DECODE_FACTOR`] × its decompressed size (or its structural footprint, if
 //! larger) for the decompressed body, the decoded request and its chunk — stay within
-//! `--max-inflight-bytes`, counted before they are allocated. A request whose footprint
-//! passes 4 × `--max-message-bytes` is refused as too large (413 / `RESOURCE_EXHAUSTED`). A request larger than the whole budget still runs when nothing
-//! else is in flight, so the request cap, not the budget, decides what is too large.
+//! `--max-inflight-bytes`, counted before they are allocated. A request larger than the
+//! whole budget still runs when nothing else is in flight: what is too large is decided by
+//! the request cap and, for its decoding, by `max(--max-inflight-bytes,
+//! 4 × --max-message-bytes)` (413 / `RESOURCE_EXHAUSTED`, never retried).
 //! Each check is an atomic compare-and-swap; nothing waits.
 
 use std::pin::Pin;

@@ -106,24 +106,32 @@ impl Output<'_> {
             encoding,
             message: e.to_string(),
         };
+        // Inflated straight into the vector's reserved room: its capacity grows by doubling
+        // (as a vector's would), never past the cap, and every growth is reserved first.
         let mut out: Vec<u8> = Vec::new();
-        let mut chunk = vec![0u8; 16 << 10];
         loop {
-            let n = reader.read(&mut chunk).map_err(corrupt)?;
-            if n == 0 {
-                break;
-            }
-            let len = out.len() + n;
-            if len > self.limit {
-                return Err(Error::TooLarge { limit: self.limit });
-            }
-            if len > out.capacity() {
-                // Grow by doubling (as a vector would), never past the cap, reserving first.
-                let grown = (out.capacity() * 2).max(len).max(64 << 10).min(self.limit);
+            if out.len() == out.capacity() {
+                if out.len() == self.limit {
+                    // Full at the cap: one more byte means too large.
+                    let mut probe = [0u8; 1];
+                    if reader.read(&mut probe).map_err(corrupt)? > 0 {
+                        return Err(Error::TooLarge { limit: self.limit });
+                    }
+                    break;
+                }
+                let grown = (out.capacity() * 2).max(64 << 10).min(self.limit);
                 (self.reserve)((grown - out.capacity()) as u64)?;
                 out.reserve_exact(grown - out.len());
             }
-            out.extend_from_slice(&chunk[..n]);
+            let room = (out.capacity() - out.len()) as u64;
+            if (&mut reader)
+                .take(room)
+                .read_to_end(&mut out)
+                .map_err(corrupt)?
+                == 0
+            {
+                break;
+            }
         }
         let reserved = out.capacity() as u64;
         Ok((Bytes::from(out), reserved))

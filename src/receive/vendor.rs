@@ -65,14 +65,17 @@ pub async fn nemo_ingest(
         let named = Workspace::new(&workspace)?;
         let w = state.auth.authorize(cred, Some(named), Scope::Ingest)?;
         ws = Some(w.clone());
-        let shape = match request_encoding(&headers) {
-            Some(Encoding::Protobuf) => Shape::Protobuf,
-            _ => Shape::NemoJson,
+        let protobuf = request_encoding(&headers) == Some(Encoding::Protobuf);
+        let shape = if protobuf {
+            Shape::Protobuf
+        } else {
+            Shape::NemoJson
         };
         let (bytes, _admitted) = read_admitted(&state, &headers, body, shape).await?;
-        let decoded = match request_encoding(&headers) {
-            Some(Encoding::Protobuf) => decode_protobuf(&bytes)?,
-            _ => decode_nemo_json(&bytes)?,
+        let decoded = if protobuf {
+            decode_protobuf(&bytes)?
+        } else {
+            decode_nemo_json(&bytes)?
         };
         state.ingester.ingest(&w, decoded).await
     }

@@ -42,22 +42,25 @@ fn bytes_under(dir: &Path, ext: &str) -> u64 {
         .sum()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_large_resource_shared_by_many_spans_is_stored_once_and_survives_kill_9() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Spanlake::start(dir.path(), &["--flush-interval", "1h"]);
-    // The reported failure: 160 spans under one resource with an 8 MiB attribute became a
-    // 1.3 GB WAL record that replay refused, and the acknowledged spans were lost.
-    let spans = (1..=160u64)
+/// An OTLP protobuf request: spans of `trace` with the given span ids, under one resource
+/// whose attribute `blob` holds `len` bytes cycling through `letters` letters from `first`.
+fn under_a_big_resource(
+    trace: u8,
+    ids: impl Iterator<Item = u64>,
+    len: usize,
+    first: u8,
+    letters: usize,
+) -> Vec<u8> {
+    let spans = ids
         .map(|id| {
-            let mut s = otlp::span(0xcd, 0, "under-a-big-resource");
+            let mut s = otlp::span(trace, 0, "under-a-big-resource");
             s.span_id = id.to_be_bytes().to_vec();
             s
         })
         .collect();
     let mut request = otlp::request(spans);
-    let blob: String = (0..8 << 20)
-        .map(|i| char::from(b'a' + (i * 7 % 26) as u8))
+    let blob: String = (0..len)
+        .map(|i| char::from(first + (i * 7 % letters) as u8))
         .collect();
     request.resource_spans[0]
         .resource
@@ -65,7 +68,16 @@ async fn a_large_resource_shared_by_many_spans_is_stored_once_and_survives_kill_
         .unwrap()
         .attributes
         .push(otlp::kv("blob", otlp::s(&blob)));
-    let body = request.encode_to_vec();
+    request.encode_to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_resource_shared_by_many_spans_is_stored_once_and_survives_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Spanlake::start(dir.path(), &["--flush-interval", "1h"]);
+    // The reported failure: 160 spans under one resource with an 8 MiB attribute became a
+    // 1.3 GB WAL record that replay refused, and the acknowledged spans were lost.
+    let body = under_a_big_resource(0xcd, 1..=160, 8 << 20, b'a', 26);
     let size = body.len() as u64;
     let client = reqwest::Client::new();
     assert!(send(&client, server.http, body).await, "acknowledged");
@@ -233,24 +245,8 @@ async fn shared_values_larger_than_a_default_dictionary_are_still_stored_once() 
     // dictionary page held before), 30 spans each, flushed into one file.
     let mut size = 0;
     for (trace, letter) in [(0xd1u8, b'a'), (0xd2, b'k')] {
-        let spans = (1..=30u64)
-            .map(|id| {
-                let mut s = otlp::span(trace, 0, "under-a-big-resource");
-                s.span_id = (u64::from(trace) << 32 | id).to_be_bytes().to_vec();
-                s
-            })
-            .collect();
-        let mut request = otlp::request(spans);
-        let blob: String = (0..10 << 20)
-            .map(|i| char::from(letter + (i * 7 % 16) as u8))
-            .collect();
-        request.resource_spans[0]
-            .resource
-            .as_mut()
-            .unwrap()
-            .attributes
-            .push(otlp::kv("blob", otlp::s(&blob)));
-        let body = request.encode_to_vec();
+        let ids = (1..=30u64).map(|id| u64::from(trace) << 32 | id);
+        let body = under_a_big_resource(trace, ids, 10 << 20, letter, 16);
         size += body.len() as u64;
         assert!(send(&client, server.http, body).await, "acknowledged");
     }

@@ -764,21 +764,16 @@ async fn mixed_case_vendor_ids_and_upper_case_otlp_ids_are_found() {
         .status();
     assert_eq!(status, StatusCode::OK);
     let base = "/apis/intake/v2/workspaces/default";
+    let get = |path: String| client.get(server.url(&path)).send();
     for id in [
         "Trace-MixedCase-1",
         "trace-mixedcase-1",
         &"AB".repeat(16),
         &"ab".repeat(16),
     ] {
-        let trace = client
-            .get(server.url(&format!("{base}/traces/{id}")))
-            .send()
-            .await
-            .unwrap();
+        let trace = get(format!("{base}/traces/{id}")).await.unwrap();
         assert_eq!(trace.status(), StatusCode::OK, "{id}");
-        let spans: serde_json::Value = client
-            .get(server.url(&format!("{base}/spans?filter[trace_id]={id}")))
-            .send()
+        let spans: serde_json::Value = get(format!("{base}/spans?filter[trace_id]={id}"))
             .await
             .unwrap()
             .json()
@@ -786,9 +781,7 @@ async fn mixed_case_vendor_ids_and_upper_case_otlp_ids_are_found() {
             .unwrap();
         assert_eq!(spans["pagination"]["total_results"], 1, "{id}: {spans}");
     }
-    let lower: serde_json::Value = client
-        .get(server.url(&format!("{base}/traces/trace-mixedcase-1")))
-        .send()
+    let lower: serde_json::Value = get(format!("{base}/traces/trace-mixedcase-1"))
         .await
         .unwrap()
         .json()
@@ -802,18 +795,14 @@ async fn mixed_case_vendor_ids_and_upper_case_otlp_ids_are_found() {
         .collect();
     assert_eq!(span_ids, ["Span-B"], "{lower}");
     assert_eq!(
-        client
-            .get(server.url(&format!("{base}/traces/TRACE-MIXEDCASE-1")))
-            .send()
+        get(format!("{base}/traces/TRACE-MIXEDCASE-1"))
             .await
             .unwrap()
             .status(),
         StatusCode::NOT_FOUND,
         "a vendor id is matched by its own case"
     );
-    let page = client
-        .get(server.url(&format!("{base}/traces?page=9223372036854775807")))
-        .send()
+    let page = get(format!("{base}/traces?page=9223372036854775807"))
         .await
         .unwrap();
     assert_eq!(page.status(), StatusCode::UNPROCESSABLE_ENTITY);
