@@ -18,15 +18,18 @@ use std::io::Cursor;
 use std::ops::Range;
 use std::sync::{Arc, OnceLock};
 
-use arrow::array::{Array, ArrayRef, AsArray, MapArray, RecordBatch, StringArray, UInt32Array};
-use arrow::compute::kernels::zip::zip;
-use arrow::compute::{interleave, is_not_null};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, UInt32Type};
+use arrow::array::{
+    Array, ArrayRef, AsArray, DictionaryArray, Int32Array, MapArray, RecordBatch, StructArray,
+    UInt32Array,
+};
+use arrow::buffer::OffsetBuffer;
+use arrow::compute::{cast, concat, interleave};
+use arrow::datatypes::{DataType, Field, Int32Type, Schema, SchemaRef, UInt32Type};
 use arrow::error::ArrowError;
 use arrow::ipc::reader::StreamReader;
 use arrow::ipc::writer::StreamWriter;
 
-use crate::schema::{col, spans_schema};
+use crate::schema::{col, plain_field, spans_schema};
 
 /// The column of the span batch holding each span's row in the resource batch.
 pub const RESOURCE_INDEX: &str = "_resource";
@@ -77,7 +80,7 @@ struct Layout {
 fn layout() -> &'static Layout {
     static LAYOUT: OnceLock<Layout> = OnceLock::new();
     LAYOUT.get_or_init(|| {
-        let spans = spans_schema();
+        let spans = plain_spans_schema();
         let span_fields: Vec<Field> = spans
             .fields()
             .iter()
@@ -134,6 +137,22 @@ fn layout() -> &'static Layout {
     })
 }
 
+/// The `spans` schema without dictionaries: the columns as the chunk batches hold them, and
+/// the schema of WAL records written before chunks existed.
+pub fn plain_spans_schema() -> SchemaRef {
+    static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
+    SCHEMA
+        .get_or_init(|| {
+            let fields: Vec<Field> = spans_schema()
+                .fields()
+                .iter()
+                .map(|f| plain_field(f))
+                .collect();
+            Arc::new(Schema::new(fields))
+        })
+        .clone()
+}
+
 /// The schema of a chunk's span batch.
 pub fn span_schema() -> SchemaRef {
     layout().span.clone()
@@ -155,9 +174,12 @@ pub struct SpanChunk {
     spans: RecordBatch,
     resources: RecordBatch,
     scopes: RecordBatch,
-    /// Bytes one span expands to beyond its own columns, per resource and per scope row.
+    /// Bytes one span expands to beyond its own columns (dictionary keys), per resource
+    /// and per scope row.
     resource_bytes: Arc<[u64]>,
     scope_bytes: Arc<[u64]>,
+    /// Bytes of the resource and scope rows: the dictionary values of an expanded slice.
+    shared_bytes: u64,
 }
 
 impl SpanChunk {
@@ -191,19 +213,23 @@ impl SpanChunk {
                 )));
             }
         }
-        let resource_bytes = row_bytes(&resources);
-        let scope_bytes = row_bytes(&scopes);
+        let resource_bytes = keys_bytes(&resources);
+        let scope_bytes = keys_bytes(&scopes);
+        let shared_bytes =
+            (resources.get_array_memory_size() + scopes.get_array_memory_size()) as u64;
         Ok(Self {
             spans,
             resources,
             scopes,
             resource_bytes,
             scope_bytes,
+            shared_bytes,
         })
     }
 
-    /// A chunk holding rows already in the `spans` schema (one resource and one scope row
-    /// per span): the form of WAL records written before chunks existed.
+    /// A chunk holding rows already in the `spans` schema, with or without dictionaries (one
+    /// resource and one scope row per span): the form of WAL records written before chunks
+    /// existed.
     pub fn from_expanded(batch: &RecordBatch) -> Result<Self, ArrowError> {
         let l = layout();
         let n = batch.num_rows();
@@ -219,9 +245,10 @@ impl SpanChunk {
                         // The span column already holds the resolved value.
                         Ok(arrow::array::new_null_array(f.data_type(), n))
                     } else {
-                        batch.column_by_name(name).cloned().ok_or_else(|| {
+                        let column = batch.column_by_name(name).ok_or_else(|| {
                             ArrowError::SchemaError(format!("the batch has no column {name}"))
-                        })
+                        })?;
+                        cast(column, f.data_type())
                     }
                 })
                 .collect()
@@ -250,8 +277,8 @@ impl SpanChunk {
         self.spans.column_by_name(name)
     }
 
-    /// About how many bytes row `row` takes once expanded (its resource's and scope's
-    /// shared values included).
+    /// About how many bytes row `row` takes once expanded (the shared values themselves are
+    /// not copied per row: they become the dictionaries of the slice).
     fn expanded_bytes(&self, row: usize, per_span: u64) -> u64 {
         let l = layout();
         let res = self
@@ -339,39 +366,24 @@ impl SpanChunk {
     }
 }
 
-/// Bytes of each row's variable-length values (strings and map entries).
-fn row_bytes(batch: &RecordBatch) -> Arc<[u64]> {
-    let mut bytes = vec![0u64; batch.num_rows()];
+/// Bytes each span of a row of `batch` (resources or scopes) costs once expanded: a
+/// dictionary key per shared column and two per map entry.
+fn keys_bytes(batch: &RecordBatch) -> Arc<[u64]> {
+    let mut bytes = vec![4 * batch.num_columns() as u64; batch.num_rows()];
     for column in batch.columns() {
-        if let Some(s) = column.as_string_opt::<i32>() {
-            add_string_bytes(&mut bytes, s, 0..s.len());
-        } else if let Some(m) = column.as_any().downcast_ref::<MapArray>() {
-            let offsets = m.value_offsets();
-            let entries = m.entries();
+        if let Some(m) = column.as_any().downcast_ref::<MapArray>() {
             for (row, b) in bytes.iter_mut().enumerate() {
-                let (start, end) = (offsets[row] as usize, offsets[row + 1] as usize);
-                for child in entries.columns() {
-                    if let Some(s) = child.as_string_opt::<i32>() {
-                        let o = s.value_offsets();
-                        *b += (o[end] - o[start]) as u64;
-                    }
-                }
-                *b += 16 * (end - start) as u64;
+                *b += 4 + 8 * m.value_length(row) as u64;
             }
         }
     }
     bytes.into()
 }
 
-fn add_string_bytes(bytes: &mut [u64], s: &StringArray, rows: Range<usize>) {
-    let o = s.value_offsets();
-    for row in rows {
-        bytes[row] += (o[row + 1] - o[row]) as u64;
-    }
-}
-
 /// Splits `rows` (pairs of chunk and row) into consecutive ranges whose expansion stays
-/// under [`SLICE_BYTES`] and [`SLICE_ROWS`].
+/// under [`SLICE_BYTES`] and [`SLICE_ROWS`]. The shared values of a slice drawn from one
+/// chunk are that chunk's own arrays; a slice drawn from several holds a copy of each
+/// one's, which counts.
 pub fn plan_slices(chunks: &[&SpanChunk], rows: &[(usize, usize)]) -> Vec<Range<usize>> {
     let per_span: Vec<u64> = chunks
         .iter()
@@ -379,13 +391,26 @@ pub fn plan_slices(chunks: &[&SpanChunk], rows: &[(usize, usize)]) -> Vec<Range<
         .collect();
     let mut slices = Vec::new();
     let (mut start, mut bytes) = (0, 0u64);
+    let mut in_slice: Vec<usize> = Vec::new();
     for (i, &(c, r)) in rows.iter().enumerate() {
-        let b = chunks[c].expanded_bytes(r, per_span[c]);
+        let own = chunks[c].expanded_bytes(r, per_span[c]);
+        let copies = |in_slice: &[usize]| match in_slice {
+            [] => 0,
+            [only] if *only == c => 0,
+            [only] => chunks[*only].shared_bytes + chunks[c].shared_bytes,
+            more if more.contains(&c) => 0,
+            _ => chunks[c].shared_bytes,
+        };
+        let b = own + copies(&in_slice);
         if i > start && (bytes + b > SLICE_BYTES || i - start >= SLICE_ROWS) {
             slices.push(start..i);
             (start, bytes) = (i, 0);
+            in_slice.clear();
         }
-        bytes += b;
+        bytes += own + copies(&in_slice);
+        if !in_slice.contains(&c) {
+            in_slice.push(c);
+        }
     }
     if start < rows.len() {
         slices.push(start..rows.len());
@@ -393,15 +418,212 @@ pub fn plan_slices(chunks: &[&SpanChunk], rows: &[(usize, usize)]) -> Vec<Range<
     slices
 }
 
+/// The chunks the rows of a slice come from, in order of first appearance.
+struct Involved(Vec<usize>);
+
+impl Involved {
+    fn of(rows: &[(usize, usize)]) -> Self {
+        let mut chunks: Vec<usize> = Vec::new();
+        for &(c, _) in rows {
+            if chunks.last() != Some(&c) && !chunks.contains(&c) {
+                chunks.push(c);
+            }
+        }
+        Self(chunks)
+    }
+}
+
+/// Keys into the values of one shared column of the involved chunks: where each chunk's
+/// values start, and the values themselves (a chunk's own array when only one chunk is
+/// involved, so slices of one chunk share their dictionary).
+struct SharedValues {
+    values: ArrayRef,
+    starts: Vec<(usize, usize)>,
+}
+
+impl SharedValues {
+    /// From `column(c)` of each involved chunk `c`.
+    fn new<'a>(
+        involved: &Involved,
+        column: impl Fn(usize) -> &'a ArrayRef,
+    ) -> Result<Self, ArrowError> {
+        let mut starts = Vec::with_capacity(involved.0.len());
+        let mut columns = Vec::with_capacity(involved.0.len());
+        let mut at = 0;
+        for &c in &involved.0 {
+            let array = column(c);
+            starts.push((c, at));
+            at += array.len();
+            columns.push(array);
+        }
+        let values = match columns.as_slice() {
+            [only] => Arc::clone(only),
+            _ => {
+                let arrays: Vec<&dyn Array> = columns.iter().map(|c| c.as_ref()).collect();
+                concat(&arrays)?
+            }
+        };
+        Ok(Self { values, starts })
+    }
+
+    /// Where the values of chunk `chunk` start.
+    fn start(&self, chunk: usize) -> Result<usize, ArrowError> {
+        self.starts
+            .iter()
+            .find_map(|&(c, at)| (c == chunk).then_some(at))
+            .ok_or_else(|| ArrowError::InvalidArgumentError("a row of no chunk".into()))
+    }
+
+    /// The key of row `row` of chunk `chunk`, `None` where the value is null.
+    fn key(&self, chunk: usize, row: usize) -> Result<Option<i32>, ArrowError> {
+        self.key_at(self.start(chunk)? + row)
+    }
+
+    /// The key of value `at`, `None` where it is null.
+    fn key_at(&self, at: usize) -> Result<Option<i32>, ArrowError> {
+        if self.values.is_null(at) {
+            return Ok(None);
+        }
+        i32::try_from(at)
+            .map(Some)
+            .map_err(|_| ArrowError::DictionaryKeyOverflowError)
+    }
+}
+
+/// A dictionary of `values` with `keys`.
+fn dictionary(keys: Vec<Option<i32>>, values: ArrayRef) -> Result<ArrayRef, ArrowError> {
+    Ok(Arc::new(DictionaryArray::<Int32Type>::try_new(
+        Int32Array::from(keys),
+        values,
+    )?))
+}
+
+/// The shared text column `column` of each chunk's `batch` (resources or scopes), for
+/// the rows of `at`, as a dictionary.
+fn shared_text(
+    chunks: &[&SpanChunk],
+    involved: &Involved,
+    batch: fn(&SpanChunk) -> &RecordBatch,
+    column: usize,
+    at: &[(usize, usize)],
+) -> Result<ArrayRef, ArrowError> {
+    let shared = SharedValues::new(involved, |c| batch(chunks[c]).column(column))?;
+    let keys = at
+        .iter()
+        .map(|&(c, r)| shared.key(c, r))
+        .collect::<Result<_, _>>()?;
+    dictionary(keys, shared.values)
+}
+
+/// A lifted text column: the span's own value (`own`, one per row), else its resource's
+/// (`column` of the resource batches, rows `at`), as a dictionary.
+fn fallback_text(
+    chunks: &[&SpanChunk],
+    involved: &Involved,
+    own: ArrayRef,
+    column: usize,
+    at: &[(usize, usize)],
+) -> Result<ArrayRef, ArrowError> {
+    let n = own.len();
+    if own.null_count() == 0 {
+        let keys = (0..n as i32).map(Some).collect();
+        return dictionary(keys, own);
+    }
+    let mut shared = SharedValues::new(involved, |c| chunks[c].resources.column(column))?;
+    let base = shared.values.len();
+    let keys = (0..n)
+        .map(|i| match own.is_valid(i) {
+            true => i32::try_from(base + i)
+                .map(Some)
+                .map_err(|_| ArrowError::DictionaryKeyOverflowError),
+            false => shared.key(at[i].0, at[i].1),
+        })
+        .collect::<Result<_, _>>()?;
+    if own.null_count() < n {
+        shared.values = concat(&[shared.values.as_ref(), own.as_ref()])?;
+    }
+    dictionary(keys, shared.values)
+}
+
+/// The resource attributes of the rows of `at` (pairs of chunk and resource row): each
+/// row's entries are keys into the entries of its resource, never copies of them.
+fn shared_map(
+    chunks: &[&SpanChunk],
+    involved: &Involved,
+    column: usize,
+    at: &[(usize, usize)],
+) -> Result<ArrayRef, ArrowError> {
+    let maps: Vec<&MapArray> = chunks
+        .iter()
+        .map(|c| {
+            c.resources
+                .column(column)
+                .as_any()
+                .downcast_ref::<MapArray>()
+                .ok_or_else(|| ArrowError::SchemaError("resource attributes are not a map".into()))
+        })
+        .collect::<Result<_, _>>()?;
+    let keys = SharedValues::new(involved, |c| maps[c].entries().column(0))?;
+    let values = SharedValues::new(involved, |c| maps[c].entries().column(1))?;
+    let mut offsets = Vec::with_capacity(at.len() + 1);
+    offsets.push(0i32);
+    let (mut key_ix, mut value_ix) = (Vec::new(), Vec::new());
+    for &(c, r) in at {
+        let o = maps[c].value_offsets();
+        let (k, v) = (keys.start(c)?, values.start(c)?);
+        for entry in o[r] as usize..o[r + 1] as usize {
+            key_ix.push(keys.key_at(k + entry)?);
+            value_ix.push(values.key_at(v + entry)?);
+        }
+        let end = i32::try_from(key_ix.len()).map_err(|_| {
+            ArrowError::InvalidArgumentError("a slice holds over 2^31 attributes".into())
+        })?;
+        offsets.push(end);
+    }
+    let DataType::Map(entries, sorted) = spans_schema()
+        .field_with_name(col::RESOURCE_ATTRIBUTES)?
+        .data_type()
+        .clone()
+    else {
+        return Err(ArrowError::SchemaError(
+            "resource_attributes is not a map".into(),
+        ));
+    };
+    let DataType::Struct(fields) = entries.data_type() else {
+        return Err(ArrowError::SchemaError(
+            "map entries are not a struct".into(),
+        ));
+    };
+    let columns = vec![
+        dictionary(key_ix, keys.values)?,
+        dictionary(value_ix, values.values)?,
+    ];
+    let entries_array = StructArray::try_new(fields.clone(), columns, None)?;
+    Ok(Arc::new(MapArray::try_new(
+        entries,
+        OffsetBuffer::new(offsets.into()),
+        entries_array,
+        None,
+        sorted,
+    )?))
+}
+
 /// The given rows (pairs of chunk and row), in order, as a batch of the `spans` schema
-/// projected to `projection`. Expands shared values: keep `rows` to one [`plan_slices`]
-/// range.
+/// projected to `projection`. Shared values become the dictionaries of their columns; keep
+/// `rows` to one [`plan_slices`] range.
 pub fn gather(
     chunks: &[&SpanChunk],
     rows: &[(usize, usize)],
     projection: Option<&[usize]>,
 ) -> Result<RecordBatch, ArrowError> {
     let l = layout();
+    let schema = match projection {
+        Some(p) => Arc::new(spans_schema().project(p)?),
+        None => spans_schema(),
+    };
+    if rows.is_empty() {
+        return Ok(RecordBatch::new_empty(schema));
+    }
     let via = |index: usize| -> Vec<(usize, usize)> {
         rows.iter()
             .map(|&(c, r)| {
@@ -410,14 +632,15 @@ pub fn gather(
             })
             .collect()
     };
+    let involved = Involved::of(rows);
     let mut resource_rows = None;
     let mut scope_rows = None;
-    let pick = |batch: fn(&SpanChunk) -> &RecordBatch, column: usize, at: &[(usize, usize)]| {
+    let pick = |column: usize| {
         let arrays: Vec<&dyn Array> = chunks
             .iter()
-            .map(|c| batch(c).column(column).as_ref())
+            .map(|c| c.spans.column(column).as_ref())
             .collect();
-        interleave(&arrays, at)
+        interleave(&arrays, rows)
     };
     let all: Vec<usize>;
     let columns = match projection {
@@ -433,32 +656,25 @@ pub fn gather(
             ArrowError::InvalidArgumentError(format!("no column {c} in the spans schema"))
         })?;
         let array = match source {
-            Source::Span(i) => pick(|c| &c.spans, i, rows)?,
+            Source::Span(i) => pick(i)?,
             Source::Resource(i) => {
                 let at = resource_rows.get_or_insert_with(|| via(l.resource_index));
-                pick(|c| &c.resources, i, at)?
+                match l.resource.field(i).data_type() {
+                    DataType::Map(..) => shared_map(chunks, &involved, i, at)?,
+                    _ => shared_text(chunks, &involved, |c| &c.resources, i, at)?,
+                }
             }
             Source::Scope(i) => {
                 let at = scope_rows.get_or_insert_with(|| via(l.scope_index));
-                pick(|c| &c.scopes, i, at)?
+                shared_text(chunks, &involved, |c| &c.scopes, i, at)?
             }
             Source::Fallback { span, resource } => {
-                let own = pick(|c| &c.spans, span, rows)?;
-                if own.null_count() == 0 {
-                    own
-                } else {
-                    let at = resource_rows.get_or_insert_with(|| via(l.resource_index));
-                    let shared = pick(|c| &c.resources, resource, at)?;
-                    zip(&is_not_null(&own)?, &own, &shared)?
-                }
+                let at = resource_rows.get_or_insert_with(|| via(l.resource_index));
+                fallback_text(chunks, &involved, pick(span)?, resource, at)?
             }
         };
         out.push(array);
     }
-    let schema = match projection {
-        Some(p) => Arc::new(spans_schema().project(p)?),
-        None => spans_schema(),
-    };
     RecordBatch::try_new_with_options(
         schema,
         out,
@@ -547,8 +763,8 @@ mod tests {
     }
 
     fn strings(batch: &RecordBatch, column: &str) -> Vec<Option<String>> {
-        batch
-            .column_by_name(column)
+        let column = batch.column_by_name(column).unwrap();
+        arrow::compute::cast(column, &DataType::Utf8)
             .unwrap()
             .as_string::<i32>()
             .iter()
@@ -566,6 +782,19 @@ mod tests {
         assert!(chunk.memory_size() < 2 << 20, "{}", chunk.memory_size());
         let batch = chunk.to_batch().unwrap();
         assert_eq!(batch.schema(), spans_schema());
+        // Expanded, they are still held once: as the dictionaries of the shared columns.
+        assert!(
+            batch.get_array_memory_size() < 2 << 20,
+            "{}",
+            batch.get_array_memory_size()
+        );
+        let attributes = batch.column_by_name(col::RESOURCE_ATTRIBUTES).unwrap();
+        assert_eq!(
+            crate::api::json::value(attributes, 38)["blob"]
+                .as_str()
+                .map(str::len),
+            Some(1 << 20)
+        );
         let models = strings(&batch, col::MODEL);
         assert_eq!(
             models[..3],
@@ -596,7 +825,19 @@ mod tests {
         let chunk = chunk();
         let rows: Vec<(usize, usize)> = (0..chunk.num_rows()).map(|r| (0, r)).collect();
         let slices = plan_slices(&[&chunk], &rows);
-        assert!(slices.len() > 1, "36 × 1 MiB is more than one slice");
+        assert_eq!(slices.len(), 1, "36 spans share one 1 MiB attribute");
+        // Rows of several chunks copy each one's shared values: 20 × 1 MiB pass 16 MiB.
+        let copies: Vec<SpanChunk> = (0..20).map(|_| chunk.clone()).collect();
+        let refs: Vec<&SpanChunk> = copies.iter().collect();
+        let mixed: Vec<(usize, usize)> = (0..chunk.num_rows())
+            .flat_map(|r| (0..20).map(move |c| (c, r)))
+            .collect();
+        let mixed_slices = plan_slices(&refs, &mixed);
+        assert!(mixed_slices.len() > 1);
+        for range in mixed_slices {
+            let batch = gather(&refs, &mixed[range], None).unwrap();
+            assert!(batch.get_array_memory_size() < 18 << 20);
+        }
         assert_eq!(slices.first().map(|s| s.start), Some(0));
         assert!(slices.windows(2).all(|w| w[0].end == w[1].start));
         assert_eq!(slices.last().map(|s| s.end), Some(rows.len()));

@@ -1,5 +1,6 @@
-//! The `spans` table: column names and the one Arrow schema used in the buffer, the WAL,
-//! Parquet files and SQL. Path pieces of the storage layout live here too.
+//! The `spans` table: column names and the one Arrow schema of Parquet files and SQL (the
+//! WAL and the buffer hold the same columns without dictionaries, see [`plain_type`]). Path
+//! pieces of the storage layout live here too.
 
 use std::sync::{Arc, OnceLock};
 
@@ -93,6 +94,47 @@ pub fn string_map_type() -> DataType {
     DataType::Map(map_entries_field(), false)
 }
 
+/// `Dictionary<Int32, Utf8>`: the type of a text column whose value may be its resource's or
+/// its scope's, so that a value shared by many spans is held once per batch.
+pub fn shared_text_type() -> DataType {
+    DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8))
+}
+
+/// `Map<Dictionary<Int32, Utf8>, Dictionary<Int32, Utf8>>`, keys unsorted: the type of
+/// `resource_attributes`, whose entries every span of a resource shares.
+pub fn shared_map_type() -> DataType {
+    DataType::Map(
+        Arc::new(Field::new(
+            nested::MAP_ENTRIES,
+            DataType::Struct(Fields::from(vec![
+                Field::new(nested::MAP_KEYS, shared_text_type(), false),
+                Field::new(nested::MAP_VALUES, shared_text_type(), true),
+            ])),
+            false,
+        )),
+        false,
+    )
+}
+
+/// `data_type` with its dictionaries replaced by their value type (at any depth): the form
+/// in which the WAL and the buffer hold a column (they keep shared values apart instead).
+pub fn plain_type(data_type: &DataType) -> DataType {
+    match data_type {
+        DataType::Dictionary(_, value) => plain_type(value),
+        DataType::Map(entries, sorted) => DataType::Map(Arc::new(plain_field(entries)), *sorted),
+        DataType::Struct(fields) => {
+            DataType::Struct(fields.iter().map(|f| plain_field(f)).collect())
+        }
+        DataType::List(item) => DataType::List(Arc::new(plain_field(item))),
+        other => other.clone(),
+    }
+}
+
+/// `field` with [`plain_type`].
+pub fn plain_field(field: &Field) -> Field {
+    field.clone().with_data_type(plain_type(field.data_type()))
+}
+
 /// The struct fields of one event.
 pub fn event_fields() -> Fields {
     Fields::from(vec![
@@ -121,13 +163,17 @@ pub fn list_item_field(fields: Fields) -> Arc<Field> {
     ))
 }
 
-/// The `spans` schema, built once.
+/// The `spans` schema, built once: the schema of Parquet files and of the SQL table. A
+/// column whose value may be its resource's or its scope's (`service_name`, `scope_name`,
+/// `scope_version`, the lifted text columns, `resource_attributes`) is dictionary-encoded,
+/// so that a large value shared by many spans is held once per batch, never once per row.
 pub fn spans_schema() -> SchemaRef {
     static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
     SCHEMA
         .get_or_init(|| {
             use col::*;
             let utf8 = |name: &str, nullable: bool| Field::new(name, DataType::Utf8, nullable);
+            let shared = |name: &str| Field::new(name, shared_text_type(), true);
             let int64 = |name: &str| Field::new(name, DataType::Int64, true);
             let float64 = |name: &str| Field::new(name, DataType::Float64, true);
             Arc::new(Schema::new(vec![
@@ -142,14 +188,14 @@ pub fn spans_schema() -> SchemaRef {
                 utf8(STATUS_CODE, false),
                 utf8(STATUS_MESSAGE, true),
                 utf8(STATUS, false),
-                utf8(SERVICE_NAME, true),
-                utf8(SCOPE_NAME, true),
-                utf8(SCOPE_VERSION, true),
-                utf8(SPAN_KIND_LLM, true),
-                utf8(SESSION_ID, true),
-                utf8(USER_ID, true),
-                utf8(MODEL, true),
-                utf8(PROVIDER, true),
+                shared(SERVICE_NAME),
+                shared(SCOPE_NAME),
+                shared(SCOPE_VERSION),
+                shared(SPAN_KIND_LLM),
+                shared(SESSION_ID),
+                shared(USER_ID),
+                shared(MODEL),
+                shared(PROVIDER),
                 int64(INPUT_TOKENS),
                 int64(OUTPUT_TOKENS),
                 int64(CACHED_TOKENS),
@@ -157,12 +203,12 @@ pub fn spans_schema() -> SchemaRef {
                 float64(COST_USD),
                 float64(COST_INPUT_USD),
                 float64(COST_OUTPUT_USD),
-                utf8(INPUT, true),
-                utf8(OUTPUT, true),
-                utf8(EXPERIMENT_ID, true),
-                utf8(TEST_CASE_ID, true),
+                shared(INPUT),
+                shared(OUTPUT),
+                shared(EXPERIMENT_ID),
+                shared(TEST_CASE_ID),
                 Field::new(ATTRIBUTES, string_map_type(), false),
-                Field::new(RESOURCE_ATTRIBUTES, string_map_type(), false),
+                Field::new(RESOURCE_ATTRIBUTES, shared_map_type(), false),
                 Field::new(
                     EVENTS,
                     DataType::List(list_item_field(event_fields())),

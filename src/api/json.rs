@@ -1,5 +1,5 @@
-//! Arrow rows → JSON: strings, numbers, booleans as themselves, timestamps as RFC 3339
-//! (UTC, `Z`), `Map<Utf8, _>` as objects, lists and structs as arrays and objects; any
+//! Arrow rows → JSON: strings, numbers, booleans as themselves, dictionary values as their
+//! value, timestamps as RFC 3339 (UTC, `Z`), maps as objects, lists and structs as arrays and objects; any
 //! other type as its display text. NaN and infinities become `null` (JSON has none).
 
 use arrow::array::{
@@ -76,6 +76,10 @@ pub fn value(array: &ArrayRef, i: usize) -> Value {
             };
             ns.map_or(Value::Null, |ns| json!(timestamp_text(ns)))
         }
+        DataType::Dictionary(key_type, _) => {
+            let d = array.as_any_dictionary();
+            dictionary_key(d.keys(), key_type, i).map_or(Value::Null, |k| value(d.values(), k))
+        }
         DataType::Map(_, _) => {
             let map = array.as_map();
             let entries = map.value(i);
@@ -111,6 +115,22 @@ pub fn value(array: &ArrayRef, i: usize) -> Value {
         _ => ArrayFormatter::try_new(array.as_ref(), &FormatOptions::default())
             .map_or(Value::Null, |f| json!(f.value(i).to_string())),
     }
+}
+
+/// The key of row `i` of a dictionary's `keys` (of type `key_type`).
+fn dictionary_key(keys: &dyn Array, key_type: &DataType, i: usize) -> Option<usize> {
+    let key = match key_type {
+        DataType::Int8 => keys.as_primitive::<Int8Type>().value(i) as i64,
+        DataType::Int16 => keys.as_primitive::<Int16Type>().value(i) as i64,
+        DataType::Int32 => keys.as_primitive::<Int32Type>().value(i) as i64,
+        DataType::Int64 => keys.as_primitive::<Int64Type>().value(i),
+        DataType::UInt8 => keys.as_primitive::<UInt8Type>().value(i) as i64,
+        DataType::UInt16 => keys.as_primitive::<UInt16Type>().value(i) as i64,
+        DataType::UInt32 => keys.as_primitive::<UInt32Type>().value(i) as i64,
+        DataType::UInt64 => i64::try_from(keys.as_primitive::<UInt64Type>().value(i)).ok()?,
+        _ => return None,
+    };
+    usize::try_from(key).ok()
 }
 
 /// Row `i` of `batch` as a JSON object keyed by column name.

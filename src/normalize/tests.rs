@@ -49,7 +49,12 @@ fn one(resource: Vec<KeyValue>, spans: Vec<Span>) -> Normalized {
 
 fn text(n: &Normalized, column: &str, row: usize) -> Option<String> {
     let batch = n.chunk.to_batch().unwrap();
-    let a = batch.column(column_index(column)).as_string::<i32>();
+    let a = arrow::compute::cast(
+        batch.column(column_index(column)),
+        &arrow::datatypes::DataType::Utf8,
+    )
+    .unwrap();
+    let a = a.as_string::<i32>();
     (!a.is_null(row)).then(|| a.value(row).to_string())
 }
 

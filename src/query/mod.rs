@@ -12,6 +12,7 @@
 //! its whole answer; answers stream through a bounded channel, so a result is never held
 //! whole, and a client that goes away cancels its query.
 
+mod decode;
 mod guard;
 pub mod sandbox;
 mod table;
@@ -201,6 +202,9 @@ impl QueryEngine {
             .with_target_partitions(2)
             .with_default_catalog_and_schema("spanlake", workspace.as_str());
         let ctx = SessionContext::new_with_config_rt(config, self.runtime_env.clone());
+        ctx.add_analyzer_rule(Arc::new(decode::GuardDecodes::new(
+            self.runtime_env.memory_pool.clone(),
+        )));
         sandbox::remove_table_functions(&ctx);
         let table = SpansTable::snapshot(&self.data_dir, workspace, self.buffer.as_deref())
             .map_err(|e| QueryError::Internal(e.to_string()))?;

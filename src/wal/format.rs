@@ -246,10 +246,10 @@ fn parse_payload(payload: &[u8]) -> Result<Record, BadRecord> {
     Ok(Record { workspace, chunk })
 }
 
-/// A kind-1 record: one IPC stream of batches in the `spans` schema.
+/// A kind-1 record: one IPC stream of batches in the `spans` schema without dictionaries.
 fn read_batch_record(ipc: &[u8]) -> Result<SpanChunk, ArrowError> {
     let batches = StreamReader::try_new(ipc, None)?.collect::<Result<Vec<_>, _>>()?;
-    let batch = arrow::compute::concat_batches(&crate::schema::spans_schema(), &batches)?;
+    let batch = arrow::compute::concat_batches(&crate::chunk::plain_spans_schema(), &batches)?;
     SpanChunk::from_expanded(&batch)
 }
 
