@@ -1,19 +1,22 @@
 //! Chunk: the spans of one request as they travel through the WAL and the buffer.
 //!
 //! Input: rows built by `normalize` (OTLP) or the vendor log builder, as three batches:
-//! per-span columns, one row per resource, one row per instrumentation scope. Output: rows
-//! of the `spans` schema ([`spans_schema`]), produced by [`gather`] in slices that
-//! [`plan_slices`] keeps under [`SLICE_BYTES`].
+//! per-span columns, one row per resource, one row per instrumentation scope (all without
+//! dictionaries, [`plain_spans_schema`]). Output: rows of the `spans` schema
+//! ([`spans_schema`]), produced by [`gather`] in slices that [`plan_slices`] keeps under
+//! [`SLICE_BYTES`].
 //!
 //! Invariants: a value that belongs to a resource (`service_name`, `resource_attributes`,
 //! and the resource's value for each lifted text column, used where the span has none) or
 //! to a scope (`scope_name`, `scope_version`) is stored once per resource or scope, never
 //! once per span. So the memory and the WAL bytes of a request stay within a small
-//! multiple of its size however many spans share one large resource; only bounded slices
-//! are ever expanded into the contract schema. Indices into the resource and scope batches
-//! are checked when a chunk is built, so a chunk read back from disk cannot point outside
-//! them.
+//! multiple of its size however many spans share one large resource. Gathered rows keep
+//! it so: those columns are dictionaries whose values are the chunk's resource and scope
+//! arrays (shared, not copied, when a slice comes from one chunk), and only keys are per
+//! span. Indices into the resource and scope batches are checked when a chunk is built, so
+//! a chunk read back from disk cannot point outside them.
 
+use std::collections::HashMap;
 use std::io::Cursor;
 use std::ops::Range;
 use std::sync::{Arc, OnceLock};
@@ -28,6 +31,7 @@ use arrow::datatypes::{DataType, Field, Int32Type, Schema, SchemaRef, UInt32Type
 use arrow::error::ArrowError;
 use arrow::ipc::reader::StreamReader;
 use arrow::ipc::writer::StreamWriter;
+use datafusion::common::utils::memory::RecordBatchMemoryCounter;
 
 use crate::schema::{col, plain_field, spans_schema};
 
@@ -40,15 +44,14 @@ pub const SCOPE_INDEX: &str = "_scope";
 const RESOURCE_ONLY: [&str; 2] = [col::SERVICE_NAME, col::RESOURCE_ATTRIBUTES];
 /// Columns whose value is the scope's, for every span of it.
 const SCOPE_ONLY: [&str; 2] = [col::SCOPE_NAME, col::SCOPE_VERSION];
-/// Lifted text columns: the span's own value, else its resource's.
-pub const FALLBACK: [&str; 9] = [
+/// Lifted text columns: the span's own value, else its resource's. (`input` and `output`
+/// are lifted from the span alone: a span's payload, never shared.)
+pub const FALLBACK: [&str; 7] = [
     col::SPAN_KIND_LLM,
     col::SESSION_ID,
     col::USER_ID,
     col::MODEL,
     col::PROVIDER,
-    col::INPUT,
-    col::OUTPUT,
     col::EXPERIMENT_ID,
     col::TEST_CASE_ID,
 ];
@@ -180,6 +183,11 @@ pub struct SpanChunk {
     scope_bytes: Arc<[u64]>,
     /// Bytes of the resource and scope rows: the dictionary values of an expanded slice.
     shared_bytes: u64,
+    /// Bytes of the span batch.
+    span_bytes: u64,
+    /// Bytes held by the chunk (buffers shared by its arrays, as those of a chunk read
+    /// from one WAL record, count once).
+    memory: usize,
 }
 
 impl SpanChunk {
@@ -215,8 +223,10 @@ impl SpanChunk {
         }
         let resource_bytes = keys_bytes(&resources);
         let scope_bytes = keys_bytes(&scopes);
-        let shared_bytes =
-            (resources.get_array_memory_size() + scopes.get_array_memory_size()) as u64;
+        let mut counter = RecordBatchMemoryCounter::new();
+        let shared_bytes = (counter.count_batch(&resources) + counter.count_batch(&scopes)) as u64;
+        let span_bytes = counter.count_batch(&spans) as u64;
+        let memory = shared_bytes as usize + span_bytes as usize;
         Ok(Self {
             spans,
             resources,
@@ -224,6 +234,8 @@ impl SpanChunk {
             resource_bytes,
             scope_bytes,
             shared_bytes,
+            span_bytes,
+            memory,
         })
     }
 
@@ -267,9 +279,7 @@ impl SpanChunk {
 
     /// Arrow memory held by the chunk.
     pub fn memory_size(&self) -> usize {
-        self.spans.get_array_memory_size()
-            + self.resources.get_array_memory_size()
-            + self.scopes.get_array_memory_size()
+        self.memory
     }
 
     /// A column of the span batch (a span-level column of the `spans` schema).
@@ -317,19 +327,7 @@ impl SpanChunk {
     /// Appends the chunk as three length-prefixed Arrow IPC streams (spans, resources,
     /// scopes).
     pub fn write_ipc(&self, out: &mut Vec<u8>) -> Result<(), ArrowError> {
-        for batch in [&self.spans, &self.resources, &self.scopes] {
-            let at = out.len();
-            out.extend_from_slice(&[0u8; 4]);
-            let mut writer = StreamWriter::try_new(&mut *out, batch.schema_ref())?;
-            writer.write(batch)?;
-            writer.finish()?;
-            drop(writer);
-            let len = u32::try_from(out.len() - at - 4).map_err(|_| {
-                ArrowError::InvalidArgumentError("a chunk part is over 4 GiB".into())
-            })?;
-            out[at..at + 4].copy_from_slice(&len.to_le_bytes());
-        }
-        Ok(())
+        write_ipc_parts([&self.spans, &self.resources, &self.scopes], out)
     }
 
     /// Reads what [`SpanChunk::write_ipc`] wrote.
@@ -360,10 +358,71 @@ impl SpanChunk {
         let resources = parts.pop();
         let spans = parts.pop();
         match (spans, resources, scopes) {
-            (Some(s), Some(r), Some(c)) => Self::try_new(s, r, c),
+            (Some(s), Some(r), Some(c)) => {
+                let (s, r) = resolve_retired_fallbacks(s, r)?;
+                Self::try_new(s, r, c)
+            }
             _ => Err(ArrowError::IpcError("a chunk needs three parts".into())),
         }
     }
+}
+
+/// Three batches as length-prefixed Arrow IPC streams.
+fn write_ipc_parts(parts: [&RecordBatch; 3], out: &mut Vec<u8>) -> Result<(), ArrowError> {
+    for batch in parts {
+        let at = out.len();
+        out.extend_from_slice(&[0u8; 4]);
+        let mut writer = StreamWriter::try_new(&mut *out, batch.schema_ref())?;
+        writer.write(batch)?;
+        writer.finish()?;
+        drop(writer);
+        let len = u32::try_from(out.len() - at - 4)
+            .map_err(|_| ArrowError::InvalidArgumentError("a chunk part is over 4 GiB".into()))?;
+        out[at..at + 4].copy_from_slice(&len.to_le_bytes());
+    }
+    Ok(())
+}
+
+/// Columns that resources filled for their spans in earlier chunk records, and no longer do.
+const RETIRED_FALLBACK: [&str; 2] = [col::INPUT, col::OUTPUT];
+
+/// A chunk record whose resource rows still hold [`RETIRED_FALLBACK`] columns: each span
+/// that lacks its own value takes its resource's, as it did when the record was written,
+/// and the resource batch loses those columns.
+fn resolve_retired_fallbacks(
+    spans: RecordBatch,
+    resources: RecordBatch,
+) -> Result<(RecordBatch, RecordBatch), ArrowError> {
+    let l = layout();
+    if resources.schema().fields() == l.resource.fields() {
+        return Ok((spans, resources));
+    }
+    let index = spans
+        .column_by_name(RESOURCE_INDEX)
+        .ok_or_else(|| ArrowError::SchemaError("a span batch without resource index".into()))?
+        .as_primitive::<UInt32Type>()
+        .clone();
+    let mut columns = spans.columns().to_vec();
+    for name in RETIRED_FALLBACK {
+        let (Ok(at), Some(shared)) = (
+            spans.schema().index_of(name),
+            resources.column_by_name(name),
+        ) else {
+            continue;
+        };
+        let own = &columns[at];
+        let theirs = arrow::compute::take(shared, &index, None)?;
+        let has_own = arrow::compute::is_not_null(own)?;
+        columns[at] = arrow::compute::kernels::zip::zip(&has_own, own, &theirs)?;
+    }
+    let spans = RecordBatch::try_new(spans.schema(), columns)?;
+    let kept = l
+        .resource
+        .fields()
+        .iter()
+        .map(|f| resources.schema().index_of(f.name()))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((spans, resources.project(&kept)?))
 }
 
 /// Bytes each span of a row of `batch` (resources or scopes) costs once expanded: a
@@ -387,28 +446,32 @@ fn keys_bytes(batch: &RecordBatch) -> Arc<[u64]> {
 pub fn plan_slices(chunks: &[&SpanChunk], rows: &[(usize, usize)]) -> Vec<Range<usize>> {
     let per_span: Vec<u64> = chunks
         .iter()
-        .map(|c| (c.spans.get_array_memory_size() / c.num_rows().max(1)) as u64)
+        .map(|c| c.span_bytes / c.num_rows().max(1) as u64)
         .collect();
     let mut slices = Vec::new();
     let (mut start, mut bytes) = (0, 0u64);
+    // The chunks of the current slice, and of every chunk whether it is one of them.
     let mut in_slice: Vec<usize> = Vec::new();
+    let mut member = vec![false; chunks.len()];
     for (i, &(c, r)) in rows.iter().enumerate() {
         let own = chunks[c].expanded_bytes(r, per_span[c]);
-        let copies = |in_slice: &[usize]| match in_slice {
+        let copies = |in_slice: &[usize], member: &[bool]| match in_slice {
+            _ if member[c] => 0,
             [] => 0,
-            [only] if *only == c => 0,
             [only] => chunks[*only].shared_bytes + chunks[c].shared_bytes,
-            more if more.contains(&c) => 0,
             _ => chunks[c].shared_bytes,
         };
-        let b = own + copies(&in_slice);
+        let b = own + copies(&in_slice, &member);
         if i > start && (bytes + b > SLICE_BYTES || i - start >= SLICE_ROWS) {
             slices.push(start..i);
             (start, bytes) = (i, 0);
-            in_slice.clear();
+            for x in in_slice.drain(..) {
+                member[x] = false;
+            }
         }
-        bytes += own + copies(&in_slice);
-        if !in_slice.contains(&c) {
+        bytes += own + copies(&in_slice, &member);
+        if !member[c] {
+            member[c] = true;
             in_slice.push(c);
         }
     }
@@ -419,17 +482,23 @@ pub fn plan_slices(chunks: &[&SpanChunk], rows: &[(usize, usize)]) -> Vec<Range<
 }
 
 /// The chunks the rows of a slice come from, in order of first appearance.
-struct Involved(Vec<usize>);
+struct Involved {
+    order: Vec<usize>,
+    /// Of every chunk, whether rows come from it.
+    member: Vec<bool>,
+}
 
 impl Involved {
-    fn of(rows: &[(usize, usize)]) -> Self {
-        let mut chunks: Vec<usize> = Vec::new();
+    fn of(chunks: usize, rows: &[(usize, usize)]) -> Self {
+        let mut member = vec![false; chunks];
+        let mut order = Vec::new();
         for &(c, _) in rows {
-            if chunks.last() != Some(&c) && !chunks.contains(&c) {
-                chunks.push(c);
+            if !member[c] {
+                member[c] = true;
+                order.push(c);
             }
         }
-        Self(chunks)
+        Self { order, member }
     }
 }
 
@@ -438,7 +507,8 @@ impl Involved {
 /// involved, so slices of one chunk share their dictionary).
 struct SharedValues {
     values: ArrayRef,
-    starts: Vec<(usize, usize)>,
+    /// Of every chunk, where its values start (`None` for chunks not involved).
+    starts: Vec<Option<usize>>,
 }
 
 impl SharedValues {
@@ -447,12 +517,12 @@ impl SharedValues {
         involved: &Involved,
         column: impl Fn(usize) -> &'a ArrayRef,
     ) -> Result<Self, ArrowError> {
-        let mut starts = Vec::with_capacity(involved.0.len());
-        let mut columns = Vec::with_capacity(involved.0.len());
+        let mut starts = vec![None; involved.member.len()];
+        let mut columns = Vec::with_capacity(involved.order.len());
         let mut at = 0;
-        for &c in &involved.0 {
+        for &c in &involved.order {
             let array = column(c);
-            starts.push((c, at));
+            starts[c] = Some(at);
             at += array.len();
             columns.push(array);
         }
@@ -469,8 +539,9 @@ impl SharedValues {
     /// Where the values of chunk `chunk` start.
     fn start(&self, chunk: usize) -> Result<usize, ArrowError> {
         self.starts
-            .iter()
-            .find_map(|&(c, at)| (c == chunk).then_some(at))
+            .get(chunk)
+            .copied()
+            .flatten()
             .ok_or_else(|| ArrowError::InvalidArgumentError("a row of no chunk".into()))
     }
 
@@ -516,33 +587,47 @@ fn shared_text(
 }
 
 /// A lifted text column: the span's own value (`own`, one per row), else its resource's
-/// (`column` of the resource batches, rows `at`), as a dictionary.
+/// (`column` of the resource batches, rows `at`), as a dictionary holding the span values
+/// and, once each, the resource values used.
 fn fallback_text(
     chunks: &[&SpanChunk],
-    involved: &Involved,
     own: ArrayRef,
     column: usize,
     at: &[(usize, usize)],
 ) -> Result<ArrayRef, ArrowError> {
     let n = own.len();
-    if own.null_count() == 0 {
-        let keys = (0..n as i32).map(Some).collect();
+    let key = |i: usize| {
+        i32::try_from(i)
+            .map(Some)
+            .map_err(|_| ArrowError::DictionaryKeyOverflowError)
+    };
+    // The resource rows some span falls back to, each once, after the span values.
+    let mut used: HashMap<(usize, usize), usize> = HashMap::new();
+    let mut pairs = Vec::new();
+    let mut keys = Vec::with_capacity(n);
+    for (i, &(c, r)) in at.iter().enumerate() {
+        if own.is_valid(i) {
+            keys.push(key(i)?);
+        } else if chunks[c].resources.column(column).is_valid(r) {
+            let next = n + pairs.len();
+            let k = *used.entry((c, r)).or_insert_with(|| {
+                pairs.push((c, r));
+                next
+            });
+            keys.push(key(k)?);
+        } else {
+            keys.push(None);
+        }
+    }
+    if pairs.is_empty() {
         return dictionary(keys, own);
     }
-    let mut shared = SharedValues::new(involved, |c| chunks[c].resources.column(column))?;
-    let base = shared.values.len();
-    let keys = (0..n)
-        .map(|i| match own.is_valid(i) {
-            true => i32::try_from(base + i)
-                .map(Some)
-                .map_err(|_| ArrowError::DictionaryKeyOverflowError),
-            false => shared.key(at[i].0, at[i].1),
-        })
-        .collect::<Result<_, _>>()?;
-    if own.null_count() < n {
-        shared.values = concat(&[shared.values.as_ref(), own.as_ref()])?;
-    }
-    dictionary(keys, shared.values)
+    let arrays: Vec<&dyn Array> = chunks
+        .iter()
+        .map(|c| c.resources.column(column).as_ref())
+        .collect();
+    let theirs = interleave(&arrays, &pairs)?;
+    dictionary(keys, concat(&[own.as_ref(), theirs.as_ref()])?)
 }
 
 /// The resource attributes of the rows of `at` (pairs of chunk and resource row): each
@@ -632,7 +717,7 @@ pub fn gather(
             })
             .collect()
     };
-    let involved = Involved::of(rows);
+    let involved = Involved::of(chunks.len(), rows);
     let mut resource_rows = None;
     let mut scope_rows = None;
     let pick = |column: usize| {
@@ -670,7 +755,7 @@ pub fn gather(
             }
             Source::Fallback { span, resource } => {
                 let at = resource_rows.get_or_insert_with(|| via(l.resource_index));
-                fallback_text(chunks, &involved, pick(span)?, resource, at)?
+                fallback_text(chunks, pick(span)?, resource, at)?
             }
         };
         out.push(array);
@@ -860,6 +945,32 @@ mod tests {
         assert!(SpanChunk::read_ipc(&bytes[..bytes.len() - 1]).is_err());
         let old = SpanChunk::from_expanded(&chunk.to_batch().unwrap()).unwrap();
         assert_eq!(old.to_batch().unwrap(), chunk.to_batch().unwrap());
+    }
+
+    #[test]
+    fn records_whose_resources_filled_input_still_read_as_written() {
+        let chunk = chunk();
+        // The resource rows of earlier records also held `input` and `output`.
+        let mut fields = chunk.resources.schema().fields().to_vec();
+        let mut columns = chunk.resources.columns().to_vec();
+        for (name, values) in [
+            (col::INPUT, vec![Some("from-the-resource"), None]),
+            (col::OUTPUT, vec![None, None]),
+        ] {
+            fields.push(Arc::new(Field::new(name, DataType::Utf8, true)));
+            columns.push(Arc::new(arrow::array::StringArray::from(values)));
+        }
+        let old = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap();
+        let mut bytes = Vec::new();
+        write_ipc_parts([&chunk.spans, &old, &chunk.scopes], &mut bytes).unwrap();
+        let back = SpanChunk::read_ipc(&bytes).unwrap().to_batch().unwrap();
+        let input = strings(&back, col::INPUT);
+        assert_eq!(input[0].as_deref(), Some("from-the-resource"), "resource a");
+        assert_eq!(input[38], None, "resource b had none");
+        assert_eq!(
+            strings(&back, col::MODEL),
+            strings(&chunk.to_batch().unwrap(), col::MODEL)
+        );
     }
 
     #[test]

@@ -165,7 +165,8 @@ pub fn list_item_field(fields: Fields) -> Arc<Field> {
 
 /// The `spans` schema, built once: the schema of Parquet files and of the SQL table. A
 /// column whose value may be its resource's or its scope's (`service_name`, `scope_name`,
-/// `scope_version`, the lifted text columns, `resource_attributes`) is dictionary-encoded,
+/// `scope_version`, the lifted text columns but `input` and `output`,
+/// `resource_attributes`) is dictionary-encoded,
 /// so that a large value shared by many spans is held once per batch, never once per row.
 pub fn spans_schema() -> SchemaRef {
     static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
@@ -203,8 +204,8 @@ pub fn spans_schema() -> SchemaRef {
                 float64(COST_USD),
                 float64(COST_INPUT_USD),
                 float64(COST_OUTPUT_USD),
-                shared(INPUT),
-                shared(OUTPUT),
+                utf8(INPUT, true),
+                utf8(OUTPUT, true),
                 shared(EXPERIMENT_ID),
                 shared(TEST_CASE_ID),
                 Field::new(ATTRIBUTES, string_map_type(), false),

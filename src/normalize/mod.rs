@@ -399,8 +399,8 @@ pub struct SpanBatchBuilder {
     status_code: StringBuilder,
     status_message: StringBuilder,
     status: StringBuilder,
-    /// The span's own values of the lifted text columns ([`chunk::FALLBACK`] order).
-    own_text: [StringBuilder; FALLBACK_SLOTS.len()],
+    /// The span's own values of the lifted text columns ([`LIFTED_TEXT`] order).
+    own_text: [StringBuilder; LIFTED_TEXT.len()],
     input_tokens: Int64Builder,
     output_tokens: Int64Builder,
     cached_tokens: Int64Builder,
@@ -422,8 +422,8 @@ pub struct SpanBatchBuilder {
     scratch: String,
 }
 
-/// The lifted text columns in [`chunk::FALLBACK`] order.
-const FALLBACK_SLOTS: [Lift; 9] = [
+/// The lifted text columns, in `spans` schema order.
+const LIFTED_TEXT: [Lift; 9] = [
     Lift::SpanKindLlm,
     Lift::SessionId,
     Lift::UserId,
@@ -431,6 +431,18 @@ const FALLBACK_SLOTS: [Lift; 9] = [
     Lift::Provider,
     Lift::Input,
     Lift::Output,
+    Lift::ExperimentId,
+    Lift::TestCaseId,
+];
+
+/// The lifted text columns a resource may fill for its spans, in [`chunk::FALLBACK`]
+/// order: all but `input` and `output`, which are a span's own payload.
+const FALLBACK_SLOTS: [Lift; 7] = [
+    Lift::SpanKindLlm,
+    Lift::SessionId,
+    Lift::UserId,
+    Lift::Model,
+    Lift::Provider,
     Lift::ExperimentId,
     Lift::TestCaseId,
 ];
@@ -655,7 +667,7 @@ impl SpanBatchBuilder {
             .append_value(nemo_status(code, message, error_type, ended));
 
         // Text values of the resource are stored once in its row, not copied per span.
-        for (builder, slot) in self.own_text.iter_mut().zip(FALLBACK_SLOTS) {
+        for (builder, slot) in self.own_text.iter_mut().zip(LIFTED_TEXT) {
             match own[slot as usize] {
                 Some((_, v)) => {
                     self.scratch.clear();
@@ -731,7 +743,7 @@ impl SpanBatchBuilder {
         opt_str(&mut self.status_message, message);
         self.status
             .append_value(nemo_status(code, message, None, true));
-        for (builder, slot) in self.own_text.iter_mut().zip(FALLBACK_SLOTS) {
+        for (builder, slot) in self.own_text.iter_mut().zip(LIFTED_TEXT) {
             let value = match slot {
                 Lift::Model => log.model.as_deref(),
                 Lift::Provider => log.provider.as_deref(),

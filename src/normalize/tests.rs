@@ -125,6 +125,7 @@ fn resource_attributes_fill_what_the_span_lacks() {
             kv("service.name", Value::StringValue("svc".into())),
             kv("user.id", Value::StringValue("from-resource".into())),
             kv("gen_ai.system", Value::StringValue("res-provider".into())),
+            kv("input.value", Value::StringValue("res-input".into())),
         ],
         vec![span(vec![kv(
             "gen_ai.provider.name",
@@ -134,6 +135,8 @@ fn resource_attributes_fill_what_the_span_lacks() {
     assert_eq!(text(&n, "service_name", 0).as_deref(), Some("svc"));
     assert_eq!(text(&n, "user_id", 0).as_deref(), Some("from-resource"));
     assert_eq!(text(&n, "provider", 0).as_deref(), Some("span-provider"));
+    // `input` and `output` are a span's own payload: a resource's stays in its attributes.
+    assert_eq!(text(&n, "input", 0), None);
 }
 
 #[test]

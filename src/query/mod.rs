@@ -12,6 +12,7 @@
 //! its whole answer; answers stream through a bounded channel, so a result is never held
 //! whole, and a client that goes away cancels its query.
 
+mod compact;
 mod decode;
 mod guard;
 pub mod sandbox;

@@ -1,5 +1,6 @@
 //! The `spans` table of one workspace: its Parquet files (pruned by hour from the filters
-//! on `start_time`) ∪ the not-yet-flushed buffer, whose chunks are expanded into the
+//! on `start_time`; dictionaries compacted per batch, see [`super::compact`]) ∪ the
+//! not-yet-flushed buffer, whose chunks are expanded into the
 //! `spans` schema slice by slice as the scan pulls them (only the projected columns), so a
 //! scan of the buffer never holds more than one bounded slice per partition.
 
@@ -26,6 +27,7 @@ use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
 use datafusion::physical_plan::union::UnionExec;
 use datafusion::physical_plan::{ExecutionPlan, SendableRecordBatchStream};
 
+use super::compact::CompactDictionaries;
 use crate::buffer::Buffer;
 use crate::chunk::SpanChunk;
 use crate::schema::{col, path, spans_schema};
@@ -189,7 +191,8 @@ impl TableProvider for SpansTable {
                 .with_listing_options(options)
                 .with_schema(spans_schema());
             let table = ListingTable::try_new(config)?;
-            plans.push(table.scan(state, projection, filters, limit).await?);
+            let files = table.scan(state, projection, filters, limit).await?;
+            plans.push(Arc::new(CompactDictionaries::new(files)) as Arc<dyn ExecutionPlan>);
         }
         let buffered = BufferedSpans::new(self.chunks.clone(), projection.cloned())?;
         let schema = buffered.schema.clone();

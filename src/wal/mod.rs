@@ -118,7 +118,7 @@ pub struct WalStats {
 }
 
 enum Command {
-    Append(Append),
+    Append(Box<Append>),
     Rotate(oneshot::Sender<Result<SegmentId, WalError>>),
     Stop,
 }
@@ -195,12 +195,12 @@ impl Wal {
             return Err(WalError::RecordTooLarge { len, limit });
         }
         let (reply, done) = oneshot::channel();
-        let cmd = Command::Append(Append {
+        let cmd = Command::Append(Box::new(Append {
             workspace,
             chunk,
             frame,
             reply,
-        });
+        }));
         match self.tx.try_send(cmd) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => return Err(WalError::Overloaded("writer queue")),
@@ -295,7 +295,7 @@ impl Writer {
             while let Some(cmd) = next.take() {
                 taken += 1;
                 match cmd {
-                    Command::Append(a) => pending.push(a),
+                    Command::Append(a) => pending.push(*a),
                     Command::Rotate(reply) => {
                         self.commit(&mut pending);
                         let _ = reply.send(self.rotate());
