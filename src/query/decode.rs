@@ -20,16 +20,21 @@ use std::sync::Arc;
 use arrow::array::{Array, AsArray};
 use arrow::compute::{CastOptions, cast_with_options};
 use arrow::datatypes::{DataType, Field, FieldRef};
+use datafusion::common::Column;
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{DFSchema, format::DEFAULT_CAST_OPTIONS};
 use datafusion::error::Result;
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryPool};
 use datafusion::logical_expr::expr::ScalarFunction;
+use datafusion::logical_expr::expr::Sort as SortExpr;
 use datafusion::logical_expr::{
-    ColumnarValue, Expr, ExprSchemable, LogicalPlan, ReturnFieldArgs, ScalarFunctionArgs,
-    ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+    Aggregate, ColumnarValue, Distinct, Expr, ExprSchemable, LogicalPlan, Projection,
+    ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Sort, Volatility,
+    Window,
 };
+
+use crate::schema::plain_type;
 use datafusion::optimizer::AnalyzerRule;
 
 /// The analyzer rule guarding every cast out of a dictionary.
@@ -56,19 +61,163 @@ impl GuardDecodes {
         let to = e.get_type(schema).ok();
         match (from, to) {
             (Some(from), Some(to)) if dictionaries(&from) > dictionaries(&to) => {
-                let udf = ScalarUDF::new_from_impl(Decode {
-                    schema_name: e.schema_name().to_string(),
-                    to,
-                    safe,
-                    pool: self.pool.clone(),
-                    signature: Signature::any(1, Volatility::Immutable),
-                });
-                Ok(Transformed::yes(Expr::ScalarFunction(
-                    ScalarFunction::new_udf(Arc::new(udf), vec![arg.clone()]),
-                )))
+                let name = e.schema_name().to_string();
+                Ok(Transformed::yes(self.decode(arg.clone(), name, to, safe)))
             }
             _ => Ok(Transformed::no(e)),
         }
+    }
+
+    /// `arg` cast to `to`, reserving its decoded size, named `schema_name`.
+    fn decode(&self, arg: Expr, schema_name: String, to: DataType, safe: bool) -> Expr {
+        let udf = ScalarUDF::new_from_impl(Decode {
+            schema_name,
+            to,
+            safe,
+            pool: self.pool.clone(),
+            signature: Signature::any(1, Volatility::Immutable),
+        });
+        Expr::ScalarFunction(ScalarFunction::new_udf(Arc::new(udf), vec![arg]))
+    }
+
+    /// A key that an operator encodes row by row (grouping, sorting, window partitions):
+    /// decoded first, under a reservation, when it holds dictionaries; a column keeps its
+    /// qualified name when `named` (its node's output refers to it).
+    fn key(&self, e: Expr, schema: &DFSchema, named: bool) -> Transformed<Expr> {
+        let Ok(from) = e.get_type(schema) else {
+            return Transformed::no(e);
+        };
+        if dictionaries(&from) == 0 || matches!(e, Expr::GroupingSet(_)) {
+            return Transformed::no(e);
+        }
+        if let Expr::Alias(a) = e {
+            let inner = self.key(*a.expr, schema, false).data;
+            return Transformed::yes(inner.alias_qualified(a.relation, a.name));
+        }
+        let decoded = self.decode(
+            e.clone(),
+            e.schema_name().to_string(),
+            plain_type(&from),
+            false,
+        );
+        Transformed::yes(match e {
+            Expr::Column(c) if named => decoded.alias_qualified(c.relation, c.name),
+            _ => decoded,
+        })
+    }
+
+    /// Decodes the keys of grouping, sorting and `DISTINCT` nodes.
+    fn keys(&self, node: LogicalPlan) -> Result<Transformed<LogicalPlan>> {
+        Ok(match node {
+            LogicalPlan::Aggregate(a) => {
+                let schema = a.input.schema().clone();
+                let group: Vec<Transformed<Expr>> = a
+                    .group_expr
+                    .iter()
+                    .map(|e| self.key(e.clone(), &schema, true))
+                    .collect();
+                if !group.iter().any(|t| t.transformed) {
+                    return Ok(Transformed::no(LogicalPlan::Aggregate(a)));
+                }
+                let group = group.into_iter().map(|t| t.data).collect();
+                Transformed::yes(LogicalPlan::Aggregate(Aggregate::try_new(
+                    a.input,
+                    group,
+                    a.aggr_expr,
+                )?))
+            }
+            LogicalPlan::Sort(s) => {
+                let schema = s.input.schema().clone();
+                let mut changed = false;
+                let expr = s
+                    .expr
+                    .into_iter()
+                    .map(|sort| {
+                        let key = self.key(sort.expr, &schema, false);
+                        changed |= key.transformed;
+                        SortExpr {
+                            expr: key.data,
+                            ..sort
+                        }
+                    })
+                    .collect();
+                let sort = LogicalPlan::Sort(Sort {
+                    expr,
+                    input: s.input,
+                    fetch: s.fetch,
+                });
+                match changed {
+                    true => Transformed::yes(sort),
+                    false => Transformed::no(sort),
+                }
+            }
+            LogicalPlan::Distinct(Distinct::All(input)) => {
+                let schema = input.schema().clone();
+                let columns: Vec<Transformed<Expr>> = schema
+                    .iter()
+                    .map(|(q, f)| self.key(Expr::Column(Column::from((q, f))), &schema, true))
+                    .collect();
+                if !columns.iter().any(|t| t.transformed) {
+                    return Ok(Transformed::no(LogicalPlan::Distinct(Distinct::All(input))));
+                }
+                let columns = columns.into_iter().map(|t| t.data).collect();
+                let decoded = Projection::try_new(columns, input)?;
+                Transformed::yes(LogicalPlan::Distinct(Distinct::All(Arc::new(
+                    LogicalPlan::Projection(decoded),
+                ))))
+            }
+            LogicalPlan::Window(w) => {
+                let schema = w.input.schema().clone();
+                let mut changed = false;
+                let mut exprs = Vec::with_capacity(w.window_expr.len());
+                for e in w.window_expr {
+                    let (inner, alias) = match e {
+                        Expr::Alias(a) => (*a.expr, Some((a.relation, a.name))),
+                        e => (e, None),
+                    };
+                    let name = inner.schema_name().to_string();
+                    let keyed = self.window_keys(inner, &schema)?;
+                    changed |= keyed.transformed;
+                    // The window's output keeps the name later nodes refer to.
+                    exprs.push(match (alias, keyed.transformed) {
+                        (Some((relation, name)), _) => keyed.data.alias_qualified(relation, name),
+                        (None, true) => keyed.data.alias(name),
+                        (None, false) => keyed.data,
+                    });
+                }
+                if !changed {
+                    return Ok(Transformed::no(LogicalPlan::Window(Window::try_new(
+                        exprs, w.input,
+                    )?)));
+                }
+                Transformed::yes(LogicalPlan::Window(Window::try_new(exprs, w.input)?))
+            }
+            other => Transformed::no(other),
+        })
+    }
+
+    /// Decodes the partition and order keys of a window function.
+    fn window_keys(&self, e: Expr, schema: &DFSchema) -> Result<Transformed<Expr>> {
+        let Expr::WindowFunction(mut w) = e else {
+            return Ok(Transformed::no(e));
+        };
+        let mut changed = false;
+        let params = &mut w.params;
+        for p in params.partition_by.iter_mut() {
+            let key = self.key(p.clone(), schema, false);
+            changed |= key.transformed;
+            *p = key.data;
+        }
+        for sort in params.order_by.iter_mut() {
+            let key = self.key(sort.expr.clone(), schema, false);
+            changed |= key.transformed;
+            sort.expr = key.data;
+        }
+        let e = Expr::WindowFunction(w);
+        Ok(match changed {
+            true => Transformed::yes(e),
+            false => Transformed::no(e),
+        })
     }
 }
 
@@ -77,11 +226,9 @@ impl AnalyzerRule for GuardDecodes {
         plan.transform_up_with_subqueries(|node| {
             let schema = input_schema(&node);
             let node = node.map_expressions(|e| e.transform_up(|e| self.guard(e, &schema)))?;
-            if node.transformed {
-                node.map_data(|p| p.recompute_schema())
-            } else {
-                Ok(node)
-            }
+            // A decoded key changes its node's output type: every node above recomputes.
+            node.transform_data(|n| self.keys(n))?
+                .map_data(|p| p.recompute_schema())
         })
         .map(|t| t.data)
     }
@@ -246,7 +393,8 @@ mod tests {
     use datafusion::execution::runtime_env::RuntimeEnvBuilder;
     use datafusion::prelude::{SessionConfig, SessionContext};
 
-    /// 1,000 rows sharing one 64 KiB value: 64 KiB encoded, 64 MB decoded, in a 16 MiB pool.
+    /// Table `t`: 1,000 rows sharing one 64 KiB value (64 KiB encoded, 64 MB decoded);
+    /// table `small`: the same rows sharing `x`; in a 16 MiB pool.
     async fn run(sql: &str) -> Result<Vec<RecordBatch>> {
         let pool: Arc<dyn MemoryPool> = Arc::new(GreedyMemoryPool::new(16 << 20));
         let runtime = RuntimeEnvBuilder::new()
@@ -263,6 +411,15 @@ mod tests {
             true,
         )]));
         let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(column)])?;
+        let small = DictionaryArray::<Int32Type>::try_new(
+            Int32Array::from(vec![0; 1000]),
+            Arc::new(StringArray::from(vec!["x"])),
+        )?;
+        let small = RecordBatch::try_new(schema.clone(), vec![Arc::new(small)])?;
+        ctx.register_table(
+            "small",
+            Arc::new(MemTable::try_new(schema.clone(), vec![vec![small]])?),
+        )?;
         let table = MemTable::try_new(schema, vec![vec![batch]])?;
         ctx.register_table("t", Arc::new(table))?;
         ctx.sql(sql).await?.collect().await
@@ -283,9 +440,49 @@ mod tests {
             "SELECT TRY_CAST(s AS VARCHAR) FROM t",
             "SELECT * FROM (SELECT arrow_cast(s, 'Utf8') AS v FROM t) WHERE v <> ''",
             "SELECT * FROM (SELECT arrow_cast(s, 'Utf8') FROM t) ORDER BY 1",
+            // Keys that grouping, sorting and windows encode row by row.
+            "SELECT s, count(*) FROM t GROUP BY s",
+            "SELECT DISTINCT s FROM t",
+            "SELECT s FROM t ORDER BY s LIMIT 2",
+            "SELECT row_number() OVER (PARTITION BY s) FROM t",
+            "SELECT count(*) FROM (SELECT s FROM t UNION SELECT s FROM t)",
         ] {
             let err = run(sql).await.unwrap_err().to_string();
             assert!(err.contains("decoding a dictionary"), "{sql}: {err}");
+        }
+        // Small values decode within the pool and answer as before.
+        for (sql, expected) in [
+            (
+                "SELECT small.s, count(*) AS n FROM small GROUP BY small.s",
+                "x 1000",
+            ),
+            (
+                "SELECT s AS v, count(*) AS n FROM small GROUP BY v HAVING count(*) > 1",
+                "x 1000",
+            ),
+            ("SELECT DISTINCT s, 1000 FROM small", "x 1000"),
+            (
+                "SELECT s, count(*) FROM small GROUP BY 1 ORDER BY 1 LIMIT 1",
+                "x 1000",
+            ),
+            (
+                "SELECT s, max(r) FROM (SELECT s, row_number() OVER (PARTITION BY s ORDER BY s) AS r FROM small) GROUP BY s",
+                "x 1000",
+            ),
+        ] {
+            let batches = run(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+            let text = arrow::util::pretty::pretty_format_batches(&batches)
+                .unwrap()
+                .to_string();
+            let row: Vec<&str> = text
+                .lines()
+                .nth(3)
+                .unwrap()
+                .split('|')
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .collect();
+            assert_eq!(row.join(" "), expected, "{sql}\n{text}");
         }
     }
 }
