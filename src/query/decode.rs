@@ -116,14 +116,20 @@ impl GuardDecodes {
                     .iter()
                     .map(|e| self.key(e.clone(), &schema, true))
                     .collect();
-                if !group.iter().any(|t| t.transformed) {
+                // A DISTINCT aggregate's arguments become grouping keys when the optimizer
+                // rewrites it (`count(DISTINCT x)` groups by `x`).
+                let aggregates: Vec<Transformed<Expr>> = a
+                    .aggr_expr
+                    .iter()
+                    .map(|e| self.distinct_arguments(e.clone(), &schema))
+                    .collect::<Result<_>>()?;
+                if !group.iter().chain(&aggregates).any(|t| t.transformed) {
                     return Ok(Transformed::no(LogicalPlan::Aggregate(a)));
                 }
-                let group = group.into_iter().map(|t| t.data).collect();
                 Transformed::yes(LogicalPlan::Aggregate(Aggregate::try_new(
                     a.input,
-                    group,
-                    a.aggr_expr,
+                    group.into_iter().map(|t| t.data).collect(),
+                    aggregates.into_iter().map(|t| t.data).collect(),
                 )?))
             }
             LogicalPlan::Sort(s) => {
@@ -194,6 +200,29 @@ impl GuardDecodes {
             }
             other => Transformed::no(other),
         })
+    }
+
+    /// Decodes the arguments of a DISTINCT aggregate (under its alias, if any).
+    fn distinct_arguments(&self, e: Expr, schema: &DFSchema) -> Result<Transformed<Expr>> {
+        match e {
+            Expr::Alias(a) => Ok(self
+                .distinct_arguments(*a.expr, schema)?
+                .update_data(|inner| inner.alias_qualified(a.relation, a.name))),
+            Expr::AggregateFunction(mut f) if f.params.distinct => {
+                let mut changed = false;
+                for arg in f.params.args.iter_mut() {
+                    let key = self.key(arg.clone(), schema, false);
+                    changed |= key.transformed;
+                    *arg = key.data;
+                }
+                let e = Expr::AggregateFunction(f);
+                Ok(match changed {
+                    true => Transformed::yes(e),
+                    false => Transformed::no(e),
+                })
+            }
+            e => Ok(Transformed::no(e)),
+        }
     }
 
     /// Decodes the partition and order keys of a window function.
@@ -446,6 +475,7 @@ mod tests {
             "SELECT s FROM t ORDER BY s LIMIT 2",
             "SELECT row_number() OVER (PARTITION BY s) FROM t",
             "SELECT count(*) FROM (SELECT s FROM t UNION SELECT s FROM t)",
+            "SELECT count(DISTINCT s) FROM t",
         ] {
             let err = run(sql).await.unwrap_err().to_string();
             assert!(err.contains("decoding a dictionary"), "{sql}: {err}");
@@ -461,6 +491,10 @@ mod tests {
                 "x 1000",
             ),
             ("SELECT DISTINCT s, 1000 FROM small", "x 1000"),
+            (
+                "SELECT max(s) AS m, count(DISTINCT s) * 1000 AS n FROM small",
+                "x 1000",
+            ),
             (
                 "SELECT s, count(*) FROM small GROUP BY 1 ORDER BY 1 LIMIT 1",
                 "x 1000",
