@@ -15,7 +15,8 @@ use std::fmt;
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, DictionaryArray, MapArray, RecordBatch, StructArray, UInt32Array,
+    Array, ArrayRef, AsArray, DictionaryArray, MapArray, RecordBatch, RecordBatchOptions,
+    StructArray, UInt32Array,
 };
 use arrow::compute::take;
 use arrow::datatypes::{DataType, Int32Type};
@@ -132,7 +133,11 @@ pub fn compact_batch(batch: &RecordBatch) -> Result<RecordBatch, ArrowError> {
         .iter()
         .map(compact)
         .collect::<Result<Vec<_>, _>>()?;
-    RecordBatch::try_new(batch.schema(), columns)
+    RecordBatch::try_new_with_options(
+        batch.schema(),
+        columns,
+        &RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
+    )
 }
 
 fn compact(column: &ArrayRef) -> Result<ArrayRef, ArrowError> {
@@ -215,5 +220,8 @@ mod tests {
         assert_eq!(compacted, batch, "same values");
         let dictionary = compacted.column(0).as_any_dictionary();
         assert_eq!(dictionary.values().len(), 1);
+        // A scan for `count(*)` has rows and no columns.
+        let rows_only = batch.project(&[]).unwrap();
+        assert_eq!(compact_batch(&rows_only).unwrap().num_rows(), 2);
     }
 }

@@ -139,6 +139,8 @@ async fn read_the_trace_under_a_big_resource(http: std::net::SocketAddr) {
     )
     .await;
     assert_eq!(row, serde_json::json!({"n": 160, "len": 8 << 20}));
+    let row = crate::common::sql_row(http, "default", "SELECT COUNT(*) AS n FROM spans").await;
+    assert_eq!(row, serde_json::json!({"n": 160}), "a scan of no columns");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
