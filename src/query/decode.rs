@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use arrow::array::{Array, AsArray};
 use arrow::compute::{CastOptions, cast_with_options};
-use arrow::datatypes::{DataType, Field, FieldRef};
+use arrow::datatypes::{DataType, Field, FieldRef, Schema};
 use datafusion::common::Column;
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TreeNode};
@@ -36,6 +36,10 @@ use datafusion::logical_expr::{
 
 use crate::schema::plain_type;
 use datafusion::optimizer::AnalyzerRule;
+use datafusion::physical_expr::{PhysicalExpr, ScalarFunctionExpr};
+use datafusion::physical_optimizer::PhysicalOptimizerRule;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::joins::HashJoinExec;
 
 /// The analyzer rule guarding every cast out of a dictionary.
 #[derive(Debug)]
@@ -267,6 +271,85 @@ impl AnalyzerRule for GuardDecodes {
     }
 }
 
+/// The physical rule guarding the keys of hash joins (written joins, and those the
+/// optimizer makes of `IN`/`EXISTS` subqueries): a dictionary-encoded key is decoded under
+/// a reservation before the join hashes and compares it, so a join on a value shared by
+/// many rows is refused when its decoded keys do not fit, instead of comparing megabytes
+/// per pair of rows for hours in one uninterruptible step. The join's output is unchanged
+/// (keys are computed beside its columns).
+#[derive(Debug)]
+pub struct GuardJoinKeys {
+    pool: Arc<dyn MemoryPool>,
+}
+
+impl GuardJoinKeys {
+    pub fn new(pool: Arc<dyn MemoryPool>) -> Self {
+        Self { pool }
+    }
+
+    fn key(
+        &self,
+        key: &Arc<dyn PhysicalExpr>,
+        schema: &Schema,
+        config: &Arc<ConfigOptions>,
+    ) -> Result<Option<Arc<dyn PhysicalExpr>>> {
+        let from = key.data_type(schema)?;
+        if dictionaries(&from) == 0 {
+            return Ok(None);
+        }
+        let udf = ScalarUDF::new_from_impl(Decode {
+            schema_name: String::new(),
+            to: plain_type(&from),
+            safe: false,
+            pool: self.pool.clone(),
+            signature: Signature::any(1, Volatility::Immutable),
+        });
+        let decoded =
+            ScalarFunctionExpr::try_new(Arc::new(udf), vec![key.clone()], schema, config.clone())?;
+        Ok(Some(Arc::new(decoded)))
+    }
+}
+
+impl PhysicalOptimizerRule for GuardJoinKeys {
+    fn optimize(
+        &self,
+        plan: Arc<dyn ExecutionPlan>,
+        config: &ConfigOptions,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let config = Arc::new(config.clone());
+        plan.transform_up(|node| {
+            let Some(join) = node.downcast_ref::<HashJoinExec>() else {
+                return Ok(Transformed::no(node));
+            };
+            let (left, right) = (join.left().schema(), join.right().schema());
+            let mut changed = false;
+            let mut on = Vec::with_capacity(join.on().len());
+            for (l, r) in join.on() {
+                let l2 = self.key(l, &left, &config)?;
+                let r2 = self.key(r, &right, &config)?;
+                changed |= l2.is_some() || r2.is_some();
+                on.push((
+                    l2.unwrap_or_else(|| l.clone()),
+                    r2.unwrap_or_else(|| r.clone()),
+                ));
+            }
+            if !changed {
+                return Ok(Transformed::no(node));
+            }
+            Ok(Transformed::yes(join.builder().with_on(on).build_exec()?))
+        })
+        .map(|t| t.data)
+    }
+
+    fn name(&self) -> &str {
+        "spanlake_guard_join_keys"
+    }
+
+    fn schema_check(&self) -> bool {
+        true
+    }
+}
+
 /// The schema a node's expressions are written against: its inputs' (its own for a scan).
 fn input_schema(node: &LogicalPlan) -> DFSchema {
     let inputs = node.inputs();
@@ -420,6 +503,7 @@ mod tests {
     use datafusion::datasource::MemTable;
     use datafusion::execution::memory_pool::GreedyMemoryPool;
     use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+    use datafusion::execution::session_state::SessionStateBuilder;
     use datafusion::prelude::{SessionConfig, SessionContext};
 
     /// Table `t`: 1,000 rows sharing one 64 KiB value (64 KiB encoded, 64 MB decoded);
@@ -429,7 +513,13 @@ mod tests {
         let runtime = RuntimeEnvBuilder::new()
             .with_memory_pool(pool.clone())
             .build_arc()?;
-        let ctx = SessionContext::new_with_config_rt(SessionConfig::new(), runtime);
+        let state = SessionStateBuilder::new()
+            .with_config(SessionConfig::new())
+            .with_runtime_env(runtime)
+            .with_default_features()
+            .with_physical_optimizer_rule(Arc::new(GuardJoinKeys::new(pool.clone())))
+            .build();
+        let ctx = SessionContext::new_with_state(state);
         ctx.add_analyzer_rule(Arc::new(GuardDecodes::new(pool)));
         let keys = Int32Array::from(vec![0; 1000]);
         let values = Arc::new(StringArray::from(vec!["x".repeat(64 << 10)]));
@@ -476,6 +566,8 @@ mod tests {
             "SELECT row_number() OVER (PARTITION BY s) FROM t",
             "SELECT count(*) FROM (SELECT s FROM t UNION SELECT s FROM t)",
             "SELECT count(DISTINCT s) FROM t",
+            "SELECT count(*) FROM t a JOIN t b ON a.s = b.s",
+            "SELECT count(*) FROM t WHERE s IN (SELECT s FROM t)",
         ] {
             let err = run(sql).await.unwrap_err().to_string();
             assert!(err.contains("decoding a dictionary"), "{sql}: {err}");
@@ -491,6 +583,10 @@ mod tests {
                 "x 1000",
             ),
             ("SELECT DISTINCT s, 1000 FROM small", "x 1000"),
+            (
+                "SELECT a.s, count(*) / 1000 FROM small a JOIN small b ON a.s = b.s GROUP BY 1",
+                "x 1000",
+            ),
             (
                 "SELECT max(s) AS m, count(DISTINCT s) * 1000 AS n FROM small",
                 "x 1000",

@@ -27,6 +27,7 @@ use arrow::datatypes::SchemaRef;
 use datafusion::error::DataFusionError;
 use datafusion::execution::memory_pool::GreedyMemoryPool;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
+use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::StreamExt;
@@ -202,10 +203,15 @@ impl QueryEngine {
             .with_information_schema(true)
             .with_target_partitions(2)
             .with_default_catalog_and_schema("spanlake", workspace.as_str());
-        let ctx = SessionContext::new_with_config_rt(config, self.runtime_env.clone());
-        ctx.add_analyzer_rule(Arc::new(decode::GuardDecodes::new(
-            self.runtime_env.memory_pool.clone(),
-        )));
+        let pool = self.runtime_env.memory_pool.clone();
+        let state = SessionStateBuilder::new()
+            .with_config(config)
+            .with_runtime_env(self.runtime_env.clone())
+            .with_default_features()
+            .with_physical_optimizer_rule(Arc::new(decode::GuardJoinKeys::new(pool.clone())))
+            .build();
+        let ctx = SessionContext::new_with_state(state);
+        ctx.add_analyzer_rule(Arc::new(decode::GuardDecodes::new(pool)));
         sandbox::remove_table_functions(&ctx);
         let table = SpansTable::snapshot(&self.data_dir, workspace, self.buffer.as_deref())
             .map_err(|e| QueryError::Internal(e.to_string()))?;
