@@ -38,6 +38,7 @@ use crate::schema::plain_type;
 use datafusion::optimizer::AnalyzerRule;
 use datafusion::physical_expr::{PhysicalExpr, ScalarFunctionExpr};
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
+use datafusion::physical_optimizer::optimizer::PhysicalOptimizer;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::joins::HashJoinExec;
 
@@ -283,8 +284,15 @@ pub struct GuardJoinKeys {
 }
 
 impl GuardJoinKeys {
-    pub fn new(pool: Arc<dyn MemoryPool>) -> Self {
-        Self { pool }
+    /// DataFusion's physical optimizer rules, this one first: the rules that partition a
+    /// join's inputs must hash the keys the join compares.
+    pub fn first_of(
+        pool: Arc<dyn MemoryPool>,
+    ) -> Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>> {
+        let mut rules: Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>> =
+            vec![Arc::new(Self { pool })];
+        rules.extend(PhysicalOptimizer::new().rules);
+        rules
     }
 
     fn key(
@@ -514,10 +522,10 @@ mod tests {
             .with_memory_pool(pool.clone())
             .build_arc()?;
         let state = SessionStateBuilder::new()
-            .with_config(SessionConfig::new())
             .with_runtime_env(runtime)
             .with_default_features()
-            .with_physical_optimizer_rule(Arc::new(GuardJoinKeys::new(pool.clone())))
+            .with_physical_optimizer_rules(GuardJoinKeys::first_of(pool.clone()))
+            .with_config(SessionConfig::new().with_target_partitions(2))
             .build();
         let ctx = SessionContext::new_with_state(state);
         ctx.add_analyzer_rule(Arc::new(GuardDecodes::new(pool)));

@@ -208,7 +208,7 @@ impl QueryEngine {
             .with_config(config)
             .with_runtime_env(self.runtime_env.clone())
             .with_default_features()
-            .with_physical_optimizer_rule(Arc::new(decode::GuardJoinKeys::new(pool.clone())))
+            .with_physical_optimizer_rules(decode::GuardJoinKeys::first_of(pool.clone()))
             .build();
         let ctx = SessionContext::new_with_state(state);
         ctx.add_analyzer_rule(Arc::new(decode::GuardDecodes::new(pool)));

@@ -141,6 +141,14 @@ async fn read_the_trace_under_a_big_resource(http: std::net::SocketAddr) {
     assert_eq!(row, serde_json::json!({"n": 160, "len": 8 << 20}));
     let row = crate::common::sql_row(http, "default", "SELECT COUNT(*) AS n FROM spans").await;
     assert_eq!(row, serde_json::json!({"n": 160}), "a scan of no columns");
+    let join = "SELECT COUNT(*) AS n FROM spans a JOIN spans b \
+                ON a.service_name = b.service_name AND a.span_id = b.span_id";
+    let row = crate::common::sql_row(http, "default", join).await;
+    assert_eq!(
+        row,
+        serde_json::json!({"n": 160}),
+        "a join on a shared column"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
