@@ -30,9 +30,11 @@ use datafusion::physical_plan::execution_plan::CardinalityEffect;
 use datafusion::physical_plan::filter_pushdown::{
     ChildPushdownResult, FilterDescription, FilterPushdownPhase, FilterPushdownPropagation,
 };
+use datafusion::physical_plan::statistics::{ChildStats, StatisticsArgs};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties, SendableRecordBatchStream,
+    Statistics,
 };
 use futures::StreamExt;
 
@@ -101,6 +103,22 @@ impl ExecutionPlan for CompactDictionaries {
         let schema = input.schema();
         let batches = input.map(|batch| Ok(compact_batch(&batch?)?));
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, batches)))
+    }
+
+    /// Rows, bounds and null counts are the input's.
+    fn child_stats_requests(&self, partition: Option<usize>) -> Vec<ChildStats> {
+        vec![ChildStats::At(partition)]
+    }
+
+    fn statistics_from_inputs(
+        &self,
+        input_stats: &[Arc<Statistics>],
+        _args: &StatisticsArgs,
+    ) -> Result<Arc<Statistics>> {
+        match input_stats.first() {
+            Some(stats) => Ok(stats.clone()),
+            None => datafusion::common::internal_err!("CompactDictionaries has one child"),
+        }
     }
 
     fn cardinality_effect(&self) -> CardinalityEffect {

@@ -1,18 +1,26 @@
-//! Decode guard: casts out of a dictionary.
+//! Decode guard: the steps that copy a dictionary-encoded value into every row.
 //!
-//! Input: each query's logical plan after type coercion (this is an analyzer rule, run after
-//! DataFusion's own). Output: the same plan where every cast from a type holding
-//! dictionary-encoded values to one holding fewer (written in the SQL, `arrow_cast`, or
-//! added by coercion, as in `substr(service_name, 2)`) first reserves the bytes it is about to produce
-//! in the query memory pool, for the length of the cast; when they do not fit, the query
-//! fails with the pool's memory error instead of allocating them.
+//! Input: each query's logical plan after type coercion ([`GuardDecodes`], an analyzer rule
+//! run after DataFusion's own), and its physical plan ([`GuardJoinKeys`], run before the
+//! physical optimizer's rules). Output: the same plans where every such step first reserves
+//! the bytes it is about to produce in the query memory pool, for the length of the step,
+//! and fails with the pool's memory error when they do not fit:
+//! - a cast from a type holding dictionaries to one holding fewer (written, `arrow_cast`,
+//!   or added by coercion, as in `substr(service_name, 2)`);
+//! - the columns that grouping keys (grouping sets too), `DISTINCT`, `DISTINCT ON` and the
+//!   arguments of DISTINCT aggregates read, decoded in a projection below the node (the
+//!   grouping encodes rows one by one);
+//! - sort keys and window partition and order keys, decoded in place;
+//! - hash-join keys, decoded beside the join's columns.
+//! A decoded grouping changes its output from a dictionary to `Utf8`, so types are
+//! coerced again above it before casts are guarded.
 //!
-//! Invariants: a guarded cast answers exactly what the cast answers; the reservation is
-//! never below the bytes of text the decoded values hold. A value shared by many spans is
-//! held once in a dictionary-encoded column; a cast is the common step that copies it once
-//! per row. (Operators that encode rows, for grouping or merging by such a column, copy
-//! it too, and count the copy only afterwards: see the known limits in the operations
-//! docs.)
+//! Invariants: answers are those of the plan without the guard (types of decoded groupings
+//! aside); the reservation is never below the bytes of text the decoded values hold. A
+//! value shared by many spans is held once in a dictionary-encoded column: these are the
+//! steps that copy it once per row. (An aggregate that keeps a copy per group, and groupings
+//! the optimizer builds from correlated subqueries, are not covered: see the known limits
+//! in the operations docs.)
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -29,13 +37,14 @@ use datafusion::execution::memory_pool::{MemoryConsumer, MemoryPool};
 use datafusion::logical_expr::expr::ScalarFunction;
 use datafusion::logical_expr::expr::Sort as SortExpr;
 use datafusion::logical_expr::{
-    Aggregate, ColumnarValue, Distinct, Expr, ExprSchemable, LogicalPlan, Projection,
+    Aggregate, ColumnarValue, Distinct, DistinctOn, Expr, ExprSchemable, LogicalPlan, Projection,
     ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Sort, Volatility,
     Window,
 };
 
 use crate::schema::plain_type;
 use datafusion::optimizer::AnalyzerRule;
+use datafusion::optimizer::analyzer::type_coercion::TypeCoercion;
 use datafusion::physical_expr::{PhysicalExpr, ScalarFunctionExpr};
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_optimizer::optimizer::PhysicalOptimizer;
@@ -115,27 +124,36 @@ impl GuardDecodes {
     fn keys(&self, node: LogicalPlan) -> Result<Transformed<LogicalPlan>> {
         Ok(match node {
             LogicalPlan::Aggregate(a) => {
-                let schema = a.input.schema().clone();
-                let group: Vec<Transformed<Expr>> = a
-                    .group_expr
-                    .iter()
-                    .map(|e| self.key(e.clone(), &schema, true))
-                    .collect();
-                // A DISTINCT aggregate's arguments become grouping keys when the optimizer
-                // rewrites it (`count(DISTINCT x)` groups by `x`).
-                let aggregates: Vec<Transformed<Expr>> = a
-                    .aggr_expr
-                    .iter()
-                    .map(|e| self.distinct_arguments(e.clone(), &schema))
-                    .collect::<Result<_>>()?;
-                if !group.iter().chain(&aggregates).any(|t| t.transformed) {
-                    return Ok(Transformed::no(LogicalPlan::Aggregate(a)));
+                // Grouping keys (grouping sets too) and the arguments of DISTINCT
+                // aggregates, which the optimizer turns into grouping keys
+                // (`count(DISTINCT x)` groups by `x`), read decoded columns.
+                let mut used = Vec::new();
+                for e in &a.group_expr {
+                    used.extend(e.column_refs().into_iter().cloned());
                 }
-                Transformed::yes(LogicalPlan::Aggregate(Aggregate::try_new(
-                    a.input,
-                    group.into_iter().map(|t| t.data).collect(),
-                    aggregates.into_iter().map(|t| t.data).collect(),
-                )?))
+                for e in &a.aggr_expr {
+                    distinct_argument_columns(e, &mut used);
+                }
+                match self.decode_columns(&a.input, &used)? {
+                    Some(input) => Transformed::yes(LogicalPlan::Aggregate(Aggregate::try_new(
+                        input,
+                        a.group_expr,
+                        a.aggr_expr,
+                    )?)),
+                    None => Transformed::no(LogicalPlan::Aggregate(a)),
+                }
+            }
+            LogicalPlan::Distinct(Distinct::On(on)) => {
+                let mut used = Vec::new();
+                for e in &on.on_expr {
+                    used.extend(e.column_refs().into_iter().cloned());
+                }
+                match self.decode_columns(&on.input, &used)? {
+                    Some(input) => Transformed::yes(LogicalPlan::Distinct(Distinct::On(
+                        DistinctOn::try_new(on.on_expr, on.select_expr, on.sort_expr, input)?,
+                    ))),
+                    None => Transformed::no(LogicalPlan::Distinct(Distinct::On(on))),
+                }
             }
             LogicalPlan::Sort(s) => {
                 let schema = s.input.schema().clone();
@@ -163,19 +181,11 @@ impl GuardDecodes {
                 }
             }
             LogicalPlan::Distinct(Distinct::All(input)) => {
-                let schema = input.schema().clone();
-                let columns: Vec<Transformed<Expr>> = schema
-                    .iter()
-                    .map(|(q, f)| self.key(Expr::Column(Column::from((q, f))), &schema, true))
-                    .collect();
-                if !columns.iter().any(|t| t.transformed) {
-                    return Ok(Transformed::no(LogicalPlan::Distinct(Distinct::All(input))));
+                let used: Vec<Column> = input.schema().columns();
+                match self.decode_columns(&input, &used)? {
+                    Some(input) => Transformed::yes(LogicalPlan::Distinct(Distinct::All(input))),
+                    None => Transformed::no(LogicalPlan::Distinct(Distinct::All(input))),
                 }
-                let columns = columns.into_iter().map(|t| t.data).collect();
-                let decoded = Projection::try_new(columns, input)?;
-                Transformed::yes(LogicalPlan::Distinct(Distinct::All(Arc::new(
-                    LogicalPlan::Projection(decoded),
-                ))))
             }
             LogicalPlan::Window(w) => {
                 let schema = w.input.schema().clone();
@@ -207,27 +217,33 @@ impl GuardDecodes {
         })
     }
 
-    /// Decodes the arguments of a DISTINCT aggregate (under its alias, if any).
-    fn distinct_arguments(&self, e: Expr, schema: &DFSchema) -> Result<Transformed<Expr>> {
-        match e {
-            Expr::Alias(a) => Ok(self
-                .distinct_arguments(*a.expr, schema)?
-                .update_data(|inner| inner.alias_qualified(a.relation, a.name))),
-            Expr::AggregateFunction(mut f) if f.params.distinct => {
-                let mut changed = false;
-                for arg in f.params.args.iter_mut() {
-                    let key = self.key(arg.clone(), schema, false);
-                    changed |= key.transformed;
-                    *arg = key.data;
+    /// `input` under a projection that decodes, under a reservation, those of `used` that
+    /// hold dictionaries, keeping their qualified names; `None` when none does.
+    fn decode_columns(
+        &self,
+        input: &Arc<LogicalPlan>,
+        used: &[Column],
+    ) -> Result<Option<Arc<LogicalPlan>>> {
+        let schema = input.schema().clone();
+        let mut changed = false;
+        let columns = schema
+            .iter()
+            .map(|(q, f)| {
+                let column = Column::from((q, f));
+                if !used.contains(&column) || dictionaries(f.data_type()) == 0 {
+                    return Expr::Column(column);
                 }
-                let e = Expr::AggregateFunction(f);
-                Ok(match changed {
-                    true => Transformed::yes(e),
-                    false => Transformed::no(e),
-                })
-            }
-            e => Ok(Transformed::no(e)),
+                changed = true;
+                let name = Expr::Column(column.clone()).schema_name().to_string();
+                self.decode(Expr::Column(column), name, plain_type(f.data_type()), false)
+                    .alias_qualified(q.cloned(), f.name())
+            })
+            .collect();
+        if !changed {
+            return Ok(None);
         }
+        let projection = Projection::try_new(columns, input.clone())?;
+        Ok(Some(Arc::new(LogicalPlan::Projection(projection))))
     }
 
     /// Decodes the partition and order keys of a window function.
@@ -256,15 +272,22 @@ impl GuardDecodes {
 }
 
 impl AnalyzerRule for GuardDecodes {
-    fn analyze(&self, plan: LogicalPlan, _config: &ConfigOptions) -> Result<LogicalPlan> {
-        plan.transform_up_with_subqueries(|node| {
-            let schema = input_schema(&node);
-            let node = node.map_expressions(|e| e.transform_up(|e| self.guard(e, &schema)))?;
-            // A decoded key changes its node's output type: every node above recomputes.
-            node.transform_data(|n| self.keys(n))?
-                .map_data(|p| p.recompute_schema())
-        })
-        .map(|t| t.data)
+    fn analyze(&self, plan: LogicalPlan, config: &ConfigOptions) -> Result<LogicalPlan> {
+        let keyed = plan
+            .transform_up_with_subqueries(|node| {
+                self.keys(node)?.map_data(|p| p.recompute_schema())
+            })?
+            .data;
+        // A decoded key changes its node's output type (`Utf8` for a dictionary): types are
+        // coerced again above it (unions, `CASE`), then every cast out of a dictionary,
+        // written or coerced, is guarded.
+        let coerced = TypeCoercion::new().analyze(keyed, config)?;
+        coerced
+            .transform_up_with_subqueries(|node| {
+                let schema = input_schema(&node);
+                node.map_expressions(|e| e.transform_up(|e| self.guard(e, &schema)))
+            })
+            .map(|t| t.data)
     }
 
     fn name(&self) -> &str {
@@ -355,6 +378,19 @@ impl PhysicalOptimizerRule for GuardJoinKeys {
 
     fn schema_check(&self) -> bool {
         true
+    }
+}
+
+/// Adds the columns the arguments of a DISTINCT aggregate in `e` read to `used`.
+fn distinct_argument_columns(e: &Expr, used: &mut Vec<Column>) {
+    match e {
+        Expr::Alias(a) => distinct_argument_columns(&a.expr, used),
+        Expr::AggregateFunction(f) if f.params.distinct => {
+            for arg in &f.params.args {
+                used.extend(arg.column_refs().into_iter().cloned());
+            }
+        }
+        _ => {}
     }
 }
 
@@ -574,6 +610,8 @@ mod tests {
             "SELECT row_number() OVER (PARTITION BY s) FROM t",
             "SELECT count(*) FROM (SELECT s FROM t UNION SELECT s FROM t)",
             "SELECT count(DISTINCT s) FROM t",
+            "SELECT count(*) FROM t GROUP BY ROLLUP (s)",
+            "SELECT DISTINCT ON (s) s FROM t",
             "SELECT count(*) FROM t a JOIN t b ON a.s = b.s",
             "SELECT count(*) FROM t WHERE s IN (SELECT s FROM t)",
         ] {
@@ -591,6 +629,22 @@ mod tests {
                 "x 1000",
             ),
             ("SELECT DISTINCT s, 1000 FROM small", "x 1000"),
+            (
+                "SELECT CASE WHEN count(*) > 1 THEN s ELSE 'other' END, count(*) FROM small GROUP BY s",
+                "x 1000",
+            ),
+            (
+                "SELECT s, count(*) FROM (SELECT DISTINCT s FROM small UNION ALL SELECT s FROM small) GROUP BY s",
+                "x 1001",
+            ),
+            (
+                "SELECT array_to_string(array_agg(DISTINCT s ORDER BY s), ''), 1000 FROM small",
+                "x 1000",
+            ),
+            (
+                "SELECT s, count(*) FROM small GROUP BY ROLLUP (s) ORDER BY s NULLS LAST",
+                "x 1000",
+            ),
             (
                 "SELECT a.s, count(*) / 1000 FROM small a JOIN small b ON a.s = b.s GROUP BY 1",
                 "x 1000",
