@@ -94,7 +94,11 @@ impl Server {
                 Some(buffer.clone()),
                 config.query.limits(),
             )
-            .context("starting the query engine")?,
+            .context("starting the query engine")?
+            .with_ready({
+                let ingester = ingester.clone();
+                move || ingester.is_ready()
+            }),
         );
         metrics.attach_queries(engine.running());
         let query_service = QueryServiceServer::new(QueryGrpc::new(engine.clone(), auth.clone()));

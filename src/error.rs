@@ -271,6 +271,7 @@ impl ApiError {
             )
             | ApiError::TooLarge(_) => StatusCode::BAD_REQUEST,
             ApiError::Query(QueryError::Timeout(_)) => StatusCode::REQUEST_TIMEOUT,
+            ApiError::Query(QueryError::Starting) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Query(QueryError::Internal(_)) | ApiError::Internal(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
@@ -294,6 +295,7 @@ impl ApiError {
                 tonic::Code::ResourceExhausted
             }
             ApiError::Query(QueryError::Timeout(_)) => tonic::Code::DeadlineExceeded,
+            ApiError::Query(QueryError::Starting) => tonic::Code::Unavailable,
             ApiError::Query(QueryError::Internal(_)) | ApiError::Internal(_) => {
                 tonic::Code::Internal
             }
@@ -318,6 +320,12 @@ impl IntoResponse for ApiError {
             ApiError::Validation(errors) => serde_json::json!({ "detail": errors }),
             other => serde_json::json!({ "detail": other.to_string() }),
         };
-        (status, axum::Json(body)).into_response()
+        let mut response = (status, axum::Json(body)).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+        }
+        response
     }
 }

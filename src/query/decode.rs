@@ -12,6 +12,7 @@
 //!   grouping encodes rows one by one);
 //! - sort keys and window partition and order keys, decoded in place;
 //! - hash-join keys, decoded beside the join's columns.
+//!
 //! A decoded grouping changes its output from a dictionary to `Utf8`, so types are
 //! coerced again above it before casts are guarded.
 //!

@@ -108,6 +108,9 @@ pub enum QueryError {
     /// The query ran past its timeout.
     #[error("query timed out after {0:?}")]
     Timeout(Duration),
+    /// The server is replaying its write-ahead log; answers would miss acknowledged spans.
+    #[error("starting: the write-ahead log is being replayed; retry shortly")]
+    Starting,
     /// Something failed that is not the query's fault.
     #[error("query failed: {0}")]
     Internal(String),
@@ -123,6 +126,8 @@ pub struct QueryEngine {
     runtime: Option<tokio::runtime::Runtime>,
     /// Queries executing now (their answers still streaming).
     running: Arc<std::sync::atomic::AtomicU64>,
+    /// Whether the buffer holds every acknowledged span (the WAL is replayed).
+    ready: Box<dyn Fn() -> bool + Send + Sync>,
 }
 
 /// A query's answer as it is produced: the schema at once, the batches as the consumer
@@ -184,7 +189,15 @@ impl QueryEngine {
             runtime_env,
             runtime: Some(runtime),
             running: Arc::default(),
+            ready: Box::new(|| true),
         })
+    }
+
+    /// The engine answering [`QueryError::Starting`] while `ready` says no: until the WAL
+    /// is replayed the buffer lacks acknowledged spans, and an answer would miss them.
+    pub fn with_ready(mut self, ready: impl Fn() -> bool + Send + Sync + 'static) -> Self {
+        self.ready = Box::new(ready);
+        self
     }
 
     /// The limits every query runs under.
@@ -199,6 +212,9 @@ impl QueryEngine {
 
     /// A session holding only `workspace`'s `spans` table and `traces` view.
     pub async fn session(&self, workspace: &Workspace) -> Result<SessionContext, QueryError> {
+        if !(self.ready)() {
+            return Err(QueryError::Starting);
+        }
         let config = SessionConfig::new()
             .with_information_schema(true)
             .with_target_partitions(2)
@@ -347,5 +363,32 @@ fn classify(e: DataFusionError, limits: QueryLimits) -> QueryError {
         | DataFusionError::IoError(_)
         | DataFusionError::ObjectStore(_) => QueryError::Internal(root.to_string()),
         _ => QueryError::Sql(root.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn queries_wait_for_the_replay_of_the_wal() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = QueryLimits {
+            memory_bytes: 16 << 20,
+            timeout: Duration::from_secs(10),
+            max_json_bytes: 1 << 20,
+        };
+        let engine = QueryEngine::new(dir.path().into(), None, limits)
+            .unwrap()
+            .with_ready(|| false);
+        let ws = Workspace::new("default").unwrap();
+        let err = engine.sql(&ws, "SELECT 1").await.err();
+        assert!(matches!(err, Some(QueryError::Starting)), "{err:?}");
+        let answer = crate::error::ApiError::Query(QueryError::Starting);
+        assert_eq!(
+            answer.http_status(),
+            axum::http::StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(answer.to_grpc_status().code(), tonic::Code::Unavailable);
     }
 }
