@@ -394,14 +394,20 @@ fn resolve_retired_fallbacks(
     resources: RecordBatch,
 ) -> Result<(RecordBatch, RecordBatch), ArrowError> {
     let l = layout();
-    if resources.schema().fields() == l.resource.fields() {
+    // Anything but the span layout and valid indices is left for `try_new` to refuse.
+    if resources.schema().fields() == l.resource.fields()
+        || spans.schema().fields() != l.span.fields()
+    {
         return Ok((spans, resources));
     }
     let index = spans
-        .column_by_name(RESOURCE_INDEX)
-        .ok_or_else(|| ArrowError::SchemaError("a span batch without resource index".into()))?
+        .column(l.resource_index)
         .as_primitive::<UInt32Type>()
         .clone();
+    let rows = resources.num_rows();
+    if index.null_count() > 0 || index.values().iter().any(|&i| i as usize >= rows) {
+        return Ok((spans, resources));
+    }
     let mut columns = spans.columns().to_vec();
     for name in RETIRED_FALLBACK {
         let (Ok(at), Some(shared)) = (
@@ -971,6 +977,23 @@ mod tests {
             strings(&back, col::MODEL),
             strings(&chunk.to_batch().unwrap(), col::MODEL)
         );
+    }
+
+    #[test]
+    fn a_damaged_earlier_record_is_refused_not_a_panic() {
+        let chunk = chunk();
+        let mut fields = chunk.resources.schema().fields().to_vec();
+        let mut columns = chunk.resources.columns().to_vec();
+        fields.push(Arc::new(Field::new(col::INPUT, DataType::Utf8, true)));
+        columns.push(Arc::new(arrow::array::StringArray::from(vec![
+            Some("x"),
+            None,
+        ])));
+        let old = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap();
+        // Only one resource row left: the spans of the second point past it.
+        let mut bytes = Vec::new();
+        write_ipc_parts([&chunk.spans, &old.slice(0, 1), &chunk.scopes], &mut bytes).unwrap();
+        assert!(SpanChunk::read_ipc(&bytes).is_err());
     }
 
     #[test]
