@@ -33,7 +33,7 @@ use arrow::ipc::reader::StreamReader;
 use arrow::ipc::writer::StreamWriter;
 use datafusion::common::utils::memory::RecordBatchMemoryCounter;
 
-use crate::schema::{col, plain_field, spans_schema};
+use crate::schema::{col, plain_field, shared_map_type, spans_schema};
 
 /// The column of the span batch holding each span's row in the resource batch.
 pub const RESOURCE_INDEX: &str = "_resource";
@@ -671,11 +671,7 @@ fn shared_map(
         })?;
         offsets.push(end);
     }
-    let DataType::Map(entries, sorted) = spans_schema()
-        .field_with_name(col::RESOURCE_ATTRIBUTES)?
-        .data_type()
-        .clone()
-    else {
+    let DataType::Map(entries, sorted) = shared_map_type() else {
         return Err(ArrowError::SchemaError(
             "resource_attributes is not a map".into(),
         ));

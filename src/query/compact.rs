@@ -15,12 +15,11 @@ use std::fmt;
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, DictionaryArray, MapArray, RecordBatch, RecordBatchOptions,
-    StructArray, UInt32Array,
+    Array, ArrayRef, AsArray, MapArray, RecordBatch, RecordBatchOptions, StructArray,
 };
-use arrow::compute::take;
-use arrow::datatypes::{DataType, Int32Type};
+use arrow::datatypes::DataType;
 use arrow::error::ArrowError;
+use arrow_select::dictionary::garbage_collect_any_dictionary;
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::Result;
@@ -160,7 +159,7 @@ pub fn compact_batch(batch: &RecordBatch) -> Result<RecordBatch, ArrowError> {
 
 fn compact(column: &ArrayRef) -> Result<ArrayRef, ArrowError> {
     match column.data_type() {
-        DataType::Dictionary(..) => compact_dictionary(column),
+        DataType::Dictionary(..) => garbage_collect_any_dictionary(column.as_any_dictionary()),
         DataType::Map(field, sorted) => {
             let map = column.as_map();
             let entries = map.entries();
@@ -184,41 +183,6 @@ fn compact(column: &ArrayRef) -> Result<ArrayRef, ArrowError> {
         }
         _ => Ok(column.clone()),
     }
-}
-
-/// A dictionary (with `Int32` keys, those of the `spans` schema) holding only the values
-/// its keys use; other arrays as they are.
-fn compact_dictionary(column: &ArrayRef) -> Result<ArrayRef, ArrowError> {
-    let Some(d) = column.as_dictionary_opt::<Int32Type>() else {
-        return Ok(column.clone());
-    };
-    let values = d.values();
-    let mut used = vec![false; values.len()];
-    for k in d.keys().iter().flatten() {
-        if let Some(u) = usize::try_from(k).ok().and_then(|k| used.get_mut(k)) {
-            *u = true;
-        }
-    }
-    if used.iter().all(|u| *u) {
-        return Ok(column.clone());
-    }
-    let mut remap = vec![0i32; values.len()];
-    let mut kept = Vec::new();
-    for (i, _) in used.iter().enumerate().filter(|(_, u)| **u) {
-        remap[i] = kept.len() as i32;
-        kept.push(i as u32);
-    }
-    let values = take(values, &UInt32Array::from(kept), None)?;
-    let keys = d.keys().unary(|k| {
-        usize::try_from(k)
-            .ok()
-            .and_then(|k| remap.get(k))
-            .copied()
-            .unwrap_or(0)
-    });
-    Ok(Arc::new(DictionaryArray::<Int32Type>::try_new(
-        keys, values,
-    )?))
 }
 
 #[cfg(test)]

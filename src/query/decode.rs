@@ -85,40 +85,20 @@ impl GuardDecodes {
 
     /// `arg` cast to `to`, reserving its decoded size, named `schema_name`.
     fn decode(&self, arg: Expr, schema_name: String, to: DataType, safe: bool) -> Expr {
-        let udf = ScalarUDF::new_from_impl(Decode {
-            schema_name,
-            to,
-            safe,
-            pool: self.pool.clone(),
-            signature: Signature::any(1, Volatility::Immutable),
-        });
-        Expr::ScalarFunction(ScalarFunction::new_udf(Arc::new(udf), vec![arg]))
+        let udf = decode_udf(&self.pool, schema_name, to, safe);
+        Expr::ScalarFunction(ScalarFunction::new_udf(udf, vec![arg]))
     }
 
-    /// A key that an operator encodes row by row (grouping, sorting, window partitions):
-    /// decoded first, under a reservation, when it holds dictionaries; a column keeps its
-    /// qualified name when `named` (its node's output refers to it).
-    fn key(&self, e: Expr, schema: &DFSchema, named: bool) -> Transformed<Expr> {
-        let Ok(from) = e.get_type(schema) else {
-            return Transformed::no(e);
-        };
-        if dictionaries(&from) == 0 || matches!(e, Expr::GroupingSet(_)) {
-            return Transformed::no(e);
+    /// A key that an operator encodes row by row (sorting, window partitions): decoded
+    /// first, under a reservation, when it holds dictionaries.
+    fn key(&self, e: Expr, schema: &DFSchema) -> Transformed<Expr> {
+        match e.get_type(schema) {
+            Ok(from) if dictionaries(&from) > 0 => {
+                let name = e.schema_name().to_string();
+                Transformed::yes(self.decode(e, name, plain_type(&from), false))
+            }
+            _ => Transformed::no(e),
         }
-        if let Expr::Alias(a) = e {
-            let inner = self.key(*a.expr, schema, false).data;
-            return Transformed::yes(inner.alias_qualified(a.relation, a.name));
-        }
-        let decoded = self.decode(
-            e.clone(),
-            e.schema_name().to_string(),
-            plain_type(&from),
-            false,
-        );
-        Transformed::yes(match e {
-            Expr::Column(c) if named => decoded.alias_qualified(c.relation, c.name),
-            _ => decoded,
-        })
     }
 
     /// Decodes the keys of grouping, sorting and `DISTINCT` nodes.
@@ -163,7 +143,7 @@ impl GuardDecodes {
                     .expr
                     .into_iter()
                     .map(|sort| {
-                        let key = self.key(sort.expr, &schema, false);
+                        let key = self.key(sort.expr, &schema);
                         changed |= key.transformed;
                         SortExpr {
                             expr: key.data,
@@ -207,12 +187,11 @@ impl GuardDecodes {
                         (None, false) => keyed.data,
                     });
                 }
-                if !changed {
-                    return Ok(Transformed::no(LogicalPlan::Window(Window::try_new(
-                        exprs, w.input,
-                    )?)));
+                let window = LogicalPlan::Window(Window::try_new(exprs, w.input)?);
+                match changed {
+                    true => Transformed::yes(window),
+                    false => Transformed::no(window),
                 }
-                Transformed::yes(LogicalPlan::Window(Window::try_new(exprs, w.input)?))
             }
             other => Transformed::no(other),
         })
@@ -255,12 +234,12 @@ impl GuardDecodes {
         let mut changed = false;
         let params = &mut w.params;
         for p in params.partition_by.iter_mut() {
-            let key = self.key(p.clone(), schema, false);
+            let key = self.key(p.clone(), schema);
             changed |= key.transformed;
             *p = key.data;
         }
         for sort in params.order_by.iter_mut() {
-            let key = self.key(sort.expr.clone(), schema, false);
+            let key = self.key(sort.expr.clone(), schema);
             changed |= key.transformed;
             sort.expr = key.data;
         }
@@ -329,15 +308,8 @@ impl GuardJoinKeys {
         if dictionaries(&from) == 0 {
             return Ok(None);
         }
-        let udf = ScalarUDF::new_from_impl(Decode {
-            schema_name: String::new(),
-            to: plain_type(&from),
-            safe: false,
-            pool: self.pool.clone(),
-            signature: Signature::any(1, Volatility::Immutable),
-        });
-        let decoded =
-            ScalarFunctionExpr::try_new(Arc::new(udf), vec![key.clone()], schema, config.clone())?;
+        let udf = decode_udf(&self.pool, String::new(), plain_type(&from), false);
+        let decoded = ScalarFunctionExpr::try_new(udf, vec![key.clone()], schema, config.clone())?;
         Ok(Some(Arc::new(decoded)))
     }
 }
@@ -420,6 +392,22 @@ fn dictionaries(data_type: &DataType) -> usize {
         DataType::Struct(fields) => fields.iter().map(|f| dictionaries(f.data_type())).sum(),
         _ => 0,
     }
+}
+
+/// The [`Decode`] function casting to `to` (`safe`: as `TRY_CAST`), named `schema_name`.
+fn decode_udf(
+    pool: &Arc<dyn MemoryPool>,
+    schema_name: String,
+    to: DataType,
+    safe: bool,
+) -> Arc<ScalarUDF> {
+    Arc::new(ScalarUDF::new_from_impl(Decode {
+        schema_name,
+        to,
+        safe,
+        pool: pool.clone(),
+        signature: Signature::any(1, Volatility::Immutable),
+    }))
 }
 
 /// A cast that reserves the decoded size of its argument while it runs.
@@ -522,17 +510,15 @@ fn decoded_bytes(a: &dyn Array) -> usize {
 
 /// The bytes of each value of a dictionary's values (text exactly, others on average).
 fn value_sizes(values: &dyn Array) -> Vec<usize> {
-    let offsets = |o: &[i64]| o.windows(2).map(|w| (w[1] - w[0]) as usize).collect();
     match values.data_type() {
-        DataType::Utf8 => offsets(
-            &values
-                .as_string::<i32>()
-                .value_offsets()
-                .iter()
-                .map(|&o| o as i64)
-                .collect::<Vec<_>>(),
-        ),
-        DataType::LargeUtf8 => offsets(values.as_string::<i64>().value_offsets()),
+        DataType::Utf8 => {
+            let o = values.as_string::<i32>().value_offsets();
+            o.windows(2).map(|w| (w[1] - w[0]) as usize).collect()
+        }
+        DataType::LargeUtf8 => {
+            let o = values.as_string::<i64>().value_offsets();
+            o.windows(2).map(|w| (w[1] - w[0]) as usize).collect()
+        }
         _ => {
             let each = decoded_bytes(values) / values.len().max(1);
             vec![each; values.len()]
