@@ -59,7 +59,11 @@ fn bench(c: &mut Criterion) {
         b.iter_batched(
             || tempfile::tempdir().unwrap(),
             |out| {
-                spanlake::flush::write_workspace(out.path(), &ws, &batches).unwrap();
+                let staging = spanlake::flush::Staging {
+                    root: out.path().to_path_buf(),
+                    upload: false,
+                };
+                spanlake::flush::stage_workspace(&staging, &ws, &batches).unwrap();
                 out
             },
             BatchSize::PerIteration,

@@ -19,13 +19,23 @@ const SPAN_NS: u64 = 48 * 3_600_000_000_000;
 
 fn generate(dir: &std::path::Path, spans: usize) -> String {
     let ws = Workspace::new("bench").unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let location = spanlake::config::storage_location(dir, None);
+    let storage = runtime
+        .block_on(spanlake::storage::Storage::open(
+            spanlake::storage::parse_location(&location).unwrap(),
+            "bench".into(),
+            true,
+        ))
+        .unwrap();
+    let staging = spanlake::flush::Staging::of(&storage, dir);
     let per_request = 512;
     let requests = spans.div_ceil(per_request);
     let per_file = 200; // requests per flush: ~100K spans per file
     let mut batches = Vec::with_capacity(per_file);
     let mut some_trace = String::new();
     let started = Instant::now();
-    let existing = !spanlake::query::list_files(dir, &ws).unwrap().is_empty();
+    let existing = !storage.files().of(ws.as_str()).is_empty();
     for k in 0..requests {
         if existing && k != requests / 2 {
             continue; // the tree is already there: only find the trace to look up
@@ -44,7 +54,19 @@ fn generate(dir: &std::path::Path, spans: usize) -> String {
         }
         batches.push(batch);
         if batches.len() == per_file || k + 1 == requests {
-            spanlake::flush::write_workspace(dir, &ws, &batches).unwrap();
+            let files = spanlake::flush::stage_workspace(&staging, &ws, &batches).unwrap();
+            let adds = files
+                .iter()
+                .map(|f| deltalake::kernel::Action::Add(f.add(true)))
+                .collect();
+            let append = deltalake::protocol::DeltaOperation::Write {
+                mode: deltalake::protocol::SaveMode::Append,
+                partition_by: None,
+                predicate: None,
+            };
+            runtime
+                .block_on(storage.commit(adds, append, true))
+                .unwrap();
             batches.clear();
         }
     }

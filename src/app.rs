@@ -1,10 +1,12 @@
-//! Wiring: listeners → receivers → ingest → WAL → buffer → flusher, and a graceful stop.
+//! Wiring: listeners → receivers → ingest → WAL → buffer → flusher → the Delta table, and
+//! a graceful stop.
 //!
-//! Start order: listeners serve at once (ingest answers 503 until ready), the WAL is
-//! replayed into the buffer (flushing when it passes a threshold, so memory stays
-//! bounded), then the WAL writer opens a new segment and ingestion opens. Stop order:
-//! stop accepting and finish in-flight requests, flush every buffer to Parquet, stop the
-//! WAL writer.
+//! Start order: the table is opened (created if missing) and a data dir of the previous
+//! layout adopted into it; listeners serve at once (ingest and queries answer 503 until
+//! ready); the WAL is replayed into the buffer from where the table says this node's
+//! flushed records end (flushing when it passes a threshold, so memory stays bounded),
+//! then the WAL writer opens a new segment and ingestion opens. Stop order: stop accepting
+//! and finish in-flight requests, flush every buffer to the table, stop the WAL writer.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -22,7 +24,7 @@ use crate::api::grpc::QueryGrpc;
 use crate::auth::Auth;
 use crate::buffer::{Buffer, FlushThresholds};
 use crate::config::ServeConfig;
-use crate::flush::{ParquetFlusher, flush_replayed, recover_pending_flush, remove_leftovers};
+use crate::flush::{Flusher, Staging, flush_replayed};
 use crate::ingest::Ingester;
 use crate::metrics::Metrics;
 use crate::proto::query::query_service_server::QueryServiceServer;
@@ -32,7 +34,8 @@ use crate::receive::grpc::OtlpGrpcReceiver;
 use crate::receive::http::HttpState;
 use crate::receive::http_router;
 use crate::schema::path;
-use crate::wal::{self, Wal, WalConfig, WalStats};
+use crate::storage::{self, Storage};
+use crate::wal::{self, Wal, WalConfig, WalPosition, WalStats};
 
 /// A running server.
 pub struct Server {
@@ -70,14 +73,19 @@ impl Server {
         let wal_dir = config.data_dir.join(path::WAL_DIR);
         std::fs::create_dir_all(&wal_dir)
             .with_context(|| format!("creating {}", wal_dir.display()))?;
-        recover_pending_flush(&config.data_dir).with_context(|| {
-            format!(
-                "completing an interrupted flush in {}",
-                config.data_dir.display()
-            )
-        })?;
-        remove_leftovers(&config.data_dir)
-            .with_context(|| format!("cleaning {}", config.data_dir.display()))?;
+        let storage = open_storage(&config).await?;
+        crate::migrate::adopt(&config.data_dir, &storage)
+            .await
+            .with_context(|| {
+                format!(
+                    "adopting the Parquet tree of an earlier version in {}",
+                    config.data_dir.display()
+                )
+            })?;
+        let staging = Staging::of(&storage, &config.data_dir);
+        staging
+            .clean()
+            .with_context(|| format!("cleaning {}", staging.root.display()))?;
 
         let metrics = Arc::new(Metrics::default());
         let buffer = Arc::new(Buffer::new(FlushThresholds {
@@ -89,16 +97,12 @@ impl Server {
         let stop_accepting = CancellationToken::new();
 
         let engine = Arc::new(
-            QueryEngine::new(
-                config.data_dir.clone(),
-                Some(buffer.clone()),
-                config.query.limits(),
-            )
-            .context("starting the query engine")?
-            .with_ready({
-                let ingester = ingester.clone();
-                move || ingester.is_ready()
-            }),
+            QueryEngine::new(storage.clone(), Some(buffer.clone()), config.query.limits())
+                .context("starting the query engine")?
+                .with_ready({
+                    let ingester = ingester.clone();
+                    move || ingester.is_ready()
+                }),
         );
         metrics.attach_queries(engine.running());
         let query_service = QueryServiceServer::new(QueryGrpc::new(engine.clone(), auth.clone()));
@@ -144,6 +148,7 @@ impl Server {
 
         let task = tokio::spawn(run(
             config,
+            storage,
             metrics,
             buffer,
             ingester.clone(),
@@ -196,6 +201,7 @@ impl Server {
 #[allow(clippy::too_many_arguments)]
 async fn run(
     config: ServeConfig,
+    storage: Arc<Storage>,
     metrics: Arc<Metrics>,
     buffer: Arc<Buffer>,
     ingester: Arc<Ingester>,
@@ -206,13 +212,27 @@ async fn run(
 ) -> anyhow::Result<()> {
     let data_dir = config.data_dir.clone();
     let wal_dir = data_dir.join(path::WAL_DIR);
+    let committed = storage
+        .committed_position()
+        .await
+        .context("reading this node's last flush from the table")?;
     let replay_buffer = buffer.clone();
     let replay_dir = data_dir.clone();
+    let replay_storage = storage.clone();
     let skip_corrupt = config.wal_skip_corrupt;
-    let summary =
-        tokio::task::spawn_blocking(move || replay(&replay_dir, &replay_buffer, skip_corrupt))
-            .await
-            .context("replay panicked")??;
+    let runtime = tokio::runtime::Handle::current();
+    let summary = tokio::task::spawn_blocking(move || {
+        replay(
+            &runtime,
+            &replay_storage,
+            &replay_dir,
+            &replay_buffer,
+            committed,
+            skip_corrupt,
+        )
+    })
+    .await
+    .context("replay panicked")??;
     info!(
         records = summary.records,
         rows = summary.rows,
@@ -247,14 +267,26 @@ async fn run(
         summary.records, summary.rows
     );
 
-    let flusher = Arc::new(ParquetFlusher::new(
-        data_dir,
+    let flusher = Arc::new(Flusher::new(
+        storage.clone(),
+        &data_dir,
         buffer,
         wal.clone(),
         metrics,
         config.flush_interval,
     ));
     let flusher_task = tokio::spawn(flusher.clone().run(shutdown.clone()));
+    let maintenance_task = tokio::spawn(crate::maintain::run(
+        storage.clone(),
+        data_dir.clone(),
+        crate::maintain::MaintenanceConfig {
+            target_bytes: config.compact_target_bytes,
+            interval: config.maintenance_interval,
+            retention: config.retention,
+            query_timeout: config.query.query_timeout,
+        },
+        shutdown.clone(),
+    ));
 
     shutdown.cancelled().await;
     info!("Shutting down: no new requests; finishing those in flight.");
@@ -262,7 +294,8 @@ async fn run(
     let http = http_task.await;
     let grpc = grpc_task.await;
     let _ = flusher_task.await;
-    info!("Flushing every buffer to Parquet.");
+    let _ = maintenance_task.await;
+    info!("Flushing every buffer to the table.");
     let flushed = flusher.checkpoint().await;
     wal.stop();
     flushed.context("final flush")?;
@@ -274,20 +307,40 @@ async fn run(
     Ok(())
 }
 
-/// Replays the WAL into `buffer`, flushing to Parquet whenever a threshold is passed.
+/// Opens (or creates) the table `config` names, under this node's id.
+async fn open_storage(config: &ServeConfig) -> anyhow::Result<Arc<Storage>> {
+    let node_id = storage::node_id(&config.data_dir, config.node_id.as_deref())
+        .context("reading this node's id")?;
+    let location = crate::config::storage_location(&config.data_dir, config.storage.as_deref());
+    let url = storage::parse_location(&location)?;
+    let storage = Storage::open(url, node_id, true)
+        .await
+        .with_context(|| format!("opening the table of spans at {location}"))?;
+    info!(table = %storage.url(), node = storage.node_id(), "Opened the table of spans.");
+    Ok(Arc::new(storage))
+}
+
+/// Replays the WAL into `buffer` from `committed` on, flushing to the table whenever a
+/// threshold is passed.
 fn replay(
+    runtime: &tokio::runtime::Handle,
+    storage: &Storage,
     data_dir: &Path,
     buffer: &Buffer,
+    committed: Option<WalPosition>,
     skip_corrupt: bool,
 ) -> anyhow::Result<wal::ReplaySummary> {
     let wal_dir = data_dir.join(path::WAL_DIR);
+    let staging = Staging::of(storage, data_dir);
     let summary = wal::replay(
         &wal_dir,
         skip_corrupt,
+        committed,
         |position, segment, workspace, chunk| {
             buffer.push(segment, workspace, chunk);
             if buffer.over_threshold() {
-                flush_replayed(data_dir, buffer, position).map_err(std::io::Error::other)?;
+                flush_replayed(runtime, storage, &staging, &wal_dir, buffer, position)
+                    .map_err(std::io::Error::other)?;
             }
             Ok(())
         },

@@ -22,8 +22,11 @@ pub struct Cli {
 pub enum Command {
     /// Receive OTLP traces and store them as Parquet.
     Serve(ServeConfig),
-    /// Run read-only SQL over a workspace's Parquet files, without a server.
+    /// Run read-only SQL over a workspace's spans in the table, without a server.
     Sql(SqlArgs),
+    /// Adopt a data dir written by an earlier version (loose Parquet tree) into the table;
+    /// `serve` does the same on start.
+    Migrate(MigrateArgs),
     /// Send synthetic OTLP traffic to a server and report throughput and latency.
     Loadgen(crate::loadgen::LoadgenArgs),
 }
@@ -33,9 +36,29 @@ const MIB: usize = 1024 * 1024;
 /// Settings of `spanlake serve`.
 #[derive(Debug, Clone, Args)]
 pub struct ServeConfig {
-    /// Where the WAL and the Parquet tree live.
+    /// This node's local directory: its WAL, its node id and, unless `--storage` says
+    /// otherwise, the table of spans (`<data-dir>/spans`).
     #[arg(long, env = "SPANLAKE_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
+    /// Where the Delta table of spans lives: a directory, or `s3://bucket/prefix` (with the
+    /// usual `AWS_*` variables; `AWS_ENDPOINT_URL` for an S3-compatible server). Several
+    /// nodes may share one table. Default: `<data-dir>/spans`.
+    #[arg(long, env = "SPANLAKE_STORAGE")]
+    pub storage: Option<String>,
+    /// This node's id, unique among the nodes writing one table (its WAL position is kept
+    /// in the table under it). Default: generated once and kept in `<data-dir>/node-id`.
+    #[arg(long, env = "SPANLAKE_NODE_ID")]
+    pub node_id: Option<String>,
+    /// Compaction merges the small files of each closed hour of a workspace into files of
+    /// about this many bytes.
+    #[arg(long, env = "SPANLAKE_COMPACT_TARGET_BYTES", default_value_t = 256 * MIB as u64)]
+    pub compact_target_bytes: u64,
+    /// How often compaction and retention look for work (`0s` turns both off).
+    #[arg(long, env = "SPANLAKE_MAINTENANCE_INTERVAL", default_value = "1m", value_parser = parse_duration)]
+    pub maintenance_interval: Duration,
+    /// Remove spans whose hour ended longer ago than this (e.g. `30d`); default: keep all.
+    #[arg(long, env = "SPANLAKE_RETENTION", value_parser = parse_duration)]
+    pub retention: Option<Duration>,
     /// OTLP/gRPC listen address.
     #[arg(long, env = "SPANLAKE_GRPC_ADDR", default_value = "127.0.0.1:4317")]
     pub grpc_addr: SocketAddr,
@@ -133,9 +156,12 @@ pub enum OutputFormat {
 /// Settings of `spanlake sql`.
 #[derive(Debug, Clone, Args)]
 pub struct SqlArgs {
-    /// Where the Parquet tree lives.
+    /// The data dir of `spanlake serve` (the table is `<data-dir>/spans` by default).
     #[arg(long, env = "SPANLAKE_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
+    /// Where the Delta table of spans lives (as for `spanlake serve`).
+    #[arg(long, env = "SPANLAKE_STORAGE")]
+    pub storage: Option<String>,
     /// The workspace to query.
     #[arg(long, env = "SPANLAKE_WORKSPACE", default_value = "default")]
     pub workspace: String,
@@ -147,6 +173,17 @@ pub struct SqlArgs {
     pub query: QueryArgs,
     /// The query (read-only: SELECT, WITH, EXPLAIN, SHOW, DESCRIBE).
     pub sql: String,
+}
+
+/// Settings of `spanlake migrate`.
+#[derive(Debug, Clone, Args)]
+pub struct MigrateArgs {
+    /// The data dir holding the earlier version's tree.
+    #[arg(long, env = "SPANLAKE_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// Where the Delta table of spans lives (as for `spanlake serve`).
+    #[arg(long, env = "SPANLAKE_STORAGE")]
+    pub storage: Option<String>,
 }
 
 impl ServeConfig {
@@ -163,7 +200,18 @@ impl ServeConfig {
     }
 }
 
-/// Parses `500ms`, `30s`, `5m`, `1h` or a bare number of seconds.
+/// The table's location: `--storage`, or `<data-dir>/spans`.
+pub fn storage_location(data_dir: &std::path::Path, storage: Option<&str>) -> String {
+    match storage {
+        Some(s) => s.to_string(),
+        None => data_dir
+            .join(crate::schema::path::TABLE_DIR)
+            .to_string_lossy()
+            .into_owned(),
+    }
+}
+
+/// Parses `500ms`, `30s`, `5m`, `1h`, `30d` or a bare number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s
@@ -172,15 +220,16 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let (num, unit) = s.split_at(split);
     let n: f64 = num
         .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 500ms, 30s, 5m or 1h"))?;
+        .map_err(|_| format!("{s:?} is not a duration like 500ms, 30s, 5m, 1h or 30d"))?;
     let secs = match unit.trim() {
         "ms" => n / 1000.0,
         "" | "s" => n,
         "m" => n * 60.0,
         "h" => n * 3600.0,
+        "d" => n * 86400.0,
         other => {
             return Err(format!(
-                "unknown duration unit {other:?} (use ms, s, m or h)"
+                "unknown duration unit {other:?} (use ms, s, m, h or d)"
             ));
         }
     };

@@ -21,12 +21,18 @@ pub const WAL_ROTATE: &str = "wal.rotate";
 pub const WAL_UNDO: &str = "wal.undo";
 /// Before the new WAL checkpoint replaces the old one.
 pub const WAL_CHECKPOINT: &str = "wal.checkpoint";
-/// After a flush's Parquet file is written, before it is fsynced.
+/// After a data file (of a flush, a compaction or a migration) is written, before it is
+/// fsynced.
 pub const FLUSH_STAGE: &str = "flush.stage";
-/// Before each rename that publishes a flushed file.
-pub const FLUSH_PUBLISH: &str = "flush.publish";
-/// After a flush's files are published, before the WAL checkpoint moves.
+/// After a flush's files are durable, before its Delta commit.
 pub const FLUSH_COMMIT: &str = "flush.commit";
+/// After a flush's Delta commit, before its files are shown to queries, its chunks
+/// dropped from the buffer and the WAL checkpoint moved.
+pub const FLUSH_PUBLISH: &str = "flush.publish";
+/// After a compaction's files are durable, before its commit.
+pub const COMPACT_COMMIT: &str = "compact.commit";
+/// Before a retention's commit.
+pub const RETENTION_COMMIT: &str = "retention.commit";
 
 /// The environment variable that arms a fault.
 pub const ENV: &str = "SPANLAKE_FAULT";

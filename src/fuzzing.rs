@@ -55,8 +55,8 @@ pub fn check_wal_segment(bytes: &[u8]) {
         Ok(())
     };
     // Refused as corrupt, the same bytes are skipped past with `--wal-skip-corrupt`.
-    if wal::replay(&dir, false, expand).is_err() {
-        let _ = wal::replay(&dir, true, expand);
+    if wal::replay(&dir, false, None, expand).is_err() {
+        let _ = wal::replay(&dir, true, None, expand);
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -18,13 +18,21 @@ async fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                // The Delta kernel logs every snapshot it builds at INFO (and a missing
+                // table, which spanlake then creates, as an ERROR); its failures reach
+                // spanlake as errors, which spanlake logs.
+                .unwrap_or_else(|_| {
+                    tracing_subscriber::EnvFilter::new(
+                        "info,buoyant_kernel=off,deltalake_core=warn",
+                    )
+                }),
         )
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
         Command::Serve(config) => serve(config).await,
         Command::Sql(args) => sql(args).await,
+        Command::Migrate(args) => migrate(args).await,
         Command::Loadgen(args) => {
             let json = args.json;
             let summary = spanlake::loadgen::run(args).await?;
@@ -41,7 +49,13 @@ async fn run() -> anyhow::Result<()> {
 async fn sql(args: spanlake::config::SqlArgs) -> anyhow::Result<()> {
     use spanlake::config::OutputFormat;
     let workspace = spanlake::Workspace::new(&args.workspace)?;
-    let engine = spanlake::query::QueryEngine::new(args.data_dir, None, args.query.limits())?;
+    let location = spanlake::config::storage_location(&args.data_dir, args.storage.as_deref());
+    let url = spanlake::storage::parse_location(&location)?;
+    let storage = spanlake::storage::Storage::open(url, "reader".into(), false)
+        .await
+        .with_context(|| format!("opening the table of spans at {location}"))?;
+    let engine =
+        spanlake::query::QueryEngine::new(std::sync::Arc::new(storage), None, args.query.limits())?;
     let result = engine.sql(&workspace, &args.sql).await?;
     match args.format {
         OutputFormat::Table => {
@@ -63,6 +77,18 @@ async fn sql(args: spanlake::config::SqlArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn migrate(args: spanlake::config::MigrateArgs) -> anyhow::Result<()> {
+    let location = spanlake::config::storage_location(&args.data_dir, args.storage.as_deref());
+    let url = spanlake::storage::parse_location(&location)?;
+    let node = spanlake::storage::node_id(&args.data_dir, None)?;
+    let storage = spanlake::storage::Storage::open(url, node, true)
+        .await
+        .with_context(|| format!("opening the table of spans at {location}"))?;
+    let adopted = spanlake::migrate::adopt(&args.data_dir, &storage).await?;
+    println!("spanlake: adopted {adopted} Parquet files of an earlier version into {location}");
+    Ok(())
+}
+
 async fn serve(config: spanlake::config::ServeConfig) -> anyhow::Result<()> {
     let grpc = TcpListener::bind(config.grpc_addr)
         .await
@@ -70,21 +96,21 @@ async fn serve(config: spanlake::config::ServeConfig) -> anyhow::Result<()> {
     let http = TcpListener::bind(config.http_addr)
         .await
         .with_context(|| format!("binding the HTTP address {}", config.http_addr))?;
-    let data_dir = config.data_dir.clone();
+    let location = spanlake::config::storage_location(&config.data_dir, config.storage.as_deref());
     let server = Server::start(config, grpc, http).await?;
     println!("spanlake: OTLP/gRPC listening on {}", server.grpc_addr());
     println!(
         "spanlake: HTTP listening on {} (OTLP/HTTP at /v1/traces)",
         server.http_addr()
     );
-    println!("spanlake: storing data in {}", data_dir.display());
+    println!("spanlake: storing spans in the Delta table at {location}");
     let token = server.shutdown_token();
     tokio::spawn(async move {
         wait_for_signal().await;
         token.cancel();
     });
     server.wait().await?;
-    println!("spanlake: stopped; every buffer is flushed to Parquet");
+    println!("spanlake: stopped; every buffer is flushed to the table");
     Ok(())
 }
 

@@ -42,6 +42,19 @@ pub mod col {
     pub const RESOURCE_ATTRIBUTES: &str = "resource_attributes";
     pub const EVENTS: &str = "events";
     pub const LINKS: &str = "links";
+    /// In the table's data files only: the exact `start_time`, in ns since the epoch.
+    pub const START_TIME_UNIX_NANO: &str = "start_time_unix_nano";
+    /// In the table's data files only: the exact `end_time`, in ns since the epoch.
+    pub const END_TIME_UNIX_NANO: &str = "end_time_unix_nano";
+}
+
+/// The partition columns of the Delta table (they are in its log, not in its data files).
+pub mod partition {
+    pub const WORKSPACE: &str = "workspace";
+    pub const DATE: &str = "date";
+    pub const HOUR: &str = "hour";
+    /// In partition order.
+    pub const ALL: [&str; 3] = [WORKSPACE, DATE, HOUR];
 }
 
 /// Field names inside the nested columns.
@@ -49,8 +62,15 @@ pub mod nested {
     pub const MAP_ENTRIES: &str = "entries";
     pub const MAP_KEYS: &str = "keys";
     pub const MAP_VALUES: &str = "values";
+    /// In the table's data files, maps have Parquet's standard names (`key_value`, `key`,
+    /// `value`), which readers that match nested fields by name expect.
+    pub const FILE_MAP_ENTRIES: &str = "key_value";
+    pub const FILE_MAP_KEY: &str = "key";
+    pub const FILE_MAP_VALUE: &str = "value";
     pub const LIST_ITEM: &str = "item";
     pub const EVENT_TIME: &str = "time";
+    /// In the table's data files only: the exact event time, in ns since the epoch.
+    pub const EVENT_TIME_UNIX_NANO: &str = "time_unix_nano";
     pub const EVENT_NAME: &str = "name";
     pub const EVENT_ATTRIBUTES: &str = "attributes";
     pub const LINK_TRACE_ID: &str = "trace_id";
@@ -59,9 +79,16 @@ pub mod nested {
     pub const LINK_ATTRIBUTES: &str = "attributes";
 }
 
-/// Path pieces of the storage layout (`<data-dir>/workspace=<ws>/date=…/hour=…/<ulid>.parquet`).
+/// Path pieces of the storage layout (`<table>/workspace=<ws>/date=…/hour=…/<ulid>.parquet`,
+/// the table by default at `<data-dir>/spans`).
 pub mod path {
     pub const WAL_DIR: &str = "wal";
+    /// The default table directory under the data dir.
+    pub const TABLE_DIR: &str = "spans";
+    /// Where a node keeps its generated id, in the data dir.
+    pub const NODE_ID_FILE: &str = "node-id";
+    /// Where a node stages data files before uploading them to object storage.
+    pub const UPLOAD_DIR: &str = "upload";
     pub const WORKSPACE_PREFIX: &str = "workspace=";
     pub const DATE_PREFIX: &str = "date=";
     pub const HOUR_PREFIX: &str = "hour=";
@@ -75,6 +102,11 @@ pub const UTC: &str = "UTC";
 /// `Timestamp(ns, UTC)`.
 pub fn timestamp_type() -> DataType {
     DataType::Timestamp(TimeUnit::Nanosecond, Some(UTC.into()))
+}
+
+/// `Timestamp(µs, UTC)`: Delta's `timestamp`, the type of the time columns in data files.
+pub fn micros_type() -> DataType {
+    DataType::Timestamp(TimeUnit::Microsecond, Some(UTC.into()))
 }
 
 /// The entries field of a `Map<Utf8, Utf8>` column.
@@ -219,6 +251,74 @@ pub fn spans_schema() -> SchemaRef {
             ]))
         })
         .clone()
+}
+
+/// The schema of the table's data files (and, with the partition columns, of the Delta
+/// table): the `spans` columns, but each nanosecond time (`start_time`, `end_time`, an
+/// event's `time`) is a microsecond timestamp (Delta's `timestamp`, which every reader
+/// knows) followed by the exact time as an integer of nanoseconds since the epoch
+/// (`start_time_unix_nano`, `end_time_unix_nano`, `time_unix_nano`), and every map has
+/// Parquet's standard field names (`key_value`, `key`, `value`).
+pub fn file_schema() -> SchemaRef {
+    static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
+    SCHEMA
+        .get_or_init(|| Arc::new(Schema::new(file_fields(spans_schema().fields()))))
+        .clone()
+}
+
+/// The data-file form of the fields of a struct (or of the `spans` schema).
+fn file_fields(fields: &Fields) -> Vec<Field> {
+    let mut out = Vec::with_capacity(fields.len() + 2);
+    for f in fields {
+        match f.data_type() {
+            DataType::Timestamp(TimeUnit::Nanosecond, _) => {
+                out.push(f.as_ref().clone().with_data_type(micros_type()));
+                out.push(Field::new(
+                    unix_nano_name(f.name()),
+                    DataType::Int64,
+                    f.is_nullable(),
+                ));
+            }
+            other => out.push(f.as_ref().clone().with_data_type(file_type(other))),
+        }
+    }
+    out
+}
+
+/// The data-file form of a type (see [`file_schema`]).
+pub fn file_type(data_type: &DataType) -> DataType {
+    match data_type {
+        DataType::Struct(fields) => DataType::Struct(file_fields(fields).into()),
+        DataType::List(item) => DataType::List(Arc::new(
+            item.as_ref()
+                .clone()
+                .with_data_type(file_type(item.data_type())),
+        )),
+        DataType::Map(entries, sorted) => {
+            let DataType::Struct(kv) = entries.data_type() else {
+                return data_type.clone();
+            };
+            let renamed =
+                |f: &Field, name: &str| Field::new(name, file_type(f.data_type()), f.is_nullable());
+            DataType::Map(
+                Arc::new(Field::new(
+                    nested::FILE_MAP_ENTRIES,
+                    DataType::Struct(Fields::from(vec![
+                        renamed(&kv[0], nested::FILE_MAP_KEY),
+                        renamed(&kv[1], nested::FILE_MAP_VALUE),
+                    ])),
+                    entries.is_nullable(),
+                )),
+                *sorted,
+            )
+        }
+        other => other.clone(),
+    }
+}
+
+/// The name of the exact nanosecond form of the time column `name` in data files.
+pub fn unix_nano_name(name: &str) -> String {
+    format!("{name}_unix_nano")
 }
 
 /// The index of a column in [`spans_schema`].

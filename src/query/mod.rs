@@ -1,13 +1,15 @@
-//! Query: DataFusion sessions over one workspace's `spans` (Parquet ∪ buffer) and `traces`.
+//! Query: DataFusion sessions over one workspace's `spans` (the Delta table's files of one
+//! version ∪ the buffer) and `traces`.
 //!
 //! Input: a workspace and SQL (from the API, the gRPC query service or `spanlake sql`).
 //! Output: Arrow record batches. Invariants: a session sees exactly one workspace — its
 //! `spans` table and the `traces` view, nothing else (no file or URL tables, no DDL, DML,
 //! COPY or SET, no table functions nor functions whose output an argument sizes: see
 //! [`sandbox`]); a function whose output can outgrow its arguments reserves it in the
-//! memory pool first (see [`guard`]); the file list and the buffer are snapshotted
+//! memory pool first (see [`guard`]); the table version and the buffer are snapshotted
 //! together under the buffer's publication lock, so a flush in progress never shows a span
-//! twice or not at all; every
+//! twice or not at all, and a compaction commit never either (a query reads one version's
+//! files, which vacuum keeps past the query timeout); every
 //! query runs on a dedicated runtime, within a shared memory pool and a timeout that covers
 //! its whole answer; answers stream through a bounded channel, so a result is never held
 //! whole, and a client that goes away cancels its query.
@@ -18,7 +20,6 @@ mod guard;
 pub mod sandbox;
 mod table;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,9 +34,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_stream::StreamExt;
 
 use crate::buffer::Buffer;
+use crate::storage::Storage;
 use crate::workspace::Workspace;
 
-pub use table::{SpansTable, list_files};
+pub use table::SpansTable;
 
 /// The per-trace rollups over spans grouped by `trace_id` (NeMo's rules: the trace is
 /// `error` if any span errs, else `cancelled` if any is, else `unknown` if all are, else
@@ -118,7 +120,7 @@ pub enum QueryError {
 
 /// Builds sessions and runs queries.
 pub struct QueryEngine {
-    data_dir: PathBuf,
+    storage: Arc<Storage>,
     buffer: Option<Arc<Buffer>>,
     limits: QueryLimits,
     runtime_env: Arc<RuntimeEnv>,
@@ -166,9 +168,9 @@ pub struct QueryResult {
 }
 
 impl QueryEngine {
-    /// An engine over the Parquet tree in `data_dir` and, when serving, the live buffer.
+    /// An engine over the table in `storage` and, when serving, the live buffer.
     pub fn new(
-        data_dir: PathBuf,
+        storage: Arc<Storage>,
         buffer: Option<Arc<Buffer>>,
         limits: QueryLimits,
     ) -> Result<Self, QueryError> {
@@ -176,6 +178,9 @@ impl QueryEngine {
             .with_memory_pool(Arc::new(GreedyMemoryPool::new(limits.memory_bytes)))
             .build_arc()
             .map_err(|e| QueryError::Internal(e.to_string()))?;
+        if let Some((bucket, store)) = storage.remote_store() {
+            runtime_env.register_object_store(&bucket, store);
+        }
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("query")
@@ -183,7 +188,7 @@ impl QueryEngine {
             .build()
             .map_err(|e| QueryError::Internal(e.to_string()))?;
         Ok(Self {
-            data_dir,
+            storage,
             buffer,
             limits,
             runtime_env,
@@ -229,8 +234,7 @@ impl QueryEngine {
         let ctx = SessionContext::new_with_state(state);
         ctx.add_analyzer_rule(Arc::new(decode::GuardDecodes::new(pool)));
         sandbox::remove_table_functions(&ctx);
-        let table = SpansTable::snapshot(&self.data_dir, workspace, self.buffer.as_deref())
-            .map_err(|e| QueryError::Internal(e.to_string()))?;
+        let table = SpansTable::snapshot(&self.storage, workspace, self.buffer.as_deref());
         ctx.register_table("spans", Arc::new(table))
             .map_err(|e| QueryError::Internal(e.to_string()))?;
         let view = TRACES_VIEW_TEMPLATE
@@ -378,7 +382,9 @@ mod tests {
             timeout: Duration::from_secs(10),
             max_json_bytes: 1 << 20,
         };
-        let engine = QueryEngine::new(dir.path().into(), None, limits)
+        let url = crate::storage::parse_location(&dir.path().to_string_lossy()).unwrap();
+        let storage = Storage::open(url, "test".into(), true).await.unwrap();
+        let engine = QueryEngine::new(Arc::new(storage), None, limits)
             .unwrap()
             .with_ready(|| false);
         let ws = Workspace::new("default").unwrap();

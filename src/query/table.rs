@@ -1,21 +1,16 @@
-//! The `spans` table of one workspace: its Parquet files (pruned by hour from the filters
-//! on `start_time`; dictionaries compacted per batch, see [`super::compact`]) ∪ the
-//! not-yet-flushed buffer, whose chunks are expanded into the
+//! The `spans` table of one workspace: the data files of one version of the Delta table
+//! (pruned by hour and by their `start_time` bounds from the filters on `start_time`; time
+//! columns read exactly, see [`crate::storage::files`]; dictionaries compacted per batch,
+//! see [`super::compact`]) ∪ the not-yet-flushed buffer, whose chunks are expanded into the
 //! `spans` schema slice by slice as the scan pulls them (only the projected columns), so a
 //! scan of the buffer never holds more than one bounded slice per partition.
 
-use std::io;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::ScalarValue;
-use datafusion::datasource::file_format::parquet::ParquetFormat;
-use datafusion::datasource::listing::{
-    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
-};
 use datafusion::error::Result;
 use datafusion::execution::TaskContext;
 use datafusion::logical_expr::utils::split_conjunction;
@@ -30,73 +25,41 @@ use datafusion::physical_plan::{ExecutionPlan, SendableRecordBatchStream};
 use super::compact::CompactDictionaries;
 use crate::buffer::Buffer;
 use crate::chunk::SpanChunk;
-use crate::schema::{col, path, spans_schema};
-use crate::time::{NANOS_PER_HOUR, hour_of_partition};
+use crate::schema::{col, spans_schema};
+use crate::storage::files::{ScanFile, scan};
+use crate::storage::{DataFile, Storage};
+use crate::time::NANOS_PER_HOUR;
 use crate::workspace::Workspace;
 
 /// A consistent snapshot of one workspace's spans.
 #[derive(Debug)]
 pub struct SpansTable {
-    files: Vec<(i64, PathBuf)>,
+    /// The workspace's files with their URLs.
+    files: Vec<(Arc<DataFile>, url::Url)>,
     chunks: Vec<SpanChunk>,
 }
 
 impl SpansTable {
-    /// Lists the workspace's files and copies its buffered chunks (Arc clones), both under
-    /// the buffer's publication lock.
-    pub fn snapshot(
-        data_dir: &Path,
-        workspace: &Workspace,
-        buffer: Option<&Buffer>,
-    ) -> io::Result<Self> {
-        match buffer {
-            Some(buffer) => buffer.read_published(|| {
-                Ok(Self {
-                    files: list_files(data_dir, workspace)?,
-                    chunks: buffer.snapshot(workspace),
-                })
-            }),
-            None => Ok(Self {
-                files: list_files(data_dir, workspace)?,
-                chunks: Vec::new(),
-            }),
-        }
-    }
-}
-
-/// The Parquet files of a workspace with the hour bucket of their partition.
-pub fn list_files(data_dir: &Path, workspace: &Workspace) -> io::Result<Vec<(i64, PathBuf)>> {
-    let root = data_dir.join(format!("{}{}", path::WORKSPACE_PREFIX, workspace));
-    let mut files = Vec::new();
-    let entries = |dir: &Path| -> io::Result<Vec<(String, PathBuf)>> {
-        match std::fs::read_dir(dir) {
-            Ok(rd) => rd
-                .map(|e| e.map(|e| (e.file_name().to_string_lossy().into_owned(), e.path())))
-                .collect(),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
-            Err(e) => Err(e),
-        }
-    };
-    for (date_name, date_dir) in entries(&root)? {
-        let Some(date) = date_name.strip_prefix(path::DATE_PREFIX) else {
-            continue;
-        };
-        for (hour_name, hour_dir) in entries(&date_dir)? {
-            let Some(hour) = hour_name
-                .strip_prefix(path::HOUR_PREFIX)
-                .and_then(|h| hour_of_partition(date, h))
-            else {
-                continue;
-            };
-            for (name, file) in entries(&hour_dir)? {
-                if !name.starts_with('.') && name.ends_with(&format!(".{}", path::PARQUET_EXT)) {
-                    files.push((hour, file));
-                }
+    /// Takes the workspace's files of the version queries read and copies its buffered
+    /// chunks (Arc clones), both under the buffer's publication lock.
+    pub fn snapshot(storage: &Storage, workspace: &Workspace, buffer: Option<&Buffer>) -> Self {
+        let take = || {
+            let version = storage.files();
+            let files = version
+                .of(workspace.as_str())
+                .iter()
+                .filter_map(|f| Some((f.clone(), version.url(f)?)))
+                .collect();
+            Self {
+                files,
+                chunks: buffer.map(|b| b.snapshot(workspace)).unwrap_or_default(),
             }
+        };
+        match buffer {
+            Some(buffer) => buffer.read_published(take),
+            None => take(),
         }
     }
-    files.sort();
-    Ok(files)
 }
 
 /// The `[lower, upper]` bounds on `start_time` (ns) that `filters` imply.
@@ -174,25 +137,23 @@ impl TableProvider for SpansTable {
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let (lo, hi) = time_bounds(filters);
-        let urls = self
+        let files: Vec<ScanFile> = self
             .files
             .iter()
-            .filter(|(hour, _)| {
-                lo.is_none_or(|l| (hour + 1).saturating_mul(NANOS_PER_HOUR) > l)
-                    && hi.is_none_or(|h| hour.saturating_mul(NANOS_PER_HOUR) <= h)
+            .filter(|(f, _)| {
+                let (first, last) = f.start_ns.unwrap_or((
+                    f.hour.saturating_mul(NANOS_PER_HOUR),
+                    (f.hour + 1).saturating_mul(NANOS_PER_HOUR) - 1,
+                ));
+                lo.is_none_or(|l| last >= l) && hi.is_none_or(|h| first <= h)
             })
-            .map(|(_, p)| ListingTableUrl::parse(p.to_string_lossy()))
-            .collect::<Result<Vec<_>>>()?;
+            .map(|(f, url)| ScanFile::at(url, f.size))
+            .collect();
         let mut plans = Vec::with_capacity(2);
-        if !urls.is_empty() {
-            let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
-                .with_file_extension(format!(".{}", path::PARQUET_EXT));
-            let config = ListingTableConfig::new_with_multi_paths(urls)
-                .with_listing_options(options)
-                .with_schema(spans_schema());
-            let table = ListingTable::try_new(config)?;
-            let files = table.scan(state, projection, filters, limit).await?;
-            plans.push(Arc::new(CompactDictionaries::new(files)) as Arc<dyn ExecutionPlan>);
+        if !files.is_empty() {
+            let partitions = state.config().target_partitions();
+            let scan = scan(state, &files, projection, limit, partitions, None).await?;
+            plans.push(Arc::new(CompactDictionaries::new(scan)) as Arc<dyn ExecutionPlan>);
         }
         let buffered = BufferedSpans::new(self.chunks.clone(), projection.cloned())?;
         let schema = buffered.schema.clone();

@@ -435,16 +435,21 @@ impl Default for SegmentId {
 /// (with the position just after the record). Memory stays bounded by one record plus
 /// what `apply` keeps. A torn tail is cut; any other unreadable record fails replay with
 /// an error naming the segment and offset, or with `skip_corrupt` is cut off and logged.
+///
+/// `committed` is where the table says this node's flushed records end: replay starts at
+/// the later of it and the local checkpoint, and new segments start after it (a WAL lost
+/// with its node id kept never reuses a position the table already holds).
 pub fn replay(
     dir: &Path,
     skip_corrupt: bool,
+    committed: Option<WalPosition>,
     mut apply: impl FnMut(WalPosition, SegmentId, Workspace, SpanChunk) -> io::Result<()>,
 ) -> io::Result<ReplaySummary> {
     std::fs::create_dir_all(dir)?;
-    let checkpoint = read_checkpoint(dir)?;
+    let checkpoint = read_checkpoint(dir)?.max(committed);
     let mut summary = ReplaySummary::default();
     if let Some(c) = checkpoint {
-        summary.next_segment = SegmentId(c.segment.0.max(1));
+        summary.next_segment = SegmentId((c.segment.0 + u64::from(c.offset > 0)).max(1));
     }
     let segments = list_segments(dir)?;
     let last = segments.last().map(|(id, _)| *id);
@@ -659,7 +664,7 @@ mod tests {
 
     fn replayed(dir: &Path, skip_corrupt: bool) -> io::Result<(u64, ReplaySummary)> {
         let rows = Mutex::new(0u64);
-        let summary = replay(dir, skip_corrupt, |_, _, _, c| {
+        let summary = replay(dir, skip_corrupt, None, |_, _, _, c| {
             *rows.lock().unwrap() += c.num_rows() as u64;
             Ok(())
         })?;

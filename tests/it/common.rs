@@ -1,5 +1,6 @@
 //! The test harness: a real server on `127.0.0.1:0` listeners over a temp data dir, and
-//! helpers that read back what a user would see (the Parquet tree).
+//! helpers that read back what a user would see (the Delta table, its files found through
+//! its log by delta-rs, as an outside reader finds them).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -146,22 +147,26 @@ pub fn files_under(dir: &Path, keep: impl Fn(&Path) -> bool) -> Vec<PathBuf> {
     found
 }
 
-/// Every Parquet file under `dir` (not the WAL), sorted by path.
+/// The data files of the table's latest version under the data dir `dir`, sorted by path.
 pub fn parquet_files(dir: &Path) -> Vec<PathBuf> {
-    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-        for entry in std::fs::read_dir(dir).expect("read dir") {
-            let p = entry.expect("entry").path();
-            if p.is_dir() {
-                walk(&p, out);
-            } else if p.extension().is_some_and(|e| e == "parquet") {
-                out.push(p);
-            }
-        }
+    table_files(dir)
+}
+
+/// Parquet files under the data dir `dir` that no version of the table references now
+/// (a failed or crashed flush's; vacuum deletes them).
+pub fn uncommitted_files(dir: &Path) -> Vec<PathBuf> {
+    let committed = table_files(dir);
+    let root = dir.join("spans");
+    if !root.exists() {
+        return Vec::new();
     }
-    let mut out = Vec::new();
-    walk(dir, &mut out);
-    out.sort();
-    out
+    let root = root.canonicalize().expect("table dir");
+    files_under(&root, |p| {
+        p.extension().is_some_and(|e| e == "parquet") && !p.starts_with(root.join("_delta_log"))
+    })
+    .into_iter()
+    .filter(|p| !committed.contains(p))
+    .collect()
 }
 
 /// Rows read back from Parquet, each a column → display-string map, plus its file.
@@ -241,11 +246,62 @@ pub fn batch_rows(batch: &RecordBatch) -> Vec<BTreeMap<String, Option<String>>> 
         .collect()
 }
 
+/// The files of the latest version of the table under the data dir `dir`, as delta-rs
+/// lists them from the log (empty before the table has any).
+pub fn table_files(dir: &Path) -> Vec<PathBuf> {
+    let root = dir.join("spans");
+    if !root.join("_delta_log").exists() {
+        return Vec::new();
+    }
+    let root = root.canonicalize().expect("table dir");
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async {
+                let url = url::Url::from_directory_path(&root).expect("table url");
+                let table = deltalake::DeltaTableBuilder::from_url(url)
+                    .expect("builder")
+                    .load()
+                    .await
+                    .expect("load the table");
+                let mut files: Vec<PathBuf> = table
+                    .snapshot()
+                    .expect("snapshot")
+                    .log_data()
+                    .iter()
+                    .map(|f| root.join(f.path().as_ref()))
+                    .collect();
+                files.sort();
+                files
+            })
+        })
+        .join()
+        .expect("reader thread")
+    })
+}
+
+/// Every row of the table's latest version, each with its file; `start_time` (and
+/// `end_time`) shown to the nanosecond, from the exact `…_unix_nano` columns.
 pub fn read_tree(dir: &Path) -> Rows {
     let mut rows = Vec::new();
-    for path in parquet_files(dir) {
+    for path in table_files(dir) {
         for batch in read_file(&path) {
-            for row in batch_rows(&batch) {
+            for mut row in batch_rows(&batch) {
+                for (time, exact) in [
+                    ("start_time", "start_time_unix_nano"),
+                    ("end_time", "end_time_unix_nano"),
+                ] {
+                    let ns = row.get(exact).cloned().flatten();
+                    let shown = ns.and_then(|n| n.parse::<i64>().ok()).map(|n| {
+                        chrono::DateTime::from_timestamp_nanos(n)
+                            .format("%Y-%m-%dT%H:%M:%S%.9fZ")
+                            .to_string()
+                    });
+                    row.insert(time.to_string(), shown);
+                }
                 rows.push((path.clone(), row));
             }
         }

@@ -152,9 +152,11 @@ fn check_row(rows: &crate::common::Rows, span_id: &str, workspace: &str) {
         resource.contains("deployment.environment: test"),
         "{resource}"
     );
+    // Outside readers get the event time as a microsecond timestamp and, exactly, in ns.
     let events = row["events"].as_deref().unwrap();
     assert!(
-        events.contains("2024-06-10T06:13:20.623456789Z"),
+        events.contains("2024-06-10T06:13:20.623456Z")
+            && events.contains(&format!("time_unix_nano: {}", START_NS + 500_000_000)),
         "{events}"
     );
     assert!(

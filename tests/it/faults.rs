@@ -9,7 +9,7 @@ use std::path::Path;
 
 use prost::Message;
 
-use crate::common::{files_under, metric, otlp, parquet_files, read_tree, span_counts};
+use crate::common::{metric, otlp, parquet_files, read_tree, span_counts, uncommitted_files};
 use crate::crash::{Spanlake, send};
 
 const HOUR_NS: u64 = 3_600_000_000_000;
@@ -84,7 +84,7 @@ fn assert_exactly_once(dir: &Path, expected: &[String]) {
 }
 
 fn temp_files(dir: &Path) -> Vec<std::path::PathBuf> {
-    files_under(dir, |p| p.to_string_lossy().ends_with(".parquet.tmp"))
+    uncommitted_files(dir)
 }
 
 /// A step that fails every time: queries keep seeing every span once, the final flush
@@ -282,13 +282,13 @@ async fn crashes_at_every_flush_step_lose_and_double_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rename_failing_half_way_is_taken_back_and_retried_into_the_same_files() {
+async fn a_flush_failing_after_its_commit_is_retried_without_committing_twice() {
     let dir = tempfile::tempdir().unwrap();
-    // The second rename of the first flush fails: the first file is renamed back.
+    // The first flush's commit is in the log, but showing it to queries fails.
     let server = Spanlake::start_with_env(
         dir.path(),
         &["--flush-interval", "100ms"],
-        &[("SPANLAKE_FAULT", "flush.publish:error:2")],
+        &[("SPANLAKE_FAULT", "flush.publish:error:1")],
     );
     let acked = ingest(server.http).await;
     let http = server.http;

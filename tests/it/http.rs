@@ -285,11 +285,15 @@ async fn workspace_header_routes_and_bad_names_touch_nothing() {
     );
     let resp = post(&server, JSON, &[("x-workspace", "Team A")], b"{}".to_vec()).await;
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
-    let entries: Vec<_> = std::fs::read_dir(server.dir.path())
+    let entries: Vec<_> = std::fs::read_dir(server.dir.path().join("spans"))
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
-    assert_eq!(entries, vec!["wal"], "a refused workspace creates nothing");
+    assert_eq!(
+        entries,
+        vec!["_delta_log"],
+        "a refused workspace creates nothing"
+    );
 
     let resp = post(&server, PB, &[("x-workspace", "team-a")], body).await;
     assert_eq!(resp.status(), StatusCode::OK);

@@ -15,4 +15,5 @@ mod http;
 mod json_equivalence;
 mod loadgen;
 mod query;
+mod s3;
 mod vendor;
