@@ -283,7 +283,7 @@ async fn run(
             target_bytes: config.compact_target_bytes,
             interval: config.maintenance_interval,
             retention: config.retention,
-            query_timeout: config.query.query_timeout,
+            keep_removed: config.query.query_timeout + config.vacuum_grace,
         },
         shutdown.clone(),
     ));

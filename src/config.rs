@@ -59,6 +59,10 @@ pub struct ServeConfig {
     /// Remove spans whose hour ended longer ago than this (e.g. `30d`); default: keep all.
     #[arg(long, env = "SPANLAKE_RETENTION", value_parser = parse_duration)]
     pub retention: Option<Duration>,
+    /// Vacuum deletes a file removed from the table (by compaction or retention) once it
+    /// was removed longer ago than `--query-timeout` plus this.
+    #[arg(long, env = "SPANLAKE_VACUUM_GRACE", default_value = "1m", value_parser = parse_duration)]
+    pub vacuum_grace: Duration,
     /// OTLP/gRPC listen address.
     #[arg(long, env = "SPANLAKE_GRPC_ADDR", default_value = "127.0.0.1:4317")]
     pub grpc_addr: SocketAddr,

@@ -15,7 +15,7 @@
 //! - retention removes whole partitions with one commit per pass; appends that conflict
 //!   with it are retried by their writers;
 //! - vacuum deletes a removed file only once it has been removed longer than the query
-//!   timeout plus a margin (a query reads the version it started on), and files no commit
+//!   timeout plus `--vacuum-grace` (a query reads the version it started on), and files no commit
 //!   references only after a day (a flush or compaction between writing a file and
 //!   committing it is far shorter);
 //! - nothing here holds a lock ingest waits for; the table's commit lock is held only for
@@ -55,8 +55,6 @@ use crate::time::NANOS_PER_HOUR;
 const CLOSED_AFTER: Duration = Duration::from_secs(5 * 60);
 /// Files merged by one compaction at most (the merge holds a batch of each).
 const MAX_INPUTS: usize = 64;
-/// A removed file outlives the query timeout by this much before vacuum deletes it.
-const VACUUM_MARGIN: Duration = Duration::from_secs(5 * 60);
 /// Files no commit references are deleted once this old.
 const ORPHAN_AGE: Duration = Duration::from_secs(24 * 3600);
 /// How often vacuum looks for files no commit references.
@@ -73,8 +71,9 @@ pub struct MaintenanceConfig {
     pub interval: Duration,
     /// Hours that ended longer ago than this are removed.
     pub retention: Option<Duration>,
-    /// The query timeout (vacuum keeps removed files past it).
-    pub query_timeout: Duration,
+    /// How long vacuum keeps a removed file: the query timeout plus a grace period (a
+    /// query reads the version it started on until it ends).
+    pub keep_removed: Duration,
 }
 
 /// What one pass did.
@@ -182,7 +181,7 @@ pub async fn run_pass(
             }
         }
     }
-    summary.vacuumed_files = vacuum(storage, config.query_timeout, orphans).await?;
+    summary.vacuumed_files = vacuum(storage, config.keep_removed, orphans).await?;
     Ok(summary)
 }
 
@@ -439,11 +438,11 @@ impl Dedup {
     }
 }
 
-/// Deletes files removed longer ago than the query timeout plus a margin (and, with
-/// `orphans`, files no commit references that are older than a day); returns how many.
+/// Deletes files removed longer ago than `keep_removed` (and, with `orphans`, files no
+/// commit references that are older than a day); returns how many.
 pub async fn vacuum(
     storage: &Storage,
-    query_timeout: Duration,
+    keep_removed: Duration,
     orphans: bool,
 ) -> Result<usize, FlushError> {
     let table = storage.table().await;
@@ -453,7 +452,7 @@ pub async fn vacuum(
     let (mode, keep) = if orphans {
         (VacuumMode::Full, ORPHAN_AGE)
     } else {
-        (VacuumMode::Lite, query_timeout + VACUUM_MARGIN)
+        (VacuumMode::Lite, keep_removed)
     };
     let keep = chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::days(1));
     let (_, metrics) = table

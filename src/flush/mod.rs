@@ -4,7 +4,7 @@
 //! Input: the [`Buffer`]'s chunks from WAL segments below a rotation point. Output: one
 //! Parquet file per workspace and hour at
 //! `<table>/workspace=<ws>/date=YYYY-MM-DD/hour=HH/<ulid>.parquet` (partitioned by span
-//! start time, UTC; rows sorted by (trace_id, start_time); zstd; row groups of 128K rows;
+//! start time, UTC; rows sorted by (trace_id, start_time, span_id), a span repeated in the flush written once; zstd; row groups of 128K rows;
 //! page statistics; a bloom filter on trace_id; the time columns as
 //! [`crate::storage::files`] lays them out), then one Delta commit that adds them and
 //! records this node's WAL position. Rows are sorted by their keys alone and written in
@@ -222,7 +222,8 @@ fn key_column(chunks: &[&SpanChunk], name: &str) -> Result<ArrayRef, FlushError>
     Ok(concat(&arrays)?)
 }
 
-/// Writes one workspace's chunks as one sorted, durable file per hour under `staging`.
+/// Writes one workspace's chunks as one sorted, durable file per hour under `staging`; a
+/// span the chunks hold twice (same trace id, span id and start time) is written once.
 pub fn stage_workspace(
     staging: &Staging,
     workspace: &Workspace,
@@ -233,14 +234,20 @@ pub fn stage_workspace(
         return Ok(Vec::new());
     }
     let start = key_column(&chunks, col::START_TIME)?;
+    let traces = key_column(&chunks, col::TRACE_ID)?;
+    let spans = key_column(&chunks, col::SPAN_ID)?;
     let order = lexsort_to_indices(
         &[
             SortColumn {
-                values: key_column(&chunks, col::TRACE_ID)?,
+                values: traces.clone(),
                 options: None,
             },
             SortColumn {
                 values: start.clone(),
+                options: None,
+            },
+            SortColumn {
+                values: spans.clone(),
                 options: None,
             },
         ],
@@ -252,12 +259,25 @@ pub fn stage_workspace(
         .flat_map(|(c, chunk)| (0..chunk.num_rows()).map(move |r| (c, r)))
         .collect();
     let start = start.as_primitive::<TimestampNanosecondType>();
+    let (traces, spans) = (traces.as_string::<i32>(), spans.as_string::<i32>());
     let mut hours: BTreeMap<i64, Vec<(usize, usize)>> = BTreeMap::new();
+    let mut previous: Option<usize> = None;
     for &i in order.values() {
+        let i = i as usize;
+        // A span sent twice (a client's retry) sorts next to itself: it is stored once.
+        let repeated = previous.is_some_and(|p| {
+            traces.value(p) == traces.value(i)
+                && spans.value(p) == spans.value(i)
+                && start.value(p) == start.value(i)
+        });
+        previous = Some(i);
+        if repeated {
+            continue;
+        }
         hours
-            .entry(hour_bucket(start.value(i as usize)))
+            .entry(hour_bucket(start.value(i)))
             .or_default()
-            .push(located[i as usize]);
+            .push(located[i]);
     }
     drop(located);
     let mut files = Vec::with_capacity(hours.len());

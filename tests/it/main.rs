@@ -16,4 +16,5 @@ mod json_equivalence;
 mod loadgen;
 mod query;
 mod s3;
+mod table;
 mod vendor;
