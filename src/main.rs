@@ -15,18 +15,19 @@ async fn main() {
 }
 
 async fn run() -> anyhow::Result<()> {
+    // The Delta kernel logs every snapshot it builds at INFO (and a missing table, which
+    // spanlake then creates, as an ERROR); its failures reach spanlake as errors, which
+    // spanlake logs. Name `buoyant_kernel` in RUST_LOG to see its own lines.
+    let wanted = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
+    let mut filter = tracing_subscriber::EnvFilter::new(&wanted);
+    if !wanted.contains("buoyant_kernel") {
+        filter = filter.add_directive("buoyant_kernel=off".parse().expect("a directive"));
+    }
+    if !wanted.contains("deltalake_core") {
+        filter = filter.add_directive("deltalake_core=warn".parse().expect("a directive"));
+    }
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                // The Delta kernel logs every snapshot it builds at INFO (and a missing
-                // table, which spanlake then creates, as an ERROR); its failures reach
-                // spanlake as errors, which spanlake logs.
-                .unwrap_or_else(|_| {
-                    tracing_subscriber::EnvFilter::new(
-                        "info,buoyant_kernel=off,deltalake_core=warn",
-                    )
-                }),
-        )
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {

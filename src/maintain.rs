@@ -205,19 +205,10 @@ pub async fn expire(storage: &Storage, retention: Duration) -> Result<usize, Flu
         .iter()
         .map(|f| Action::Remove(remove(f, true)))
         .collect();
-    let cutoff_hour = cutoff.div_euclid(NANOS_PER_HOUR);
+    // No predicate: a predicate is a read set for the conflict check, and retention reads
+    // nothing a concurrent append adds.
     storage
-        .commit(
-            actions,
-            DeltaOperation::Delete {
-                predicate: Some(format!(
-                    "hours ending before {} (retention {}s)",
-                    cutoff_hour,
-                    retention.as_secs()
-                )),
-            },
-            false,
-        )
+        .commit(actions, DeltaOperation::Delete { predicate: None }, false)
         .await?;
     info!(
         files = expired.len(),
@@ -346,7 +337,7 @@ async fn compact(
             .commit(
                 actions,
                 DeltaOperation::Optimize {
-                    predicate: Some(format!("workspace = '{workspace}' AND hour bucket {hour}")),
+                    predicate: None,
                     target_size: target as i64,
                 },
                 false,

@@ -502,6 +502,8 @@ pub struct PendingFlush {
     rows: u64,
     /// Whether a commit was attempted (a retry asks the log first).
     attempted: bool,
+    /// When its files were written.
+    staged_at: Instant,
 }
 
 impl PendingFlush {
@@ -543,6 +545,7 @@ pub async fn stage_flush(
         position,
         rows,
         attempted: false,
+        staged_at: Instant::now(),
     })
 }
 
@@ -590,6 +593,11 @@ pub async fn write_taken(
     complete_flush(storage, wal_dir, buffer, &mut pending).await?;
     Ok((pending.files(), pending.rows()))
 }
+
+/// A flush whose commit has failed this long writes its files anew before it tries again:
+/// vacuum deletes files no commit references once they are a day old, and a commit must
+/// never add a file that is gone.
+const RESTAGE_AFTER: Duration = Duration::from_secs(6 * 3600);
 
 /// How often an idle flusher loads the table's newest version (other nodes' commits).
 const REFRESH_EVERY: Duration = Duration::from_secs(2);
@@ -689,6 +697,37 @@ impl Flusher {
         }
     }
 
+    /// A pending flush whose files are old: done if the log holds its commit, else its
+    /// files are deleted and written anew from its chunks (still buffered).
+    async fn restage(&self, pending: PendingFlush) -> Result<PendingFlush, FlushError> {
+        let committed = self.storage.committed_position().await?;
+        if committed.is_some_and(|p| p >= pending.position) {
+            return Ok(pending);
+        }
+        warn!(
+            files = pending.files.len(),
+            "A flush has not been committed for hours; writing its files anew."
+        );
+        if self.staging.upload {
+            use object_store::ObjectStoreExt as _;
+            let store = self.storage.store();
+            for f in &pending.files {
+                let _ = store
+                    .delete(&object_store::path::Path::from(f.path.as_str()))
+                    .await;
+            }
+        } else {
+            remove_staged(&self.staging, &pending.files);
+        }
+        stage_flush(
+            &self.storage,
+            &self.staging,
+            pending.taken,
+            pending.position,
+        )
+        .await
+    }
+
     /// Whether a flush failed after its files were staged (it is retried even when
     /// nothing new is buffered, or the checkpoint would never move).
     fn has_pending(&self) -> bool {
@@ -702,6 +741,9 @@ impl Flusher {
         let mut slot = self.pending.lock().await;
         let started = Instant::now();
         let mut pending = match slot.take() {
+            Some(pending) if pending.staged_at.elapsed() >= RESTAGE_AFTER => {
+                self.restage(pending).await?
+            }
             Some(pending) => pending,
             None => {
                 let next = self.wal.rotate().await?;
