@@ -65,7 +65,7 @@ fn generate(dir: &std::path::Path, spans: usize) -> String {
                 predicate: None,
             };
             runtime
-                .block_on(storage.commit(adds, append, true))
+                .block_on(storage.commit(adds, append, Vec::new(), true))
                 .unwrap();
             batches.clear();
         }

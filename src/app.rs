@@ -313,9 +313,22 @@ async fn open_storage(config: &ServeConfig) -> anyhow::Result<Arc<Storage>> {
         .context("reading this node's id")?;
     let location = crate::config::storage_location(&config.data_dir, config.storage.as_deref());
     let url = storage::parse_location(&location)?;
+    if let (Ok(root), Ok(data)) = (url.to_file_path(), config.data_dir.canonicalize()) {
+        // Vacuum deletes what the table's log does not name: never the WAL.
+        anyhow::ensure!(
+            !data.starts_with(&root),
+            "--storage {location} holds the data dir {}: put the table beside it (the default is {})",
+            config.data_dir.display(),
+            config.data_dir.join(path::TABLE_DIR).display()
+        );
+    }
     let storage = Storage::open(url, node_id, true)
         .await
         .with_context(|| format!("opening the table of spans at {location}"))?;
+    storage
+        .claim(&config.data_dir)
+        .await
+        .context("claiming this node's id in the table")?;
     info!(table = %storage.url(), node = storage.node_id(), "Opened the table of spans.");
     Ok(Arc::new(storage))
 }

@@ -60,8 +60,9 @@ pub struct ServeConfig {
     #[arg(long, env = "SPANLAKE_RETENTION", value_parser = parse_duration)]
     pub retention: Option<Duration>,
     /// Vacuum deletes a file removed from the table (by compaction or retention) once it
-    /// was removed longer ago than `--query-timeout` plus this.
-    #[arg(long, env = "SPANLAKE_VACUUM_GRACE", default_value = "1m", value_parser = parse_duration)]
+    /// was removed longer ago than `--query-timeout` plus this (outside readers on an older
+    /// version need it as long).
+    #[arg(long, env = "SPANLAKE_VACUUM_GRACE", default_value = "1h", value_parser = parse_duration)]
     pub vacuum_grace: Duration,
     /// OTLP/gRPC listen address.
     #[arg(long, env = "SPANLAKE_GRPC_ADDR", default_value = "127.0.0.1:4317")]

@@ -9,9 +9,12 @@
 //!   one sorted merge (a batch per file in memory, whatever their size), drops repeated
 //!   (trace_id, span_id) pairs (a client's retry; the first stored copy wins), writes
 //!   files of about `--compact-target-bytes`, and commits adds and removes in one commit
-//!   with `dataChange = false`; a conflict with another writer's commit abandons the
-//!   attempt (its files are deleted) instead of retrying, so two nodes never both merge
-//!   the same files;
+//!   with `dataChange = false` and an application transaction per workspace
+//!   (`spanlake-compact-<ws>`), so two compactions of one workspace conflict; a conflict,
+//!   or an input another writer already removed, abandons the attempt (its files are
+//!   deleted) instead of retrying, so two nodes never both merge the same files; after
+//!   any other error the log is asked whether the commit happened, and the files are
+//!   never deleted unless it surely did not;
 //! - retention removes whole partitions with one commit per pass; appends that conflict
 //!   with it are retried by their writers;
 //! - vacuum deletes a removed file only once it has been removed longer than the query
@@ -35,7 +38,7 @@ use datafusion::physical_expr::{LexOrdering, PhysicalSortExpr};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
 use datafusion::prelude::{SessionConfig, SessionContext};
-use deltalake::kernel::Action;
+use deltalake::kernel::{Action, Transaction};
 use deltalake::operations::vacuum::VacuumMode;
 use deltalake::protocol::DeltaOperation;
 use futures::StreamExt;
@@ -208,7 +211,12 @@ pub async fn expire(storage: &Storage, retention: Duration) -> Result<usize, Flu
     // No predicate: a predicate is a read set for the conflict check, and retention reads
     // nothing a concurrent append adds.
     storage
-        .commit(actions, DeltaOperation::Delete { predicate: None }, false)
+        .commit(
+            actions,
+            DeltaOperation::Delete { predicate: None },
+            Vec::new(),
+            false,
+        )
         .await?;
     info!(
         files = expired.len(),
@@ -232,7 +240,8 @@ async fn compact(
     let inputs: Vec<ScanFile> = files
         .iter()
         .filter_map(|f| Some(ScanFile::at(&version.url(f)?, f.size)))
-        .collect();
+        .collect::<Result<_, _>>()
+        .map_err(|e| FlushError::Task(e.to_string()))?;
     let ctx = merge_session(storage)?;
     let state = ctx.state();
     let schema = spans_schema();
@@ -333,6 +342,14 @@ async fn compact(
             .map_err(crate::flush::io_at(Path::new("compaction")))?;
         let mut actions: Vec<Action> = new.iter().map(|f| Action::Add(f.add(false))).collect();
         actions.extend(files.iter().map(|f| Action::Remove(remove(f, false))));
+        // Removes without a data change are invisible to the conflict check, so two
+        // compactions of one workspace are made to conflict through this transaction.
+        let now = chrono::Utc::now().timestamp_millis();
+        let claim = Transaction::new_with_last_update(
+            format!("spanlake-compact-{workspace}"),
+            now,
+            Some(now),
+        );
         storage
             .commit(
                 actions,
@@ -340,6 +357,7 @@ async fn compact(
                     predicate: None,
                     target_size: target as i64,
                 },
+                vec![claim],
                 false,
             )
             .await
@@ -357,8 +375,13 @@ async fn compact(
             Ok(None)
         }
         Err(e) => {
-            delete_new(storage, &staging, &new).await;
-            Err(e)
+            // The commit may have happened although it answered with an error: never
+            // delete files the log may name; unreferenced ones go to vacuum.
+            let paths: Vec<&str> = new.iter().map(|f| f.path.as_str()).collect();
+            match storage.holds(&paths).await {
+                Ok(true) => Ok(Some(dropped)),
+                _ => Err(e),
+            }
         }
     }
 }
@@ -458,6 +481,8 @@ pub async fn vacuum(
                 source: Box::new(e),
             })
         })?;
+    // Vacuum commits through its own handle: make its log entries durable too.
+    storage.sync_log()?;
     Ok(metrics.files_deleted.len())
 }
 

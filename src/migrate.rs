@@ -7,19 +7,21 @@
 //! `spanlake migrate`.
 //!
 //! Invariants: a flush the old version left half done is first completed or rolled back
-//! exactly as that version would have; each old file is rewritten into the data-file
-//! layout under a name derived from its own (`migrated-<old name>`), committed, and only
-//! then deleted, so a crash at any step leaves each span either in the old tree or in the
-//! table — a restart skips a file whose rewrite the table already holds and deletes it.
+//! exactly as that version would have; old files are rewritten into the data-file layout
+//! (`migrated-<ulid>.parquet`, a fresh name each attempt) in batches; a batch's old files
+//! are listed in a journal (`wal/adopt.pending`, fsynced) before its commit, which carries
+//! the batch number as an application transaction (`spanlake-adopt-<node>`), and are
+//! deleted only after it. A restart after a crash asks the log whether the journal's batch
+//! was committed: if so its old files are deleted, else adopted again. So each span is
+//! either in the old tree or in the table, never both and never neither.
 
-use std::collections::HashSet;
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 
 use arrow::array::{ArrayRef, RecordBatch, new_null_array};
 use arrow::compute::cast;
-use deltalake::kernel::Action;
+use deltalake::kernel::{Action, Transaction};
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use tracing::{info, warn};
@@ -49,6 +51,7 @@ struct OldFile {
 
 /// Adopts the old tree under `data_dir` into `storage`; returns the files adopted.
 pub async fn adopt(data_dir: &Path, storage: &Storage) -> Result<usize, FlushError> {
+    finish_batch(data_dir, storage).await?;
     let dir = data_dir.to_path_buf();
     let old = tokio::task::spawn_blocking(move || -> Result<Vec<OldFile>, FlushError> {
         finish_old_flush(&dir)?;
@@ -65,58 +68,52 @@ pub async fn adopt(data_dir: &Path, storage: &Storage) -> Result<usize, FlushErr
         "Adopting the Parquet tree of an earlier version into the table."
     );
     let staging = Staging::of(storage, data_dir);
+    let app = format!("spanlake-adopt-{}", storage.node_id());
+    let journal = data_dir.join(path::WAL_DIR).join(JOURNAL);
     let mut adopted = 0;
     for batch in old.chunks(BATCH) {
-        let present: HashSet<String> = storage.files().all().map(|f| f.path.clone()).collect();
+        let number = storage.app_version(&app).await?.unwrap_or(0) + 1;
         let mut new = Vec::new();
         for old_file in batch {
+            // A fresh name each attempt: a name is never reused after a failed attempt.
             let target = format!(
-                "{}/{MIGRATED}{}",
+                "{}/{MIGRATED}{}.{}",
                 partition_path(&old_file.workspace, old_file.hour),
-                old_file
-                    .path
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default()
+                ulid::Ulid::new(),
+                path::PARQUET_EXT
             );
-            if present.contains(&target) {
-                continue;
-            }
             let (source, local) = (old_file.path.clone(), staging.root.join(&target));
             let facts = tokio::task::spawn_blocking(move || rewrite(&source, &local))
                 .await
                 .map_err(|e| FlushError::Task(e.to_string()))??;
             new.push(facts.new_file(target, &old_file.workspace, old_file.hour));
         }
-        if !new.is_empty() {
-            sync_parents(&staging, &new)?;
-            if staging.upload
-                && let Err(e) = upload(storage, &staging, &new).await
-            {
-                remove_staged(&staging, &new);
-                return Err(e);
-            }
-            let actions = new.iter().map(|f| Action::Add(f.add(true))).collect();
-            storage
-                .commit(
-                    actions,
-                    DeltaOperation::Write {
-                        mode: SaveMode::Append,
-                        partition_by: Some(partition::ALL.iter().map(|c| c.to_string()).collect()),
-                        predicate: None,
-                    },
-                    true,
-                )
-                .await?;
+        sync_parents(&staging, &new)?;
+        if staging.upload
+            && let Err(e) = upload(storage, &staging, &new).await
+        {
+            remove_staged(&staging, &new);
+            return Err(e);
         }
-        for old_file in batch {
-            match std::fs::remove_file(&old_file.path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io_at(&old_file.path)(e)),
-            }
-            adopted += 1;
-        }
+        let olds: Vec<PathBuf> = batch.iter().map(|f| f.path.clone()).collect();
+        write_journal(&journal, number, &olds)?;
+        let actions = new.iter().map(|f| Action::Add(f.add(true))).collect();
+        let now = chrono::Utc::now().timestamp_millis();
+        storage
+            .commit(
+                actions,
+                DeltaOperation::Write {
+                    mode: SaveMode::Append,
+                    partition_by: Some(partition::ALL.iter().map(|c| c.to_string()).collect()),
+                    predicate: None,
+                },
+                vec![Transaction::new_with_last_update(&app, number, Some(now))],
+                true,
+            )
+            .await?;
+        remove_old(&olds)?;
+        remove_journal(&journal)?;
+        adopted += batch.len();
     }
     let dir = data_dir.to_path_buf();
     tokio::task::spawn_blocking(move || remove_empty_old_dirs(&dir))
@@ -128,6 +125,76 @@ pub async fn adopt(data_dir: &Path, storage: &Storage) -> Result<usize, FlushErr
         "Adopted the Parquet tree of an earlier version."
     );
     Ok(adopted)
+}
+
+/// The journal of the batch being adopted, in the WAL directory: its number, then the old
+/// files it rewrites.
+const JOURNAL: &str = "adopt.pending";
+
+/// Completes the batch a crash interrupted: if the log holds its commit (the adoption's
+/// application transaction reached its number), its old files are deleted; else they stay
+/// and are adopted again (the rewrites of the failed attempt are left to vacuum).
+async fn finish_batch(data_dir: &Path, storage: &Storage) -> Result<(), FlushError> {
+    let journal = data_dir.join(path::WAL_DIR).join(JOURNAL);
+    let text = match std::fs::read_to_string(&journal) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_at(&journal)(e)),
+    };
+    let mut lines = text.lines();
+    let number: i64 = lines.next().and_then(|l| l.parse().ok()).ok_or_else(|| {
+        io_at(&journal)(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "unreadable adoption journal",
+        ))
+    })?;
+    let app = format!("spanlake-adopt-{}", storage.node_id());
+    if storage.app_version(&app).await?.unwrap_or(0) >= number {
+        let olds: Vec<PathBuf> = lines.map(|l| data_dir.join(l)).collect();
+        remove_old(&olds)?;
+        info!(
+            files = olds.len(),
+            "Completed an adoption batch interrupted after its commit."
+        );
+    }
+    remove_journal(&journal)
+}
+
+fn write_journal(journal: &Path, number: i64, olds: &[PathBuf]) -> Result<(), FlushError> {
+    let data_dir = journal
+        .parent()
+        .and_then(Path::parent)
+        .unwrap_or(Path::new("."));
+    let mut text = format!("{number}\n");
+    for p in olds {
+        text.push_str(&p.strip_prefix(data_dir).unwrap_or(p).to_string_lossy());
+        text.push('\n');
+    }
+    let tmp = journal.with_extension("tmp");
+    std::fs::write(&tmp, text)
+        .and_then(|()| File::open(&tmp)?.sync_all())
+        .and_then(|()| std::fs::rename(&tmp, journal))
+        .and_then(|()| sync_dir(journal.parent().unwrap_or(Path::new("."))))
+        .map_err(io_at(journal))
+}
+
+fn remove_journal(journal: &Path) -> Result<(), FlushError> {
+    match std::fs::remove_file(journal) {
+        Ok(()) => sync_dir(journal.parent().unwrap_or(Path::new("."))).map_err(io_at(journal)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_at(journal)(e)),
+    }
+}
+
+fn remove_old(olds: &[PathBuf]) -> Result<(), FlushError> {
+    for p in olds {
+        match std::fs::remove_file(p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_at(p)(e)),
+        }
+    }
+    Ok(())
 }
 
 /// Rewrites one old file into the data-file layout at `target`.

@@ -52,6 +52,7 @@ pub struct Buffer {
 }
 
 /// The chunks of one workspace taken for a flush.
+#[derive(Clone)]
 pub struct Taken {
     /// The workspace.
     pub workspace: Workspace,

@@ -697,17 +697,24 @@ impl Flusher {
         }
     }
 
-    /// A pending flush whose files are old: done if the log holds its commit, else its
-    /// files are deleted and written anew from its chunks (still buffered).
-    async fn restage(&self, pending: PendingFlush) -> Result<PendingFlush, FlushError> {
+    /// A pending flush whose files are old: `None` if the log holds its commit (it goes on
+    /// as it is), else a flush of the same chunks with new files (the old ones deleted).
+    async fn restage(&self, pending: &PendingFlush) -> Result<Option<PendingFlush>, FlushError> {
         let committed = self.storage.committed_position().await?;
         if committed.is_some_and(|p| p >= pending.position) {
-            return Ok(pending);
+            return Ok(None);
         }
         warn!(
             files = pending.files.len(),
             "A flush has not been committed for hours; writing its files anew."
         );
+        let restaged = stage_flush(
+            &self.storage,
+            &self.staging,
+            pending.taken.clone(),
+            pending.position,
+        )
+        .await?;
         if self.staging.upload {
             use object_store::ObjectStoreExt as _;
             let store = self.storage.store();
@@ -719,13 +726,7 @@ impl Flusher {
         } else {
             remove_staged(&self.staging, &pending.files);
         }
-        stage_flush(
-            &self.storage,
-            &self.staging,
-            pending.taken,
-            pending.position,
-        )
-        .await
+        Ok(Some(restaged))
     }
 
     /// Whether a flush failed after its files were staged (it is retried even when
@@ -742,7 +743,14 @@ impl Flusher {
         let started = Instant::now();
         let mut pending = match slot.take() {
             Some(pending) if pending.staged_at.elapsed() >= RESTAGE_AFTER => {
-                self.restage(pending).await?
+                match self.restage(&pending).await {
+                    Ok(Some(restaged)) => restaged,
+                    Ok(None) => pending,
+                    Err(e) => {
+                        *slot = Some(pending);
+                        return Err(e);
+                    }
+                }
             }
             Some(pending) => pending,
             None => {

@@ -148,7 +148,7 @@ impl TableProvider for SpansTable {
                 lo.is_none_or(|l| last >= l) && hi.is_none_or(|h| first <= h)
             })
             .map(|(f, url)| ScanFile::at(url, f.size))
-            .collect();
+            .collect::<Result<_>>()?;
         let mut plans = Vec::with_capacity(2);
         if !files.is_empty() {
             let partitions = state.config().target_partitions();

@@ -192,19 +192,21 @@ pub struct ScanFile {
     /// The object store's URL.
     pub store: String,
     /// The path within the store.
-    pub path: String,
+    pub path: object_store::path::Path,
     /// Bytes.
     pub size: u64,
 }
 
 impl ScanFile {
     /// The file at `url`.
-    pub fn at(url: &url::Url, size: u64) -> Self {
-        Self {
+    pub fn at(url: &url::Url, size: u64) -> Result<Self> {
+        let path = object_store::path::Path::from_url_path(url.path())
+            .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
+        Ok(Self {
             store: format!("{}://{}", url.scheme(), url.host_str().unwrap_or("")),
-            path: url.path().trim_start_matches('/').to_string(),
+            path,
             size,
-        }
+        })
     }
 }
 
@@ -224,7 +226,14 @@ pub async fn scan(
     };
     let store = ObjectStoreUrl::parse(&first.store)?;
     let file = |f: &ScanFile| {
-        PartitionedFile::new(f.path.clone(), f.size).with_arrow_schema(file_schema())
+        PartitionedFile::new_from_meta(object_store::ObjectMeta {
+            location: f.path.clone(),
+            last_modified: chrono::DateTime::<chrono::Utc>::UNIX_EPOCH,
+            size: f.size,
+            e_tag: None,
+            version: None,
+        })
+        .with_arrow_schema(file_schema())
     };
     let groups: Vec<FileGroup> = if ordering.is_some() {
         files

@@ -61,20 +61,30 @@ pub enum StorageError {
     /// `--storage` is not a location spanlake can use.
     #[error("--storage {0}: {1}")]
     Location(String, String),
+    /// Another process wrote to the table under this node's id.
+    #[error(
+        "another process is writing to the table as node {0}; each node needs its own --node-id and data dir (this process commits nothing more; its WAL keeps every span)"
+    )]
+    NodeIdInUse(String),
+    /// A commit would remove a file the newest version no longer holds (another writer
+    /// removed it first).
+    #[error("{0} is no longer in the table; another writer removed it")]
+    Gone(String),
 }
 
 impl StorageError {
     /// Whether another writer's commit conflicted with this one.
     pub fn is_conflict(&self) -> bool {
-        matches!(
-            self,
-            StorageError::Delta { source, .. } if matches!(
-                source.as_ref(),
-                DeltaTableError::Transaction {
-                    source: TransactionError::CommitConflict(_)
-                }
+        matches!(self, StorageError::Gone(_))
+            || matches!(
+                self,
+                StorageError::Delta { source, .. } if matches!(
+                    source.as_ref(),
+                    DeltaTableError::Transaction {
+                        source: TransactionError::CommitConflict(_)
+                    }
+                )
             )
-        )
     }
 }
 
@@ -299,8 +309,11 @@ pub struct Storage {
     remote: Option<(Url, Arc<dyn ObjectStore>)>,
     table: tokio::sync::Mutex<DeltaTable>,
     files: RwLock<Arc<TableFiles>>,
-    /// False while a flush's commit has an unknown outcome.
+    /// False from a flush's commit until its version is installed (with the buffer's
+    /// release): meanwhile nothing else installs a version, which could hold its spans.
     settled: AtomicBool,
+    /// This process's claim on the node id (see [`Storage::claim`]); 0 before it.
+    incarnation: std::sync::atomic::AtomicI64,
 }
 
 impl std::fmt::Debug for Storage {
@@ -359,6 +372,7 @@ impl Storage {
             table: tokio::sync::Mutex::new(table),
             files: RwLock::new(files),
             settled: AtomicBool::new(true),
+            incarnation: std::sync::atomic::AtomicI64::new(0),
         })
     }
 
@@ -416,6 +430,105 @@ impl Storage {
         )
     }
 
+    fn incarnation_app(&self) -> String {
+        format!("spanlake-wal-{}-incarnation", self.node_id)
+    }
+
+    /// Claims the node id for this process: a commit recording a new random incarnation
+    /// under `spanlake-wal-<node>-incarnation`, also kept in `<data-dir>/incarnation`.
+    /// Refuses when the table's incarnation is not the one this data dir last claimed
+    /// (another process wrote as this node since). Every flush commit carries the
+    /// incarnation, and a flush counts a position in the log as its own only under it.
+    pub async fn claim(&self, data_dir: &Path) -> Result<(), StorageError> {
+        let local = data_dir.join("incarnation");
+        // One number, or two while a claim is under way ("<previous> <next>"): a crash
+        // between writing the file and the commit leaves the table at either.
+        let mine: Vec<i64> = std::fs::read_to_string(&local)
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|n| n.parse().ok())
+            .collect();
+        let mut table = self.table.lock().await;
+        if table.snapshot().is_ok() {
+            table.update_state().await.map_err(self.delta())?;
+        }
+        let current = self.txn_version(&table, &self.incarnation_app()).await?;
+        if let Some(current) = current
+            && !mine.is_empty()
+            && !mine.contains(&current)
+        {
+            return Err(StorageError::NodeIdInUse(self.node_id.clone()));
+        }
+        let next = loop {
+            let n = (ulid::Ulid::new().random() as i64) & i64::MAX;
+            if n != 0 && Some(n) != current {
+                break n;
+            }
+        };
+        let write_local = |text: String| {
+            let tmp = data_dir.join(".incarnation.tmp");
+            std::fs::write(&tmp, text)
+                .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
+                .and_then(|()| std::fs::rename(&tmp, &local))
+                .and_then(|()| sync_dir(data_dir))
+                .map_err(io_at(&local))
+        };
+        let previous = current.map(|c| format!("{c} ")).unwrap_or_default();
+        write_local(format!("{previous}{next}"))?;
+        let now = chrono::Utc::now().timestamp_millis();
+        let txn = Transaction::new_with_last_update(self.incarnation_app(), next, Some(now));
+        let operation = DeltaOperation::Write {
+            mode: SaveMode::Append,
+            partition_by: None,
+            predicate: None,
+        };
+        self.try_commit(&mut table, Vec::new(), operation, vec![txn])
+            .await?;
+        write_local(next.to_string())?;
+        self.incarnation.store(next, Ordering::Release);
+        Ok(())
+    }
+
+    /// The newest version's application transaction `app`.
+    pub async fn app_version(&self, app: &str) -> Result<Option<i64>, StorageError> {
+        let mut table = self.table.lock().await;
+        if table.snapshot().is_ok() {
+            table.update_state().await.map_err(self.delta())?;
+        }
+        self.txn_version(&table, app).await
+    }
+
+    async fn txn_version(
+        &self,
+        table: &DeltaTable,
+        app: &str,
+    ) -> Result<Option<i64>, StorageError> {
+        let Ok(state) = table.snapshot() else {
+            return Ok(None);
+        };
+        state
+            .transaction_version(table.log_store().as_ref(), app)
+            .await
+            .map_err(self.delta())
+    }
+
+    /// Whether `position` is in `table` as this process's own commit; an error if another
+    /// process has claimed the node id.
+    async fn holds_position(
+        &self,
+        table: &DeltaTable,
+        position: WalPosition,
+    ) -> Result<bool, StorageError> {
+        let mine = self.incarnation.load(Ordering::Acquire);
+        if mine != 0 && self.txn_version(table, &self.incarnation_app()).await? != Some(mine) {
+            return Err(StorageError::NodeIdInUse(self.node_id.clone()));
+        }
+        Ok(self
+            .position_in(table)
+            .await?
+            .is_some_and(|p| p >= position))
+    }
+
     /// The WAL position of this node's last flush in `table` (everything before it is in
     /// the table).
     async fn position_in(&self, table: &DeltaTable) -> Result<Option<WalPosition>, StorageError> {
@@ -463,20 +576,24 @@ impl Storage {
         self.settled.store(false, Ordering::Release);
         if retry {
             table.update_state().await.map_err(self.delta())?;
-            if self
-                .position_in(&table)
-                .await?
-                .is_some_and(|p| p >= position)
-            {
+            if self.holds_position(&table, position).await? {
                 return Ok(Arc::new(TableFiles::from_table(&table, &self.url)));
             }
         }
         let now = chrono::Utc::now().timestamp_millis();
         let (segment_app, offset_app) = self.app_ids();
-        let txns = vec![
+        let mut txns = vec![
             Transaction::new_with_last_update(segment_app, position.segment.0 as i64, Some(now)),
             Transaction::new_with_last_update(offset_app, position.offset as i64, Some(now)),
         ];
+        let incarnation = self.incarnation.load(Ordering::Acquire);
+        if incarnation != 0 {
+            txns.push(Transaction::new_with_last_update(
+                self.incarnation_app(),
+                incarnation,
+                Some(now),
+            ));
+        }
         let actions: Vec<Action> = new.iter().map(|f| Action::Add(f.add(true))).collect();
         let operation = || DeltaOperation::Write {
             mode: SaveMode::Append,
@@ -495,11 +612,7 @@ impl Storage {
             };
             // Whatever the answer, the log says whether the commit happened.
             table.update_state().await.map_err(self.delta())?;
-            if self
-                .position_in(&table)
-                .await?
-                .is_some_and(|p| p >= position)
-            {
+            if self.holds_position(&table, position).await? {
                 warn!(error = %failure, "A flush commit answered with an error but is in the log; it counts as done.");
                 if let Some(root) = &self.local {
                     sync_log_dir(root)?;
@@ -507,7 +620,8 @@ impl Storage {
                 break;
             }
             if attempt >= COMMIT_ATTEMPTS || !retryable(&failure) {
-                self.settled.store(true, Ordering::Release);
+                // Still unsettled: a write the store answered with an error may yet
+                // land; the retry of this flush settles it.
                 return Err(failure);
             }
             warn!(error = %failure, attempt, "A flush commit conflicted with another writer's; retrying on the newer version.");
@@ -523,23 +637,49 @@ impl Storage {
         self.settled.store(true, Ordering::Release);
     }
 
-    /// Commits `actions` (a compaction, a retention or a migration); an append
-    /// (`retry_conflicts`) is retried against newer versions on conflicts, anything that
-    /// removes files is not (the other writer's commit may have removed them already).
+    /// Commits `actions` (a compaction, a retention or a migration) with the application
+    /// transactions `txns`; an append (`retry_conflicts`) is retried against newer versions
+    /// on conflicts, anything that removes files is not (the other writer's commit may
+    /// have removed them already), and is refused at once if a file it removes is no longer
+    /// in the newest version this node loaded.
     /// Returns the files of the committed version, already installed for queries unless
     /// a flush's outcome is pending.
     pub async fn commit(
         &self,
         actions: Vec<Action>,
         operation: DeltaOperation,
+        txns: Vec<Transaction>,
         retry_conflicts: bool,
     ) -> Result<Arc<TableFiles>, StorageError> {
         let mut table = self.table.lock().await;
+        // The conflict check covers commits after the version this one is made on, so a
+        // file to remove must still be in that version: the files were chosen from the
+        // version queries read, which may be older.
+        let removed: Vec<&str> = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Remove(r) => Some(r.path.as_str()),
+                _ => None,
+            })
+            .collect();
+        if !removed.is_empty() {
+            let present: std::collections::HashSet<String> = match table.snapshot() {
+                Ok(state) => state
+                    .log_data()
+                    .iter()
+                    .map(|f| f.path().into_owned())
+                    .collect(),
+                Err(_) => Default::default(),
+            };
+            if let Some(gone) = removed.iter().find(|p| !present.contains(**p)) {
+                return Err(StorageError::Gone(gone.to_string()));
+            }
+        }
         let mut attempt = 0;
         loop {
             attempt += 1;
             match self
-                .try_commit(&mut table, actions.clone(), operation.clone(), Vec::new())
+                .try_commit(&mut table, actions.clone(), operation.clone(), txns.clone())
                 .await
             {
                 Ok(()) => break,
@@ -555,6 +695,29 @@ impl Storage {
             self.install(files.clone());
         }
         Ok(files)
+    }
+
+    /// Whether the newest version holds every file of `paths` (after a commit answered with
+    /// an error: it may have happened).
+    pub async fn holds(&self, paths: &[&str]) -> Result<bool, StorageError> {
+        let mut table = self.table.lock().await;
+        table.update_state().await.map_err(self.delta())?;
+        let state = table.snapshot().map_err(self.delta())?;
+        let present: std::collections::HashSet<String> = state
+            .log_data()
+            .iter()
+            .map(|f| f.path().into_owned())
+            .collect();
+        Ok(paths.iter().all(|p| present.contains(*p)))
+    }
+
+    /// fsyncs the log of a local table (after operations that commit outside this handle,
+    /// like vacuum).
+    pub fn sync_log(&self) -> Result<(), StorageError> {
+        match &self.local {
+            Some(root) => sync_log_dir(root),
+            None => Ok(()),
+        }
     }
 
     /// Loads the newest version (other nodes' commits); returns its files when it is newer

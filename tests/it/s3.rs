@@ -1,5 +1,5 @@
 //! One Delta table on S3 shared by two nodes, with the real binary against a local
-//! S3-compatible server. These tests need that server: `scripts/test-s3` installs and
+//! S3-compatible server. These tests need that server: `scripts/test-delta` installs and
 //! starts one, then runs them with `--ignored`.
 
 use std::collections::BTreeSet;
@@ -14,9 +14,9 @@ use crate::crash::{Spanlake, send};
 /// The S3 settings the script passes: endpoint and bucket.
 fn s3() -> (String, String) {
     let endpoint = std::env::var("SPANLAKE_TEST_S3_ENDPOINT")
-        .expect("SPANLAKE_TEST_S3_ENDPOINT (run scripts/test-s3)");
+        .expect("SPANLAKE_TEST_S3_ENDPOINT (run scripts/test-delta)");
     let bucket = std::env::var("SPANLAKE_TEST_S3_BUCKET")
-        .expect("SPANLAKE_TEST_S3_BUCKET (run scripts/test-s3)");
+        .expect("SPANLAKE_TEST_S3_BUCKET (run scripts/test-delta)");
     (endpoint, bucket)
 }
 
@@ -92,7 +92,7 @@ async fn stored(http: SocketAddr) -> (u64, BTreeSet<String>) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs a local S3 server: run scripts/test-s3"]
+#[ignore = "needs a local S3 server: run scripts/test-delta"]
 async fn two_nodes_share_one_s3_table_and_lose_nothing_acked() {
     let (endpoint, bucket) = s3();
     let storage = format!("s3://{bucket}/two-nodes-{}", ulid::Ulid::new());
@@ -142,4 +142,84 @@ async fn two_nodes_share_one_s3_table_and_lose_nothing_acked() {
     assert_eq!(ids, expected, "the table holds exactly the acked spans");
     assert_eq!(n, expected.len() as u64, "no span is stored twice");
     c.terminate();
+}
+
+/// Spans `first..first + n` starting in the long-closed hour of 2024-06-10T06.
+fn old_hour_request(first: u64, n: u64) -> Vec<u8> {
+    const HOUR_NS: u64 = 3_600_000_000_000;
+    let hour = 1_718_000_000_000_000_000 - 1_718_000_000_000_000_000 % HOUR_NS;
+    let spans = (first..first + n)
+        .map(|id| {
+            let mut s = otlp::span(0x5f, 0, "s3-compaction");
+            s.span_id = id.to_be_bytes().to_vec();
+            s.start_time_unix_nano = hour + id * 1_000;
+            s.end_time_unix_nano = s.start_time_unix_nano + 1_000;
+            s
+        })
+        .collect();
+    otlp::request(spans).encode_to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a local S3 server: run scripts/test-delta"]
+async fn two_nodes_compacting_one_hour_store_each_span_once() {
+    let (endpoint, bucket) = s3();
+    let storage = format!("s3://{bucket}/compaction-{}", ulid::Ulid::new());
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let start = |dir: &Path, id: &str| {
+        let env = env(&endpoint);
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        Spanlake::start_with_env(
+            dir,
+            &[
+                "--storage",
+                &storage,
+                "--node-id",
+                id,
+                "--flush-interval",
+                "100ms",
+                "--maintenance-interval",
+                "300ms",
+            ],
+            &env,
+        )
+    };
+    let a = start(a_dir.path(), "compact-a");
+    let b = start(b_dir.path(), "compact-b");
+    // Many small flushes into one closed hour from both nodes, while both compact it.
+    let client = reqwest::Client::new();
+    let mut expected = BTreeSet::new();
+    for k in 0..40u64 {
+        let (node, first) = if k % 2 == 0 {
+            (&a, 1 + k * 10)
+        } else {
+            (&b, 1 + k * 10)
+        };
+        assert!(send(&client, node.http, old_hour_request(first, 10)).await);
+        expected.extend((first..first + 10).map(|id| format!("{id:016x}")));
+        tokio::time::sleep(std::time::Duration::from_millis(120)).await;
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    loop {
+        let (n, ids) = stored(a.http).await;
+        assert!(n >= ids.len() as u64);
+        assert_eq!(n, ids.len() as u64, "a span stored twice");
+        if ids == expected {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node a sees {n} of {} spans",
+            expected.len()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    // Let a few more passes run on both nodes, then check again on each.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    for node in [&a, &b] {
+        let (n, ids) = stored(node.http).await;
+        assert_eq!((n, &ids), (expected.len() as u64, &expected));
+    }
+    a.terminate();
+    b.terminate();
 }
