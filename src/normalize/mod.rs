@@ -4,7 +4,7 @@
 //! list of spans rejected (bad ids, out-of-range times), each with a message naming the
 //! span and the reason. Invariants: a span is either appended whole (one row in every
 //! column) or rejected whole; well-known attributes are lifted into typed columns with the
-//! priority lists of ARCHITECTURE.md (span attributes first, then resource attributes),
+//! priority lists of docs/schema.md (span attributes first, then resource attributes),
 //! and every attribute is also kept in `attributes`. Per span, attribute lookup is one
 //! pass with a `match` on the key and no allocation beyond the builders' own buffers.
 

@@ -314,6 +314,9 @@ pub struct Storage {
     settled: AtomicBool,
     /// This process's claim on the node id (see [`Storage::claim`]); 0 before it.
     incarnation: std::sync::atomic::AtomicI64,
+    /// The version up to which the claim is known to hold: the handle moved past it only
+    /// by conflict-checked commits of this process.
+    claim_checked: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Storage {
@@ -373,6 +376,7 @@ impl Storage {
             files: RwLock::new(files),
             settled: AtomicBool::new(true),
             incarnation: std::sync::atomic::AtomicI64::new(0),
+            claim_checked: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -486,6 +490,8 @@ impl Storage {
             .await?;
         write_local(next.to_string())?;
         self.incarnation.store(next, Ordering::Release);
+        self.claim_checked
+            .store(table.version().unwrap_or(0), Ordering::Release);
         Ok(())
     }
 
@@ -512,6 +518,15 @@ impl Storage {
             .map_err(self.delta())
     }
 
+    /// An error if `table` shows another process's claim on this node id.
+    async fn check_claim(&self, table: &DeltaTable) -> Result<(), StorageError> {
+        let mine = self.incarnation.load(Ordering::Acquire);
+        if mine != 0 && self.txn_version(table, &self.incarnation_app()).await? != Some(mine) {
+            return Err(StorageError::NodeIdInUse(self.node_id.clone()));
+        }
+        Ok(())
+    }
+
     /// Whether `position` is in `table` as this process's own commit; an error if another
     /// process has claimed the node id.
     async fn holds_position(
@@ -519,10 +534,7 @@ impl Storage {
         table: &DeltaTable,
         position: WalPosition,
     ) -> Result<bool, StorageError> {
-        let mine = self.incarnation.load(Ordering::Acquire);
-        if mine != 0 && self.txn_version(table, &self.incarnation_app()).await? != Some(mine) {
-            return Err(StorageError::NodeIdInUse(self.node_id.clone()));
-        }
+        self.check_claim(table).await?;
         Ok(self
             .position_in(table)
             .await?
@@ -580,6 +592,17 @@ impl Storage {
                 return Ok(Arc::new(TableFiles::from_table(&table, &self.url)));
             }
         }
+        // Commits loaded by a refresh (or made by compaction and retention) were not
+        // checked against this process's claim: a claim by another process among them
+        // would not conflict with this commit, so look before committing. A claim made
+        // after this version conflicts with the commit's own transaction.
+        let version = table.version().unwrap_or(0);
+        if self.incarnation.load(Ordering::Acquire) != 0
+            && version > self.claim_checked.load(Ordering::Acquire)
+        {
+            self.check_claim(&table).await?;
+            self.claim_checked.store(version, Ordering::Release);
+        }
         let now = chrono::Utc::now().timestamp_millis();
         let (segment_app, offset_app) = self.app_ids();
         let mut txns = vec![
@@ -607,12 +630,18 @@ impl Storage {
                 .try_commit(&mut table, actions.clone(), operation(), txns.clone())
                 .await
             {
-                Ok(()) => break,
+                Ok(()) => {
+                    self.claim_checked
+                        .store(table.version().unwrap_or(0), Ordering::Release);
+                    break;
+                }
                 Err(e) => e,
             };
             // Whatever the answer, the log says whether the commit happened.
             table.update_state().await.map_err(self.delta())?;
             if self.holds_position(&table, position).await? {
+                self.claim_checked
+                    .store(table.version().unwrap_or(0), Ordering::Release);
                 warn!(error = %failure, "A flush commit answered with an error but is in the log; it counts as done.");
                 if let Some(root) = &self.local {
                     sync_log_dir(root)?;

@@ -1,4 +1,4 @@
-//! OTLP/HTTP rules (OTLP-CONFORMANCE.md), one test per rule, against the real server.
+//! OTLP/HTTP rules of the OTLP specification, one test per rule, against the real server.
 
 use std::io::Write;
 

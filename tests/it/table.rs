@@ -334,3 +334,62 @@ async fn retention_removes_old_hours_and_vacuum_deletes_their_files() {
         "{ids:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_process_under_one_node_id_is_stopped_and_loses_nothing() {
+    let (a_dir, b_dir, shared) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let table = shared.path().join("spans");
+    let table_arg = table.to_string_lossy().into_owned();
+    let args = ["--storage", table_arg.as_str(), "--flush-interval", "100ms"];
+    let a = Spanlake::start(a_dir.path(), &args);
+    post(a.http, request(0x1a, 1, 10, OLD_HOUR)).await;
+    wait_for("a's first flush", async || {
+        table_files(shared.path()).len() == 1
+    })
+    .await;
+    // A copy of a's data dir, id and claim included, started beside it.
+    for name in ["node-id", "incarnation"] {
+        std::fs::copy(a_dir.path().join(name), b_dir.path().join(name)).unwrap();
+    }
+    let b = Spanlake::start(b_dir.path(), &args);
+    // a acknowledges more spans (they are in its WAL) but may no longer commit them.
+    post(a.http, request(0x1a, 11, 10, OLD_HOUR)).await;
+    let http = a.http;
+    wait_for("a's refused flush", async || {
+        crate::common::metric(http, "spanlake_flush_errors_total")
+            .await
+            .unwrap_or(0)
+            >= 1
+    })
+    .await;
+    post(b.http, request(0x1b, 101, 10, OLD_HOUR)).await;
+    b.terminate();
+    assert!(
+        !a.terminate_status().success(),
+        "a's final flush is refused"
+    );
+    // a refuses to start again under the taken id.
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_spanlake"))
+        .args(["serve", "--data-dir"])
+        .arg(a_dir.path())
+        .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("another process is writing"), "{stderr}");
+    // Given a new id, a replays its WAL: every span acknowledged by either, once.
+    let a = Spanlake::start(
+        a_dir.path(),
+        &["--storage", table_arg.as_str(), "--node-id", "a-renamed"],
+    );
+    assert_eq!(span_counts(a.http, "default").await, (30, 30));
+    a.terminate();
+    assert_eq!(read_tree(shared.path()).span_ids().len(), 30);
+}
