@@ -73,6 +73,7 @@ impl Server {
         let wal_dir = config.data_dir.join(path::WAL_DIR);
         std::fs::create_dir_all(&wal_dir)
             .with_context(|| format!("creating {}", wal_dir.display()))?;
+        let lock = storage::lock_data_dir(&config.data_dir).context("locking the data dir")?;
         let storage = open_storage(&config).await?;
         crate::migrate::adopt(&config.data_dir, &storage)
             .await
@@ -147,6 +148,7 @@ impl Server {
         });
 
         let task = tokio::spawn(run(
+            lock,
             config,
             storage,
             metrics,
@@ -200,6 +202,7 @@ impl Server {
 
 #[allow(clippy::too_many_arguments)]
 async fn run(
+    lock: std::fs::File,
     config: ServeConfig,
     storage: Arc<Storage>,
     metrics: Arc<Metrics>,
@@ -304,6 +307,7 @@ async fn run(
     grpc.context("gRPC server panicked")?
         .context("gRPC server failed")?;
     info!("Stopped.");
+    drop(lock);
     Ok(())
 }
 

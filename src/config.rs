@@ -189,6 +189,9 @@ pub struct MigrateArgs {
     /// Where the Delta table of spans lives (as for `spanlake serve`).
     #[arg(long, env = "SPANLAKE_STORAGE")]
     pub storage: Option<String>,
+    /// The node id `spanlake serve` runs this data dir under (as for `spanlake serve`).
+    #[arg(long, env = "SPANLAKE_NODE_ID")]
+    pub node_id: Option<String>,
 }
 
 impl ServeConfig {

@@ -81,7 +81,8 @@ async fn sql(args: spanlake::config::SqlArgs) -> anyhow::Result<()> {
 async fn migrate(args: spanlake::config::MigrateArgs) -> anyhow::Result<()> {
     let location = spanlake::config::storage_location(&args.data_dir, args.storage.as_deref());
     let url = spanlake::storage::parse_location(&location)?;
-    let node = spanlake::storage::node_id(&args.data_dir, None)?;
+    let _lock = spanlake::storage::lock_data_dir(&args.data_dir)?;
+    let node = spanlake::storage::node_id(&args.data_dir, args.node_id.as_deref())?;
     let storage = spanlake::storage::Storage::open(url, node, true)
         .await
         .with_context(|| format!("opening the table of spans at {location}"))?;

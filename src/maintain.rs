@@ -469,7 +469,8 @@ pub async fn vacuum(
         (VacuumMode::Lite, keep_removed)
     };
     let keep = chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::days(1));
-    let (_, metrics) = table
+    let before = table.version().unwrap_or(0);
+    let (after, metrics) = table
         .vacuum()
         .with_mode(mode)
         .with_retention_period(keep)
@@ -482,7 +483,7 @@ pub async fn vacuum(
             })
         })?;
     // Vacuum commits through its own handle: make its log entries durable too.
-    storage.sync_log()?;
+    storage.sync_versions(before, after.version().unwrap_or(before))?;
     Ok(metrics.files_deleted.len())
 }
 

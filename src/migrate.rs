@@ -96,7 +96,7 @@ pub async fn adopt(data_dir: &Path, storage: &Storage) -> Result<usize, FlushErr
             return Err(e);
         }
         let olds: Vec<PathBuf> = batch.iter().map(|f| f.path.clone()).collect();
-        write_journal(&journal, number, &olds)?;
+        write_journal(&journal, number, &app, &olds)?;
         let actions = new.iter().map(|f| Action::Add(f.add(true))).collect();
         let now = chrono::Utc::now().timestamp_millis();
         storage
@@ -127,8 +127,8 @@ pub async fn adopt(data_dir: &Path, storage: &Storage) -> Result<usize, FlushErr
     Ok(adopted)
 }
 
-/// The journal of the batch being adopted, in the WAL directory: its number, then the old
-/// files it rewrites.
+/// The journal of the batch being adopted, in the WAL directory: its number and
+/// application transaction, then the old files it rewrites.
 const JOURNAL: &str = "adopt.pending";
 
 /// Completes the batch a crash interrupted: if the log holds its commit (the adoption's
@@ -142,13 +142,16 @@ async fn finish_batch(data_dir: &Path, storage: &Storage) -> Result<(), FlushErr
         Err(e) => return Err(io_at(&journal)(e)),
     };
     let mut lines = text.lines();
-    let number: i64 = lines.next().and_then(|l| l.parse().ok()).ok_or_else(|| {
-        io_at(&journal)(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "unreadable adoption journal",
-        ))
-    })?;
-    let app = format!("spanlake-adopt-{}", storage.node_id());
+    let head = lines.next().and_then(|l| l.split_once(' '));
+    let (number, app) = head
+        .and_then(|(n, app)| Some((n.parse::<i64>().ok()?, app.to_string())))
+        .ok_or_else(|| {
+            io_at(&journal)(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "unreadable adoption journal",
+            ))
+        })?;
+    // The batch's transaction is under the id it was committed with, whatever the id now.
     if storage.app_version(&app).await?.unwrap_or(0) >= number {
         let olds: Vec<PathBuf> = lines.map(|l| data_dir.join(l)).collect();
         remove_old(&olds)?;
@@ -160,12 +163,17 @@ async fn finish_batch(data_dir: &Path, storage: &Storage) -> Result<(), FlushErr
     remove_journal(&journal)
 }
 
-fn write_journal(journal: &Path, number: i64, olds: &[PathBuf]) -> Result<(), FlushError> {
+fn write_journal(
+    journal: &Path,
+    number: i64,
+    app: &str,
+    olds: &[PathBuf],
+) -> Result<(), FlushError> {
     let data_dir = journal
         .parent()
         .and_then(Path::parent)
         .unwrap_or(Path::new("."));
-    let mut text = format!("{number}\n");
+    let mut text = format!("{number} {app}\n");
     for p in olds {
         text.push_str(&p.strip_prefix(data_dir).unwrap_or(p).to_string_lossy());
         text.push('\n');

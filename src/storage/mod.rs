@@ -707,17 +707,25 @@ impl Storage {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self
+            let failure = match self
                 .try_commit(&mut table, actions.clone(), operation.clone(), txns.clone())
                 .await
             {
                 Ok(()) => break,
-                Err(e) if retry_conflicts && attempt < COMMIT_ATTEMPTS && retryable(&e) => {
-                    warn!(error = %e, attempt, "A commit conflicted with another writer's; retrying on the newer version.");
-                    table.update_state().await.map_err(self.delta())?;
-                }
-                Err(e) => return Err(e),
+                Err(e) => e,
+            };
+            // An error answer does not mean the commit is not in the log (a lost answer
+            // whose retry then conflicted with the commit itself): the log says.
+            table.update_state().await.map_err(self.delta())?;
+            if in_log(&table, &actions) {
+                warn!(error = %failure, "A commit answered with an error but is in the log; it counts as done.");
+                self.sync_log()?;
+                break;
             }
+            if !(retry_conflicts && attempt < COMMIT_ATTEMPTS && retryable(&failure)) {
+                return Err(failure);
+            }
+            warn!(error = %failure, attempt, "A commit conflicted with another writer's; retrying on the newer version.");
         }
         let files = Arc::new(TableFiles::from_table(&table, &self.url));
         if self.settled.load(Ordering::Acquire) {
@@ -740,13 +748,23 @@ impl Storage {
         Ok(paths.iter().all(|p| present.contains(*p)))
     }
 
-    /// fsyncs the log of a local table (after operations that commit outside this handle,
-    /// like vacuum).
+    /// fsyncs the log of a local table (after a commit whose answer was lost).
     pub fn sync_log(&self) -> Result<(), StorageError> {
         match &self.local {
             Some(root) => sync_log_dir(root),
             None => Ok(()),
         }
+    }
+
+    /// fsyncs log entries `after + 1 ..= upto` of a local table (written by operations
+    /// that commit through their own handle, like vacuum).
+    pub fn sync_versions(&self, after: u64, upto: u64) -> Result<(), StorageError> {
+        if let Some(root) = &self.local {
+            for v in after + 1..=upto {
+                sync_log(root, v)?;
+            }
+        }
+        Ok(())
     }
 
     /// Loads the newest version (other nodes' commits); returns its files when it is newer
@@ -800,6 +818,29 @@ impl Storage {
         }
         Ok(())
     }
+}
+
+/// Whether `table`'s version holds the effect of `actions`: every added file present and
+/// every removed one gone (with fresh file names, only the commit itself can do that).
+fn in_log(table: &DeltaTable, actions: &[Action]) -> bool {
+    let Ok(state) = table.snapshot() else {
+        return false;
+    };
+    let present: std::collections::HashSet<String> = state
+        .log_data()
+        .iter()
+        .map(|f| f.path().into_owned())
+        .collect();
+    let mut adds = 0;
+    for a in actions {
+        match a {
+            Action::Add(add) if !present.contains(&add.path) => return false,
+            Action::Add(_) => adds += 1,
+            Action::Remove(r) if present.contains(&r.path) => return false,
+            _ => {}
+        }
+    }
+    adds > 0
 }
 
 /// Whether a failed commit may succeed against a newer version.
@@ -892,6 +933,27 @@ async fn create_table(table: &DeltaTable, url: &Url) -> Result<DeltaTable, Delta
             t.load().await?;
             Ok(t)
         }
+    }
+}
+
+/// Locks `<data-dir>/lock` for this process (released when the file is dropped, or when
+/// the process dies): two processes on one data dir would share one WAL.
+pub fn lock_data_dir(data_dir: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::create_dir_all(data_dir)?;
+    let path = data_dir.join("lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(std::io::Error::other(format!(
+            "{} is in use by another spanlake process (it holds {})",
+            data_dir.display(),
+            path.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(e),
     }
 }
 

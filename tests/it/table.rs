@@ -393,3 +393,28 @@ async fn a_second_process_under_one_node_id_is_stopped_and_loses_nothing() {
     a.terminate();
     assert_eq!(read_tree(shared.path()).span_ids().len(), 30);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_dir_serves_one_process_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Spanlake::start(dir.path(), &[]);
+    for command in ["serve", "migrate"] {
+        let second = std::process::Command::new(env!("CARGO_BIN_EXE_spanlake"))
+            .args([command, "--data-dir"])
+            .arg(dir.path())
+            .env("SPANLAKE_GRPC_ADDR", "127.0.0.1:0")
+            .env("SPANLAKE_HTTP_ADDR", "127.0.0.1:0")
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap();
+        assert!(!second.status.success(), "{command}");
+        let stderr = String::from_utf8_lossy(&second.stderr);
+        assert!(
+            stderr.contains("in use by another spanlake process"),
+            "{stderr}"
+        );
+    }
+    post(first.http, request(0x1c, 1, 5, OLD_HOUR)).await;
+    first.terminate();
+    assert_eq!(read_tree(dir.path()).len(), 5);
+}
