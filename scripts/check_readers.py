@@ -148,27 +148,23 @@ def run(binary, uri, storage, options, env, local):
         server.stop()
 
         server = Server(binary, data, storage, env, "--maintenance-interval", "300ms")
-        deadline = time.time() + 60
-        while True:
-            got, files = read_all(uri, options, local)
-            if files == 2:
-                break
-            assert time.time() < deadline, f"no compaction: {files} files"
-            time.sleep(0.3)
+        wait_for_files(uri, options, local, 2, "compaction")
         check(uri, options, local, want, {}, "compaction")
         server.stop()
 
         server = Server(binary, data, storage, env, "--maintenance-interval", "300ms",
                         "--retention", "1d")
-        deadline = time.time() + 60
-        while True:
-            got, files = read_all(uri, options, local)
-            if files == 1:
-                break
-            assert time.time() < deadline, f"no retention: {files} files"
-            time.sleep(0.3)
+        wait_for_files(uri, options, local, 1, "retention")
         check(uri, options, local, recent_want, {}, "retention")
         server.stop()
+
+
+def wait_for_files(uri, options, local, files, step):
+    """Waits (up to a minute) until the table has `files` files, which `step` leads to."""
+    deadline = time.time() + 60
+    while read_all(uri, options, local)[1] != files:
+        assert time.time() < deadline, f"no {step}"
+        time.sleep(0.3)
 
 
 def main():

@@ -46,12 +46,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::flush::{
-    FlushError, SHARED_DICTIONARY_BYTES, Staging, partition_path, remove_staged, sync_parents,
-    upload, write_data_file,
+    FlushError, SHARED_DICTIONARY_BYTES, Staging, discard, partition_path, remove_staged,
+    sync_parents, upload, write_data_file,
 };
 use crate::schema::{col, path, spans_schema};
 use crate::storage::files::{ScanFile, scan};
-use crate::storage::{DataFile, NewFile, Storage, remove};
+use crate::storage::{DataFile, Storage, remove};
 use crate::time::NANOS_PER_HOUR;
 
 /// An hour is closed (its files may be merged) this long after it ended.
@@ -371,32 +371,12 @@ async fn compact(
                 hour,
                 "Another writer changed these files first; compaction of this hour is left to it."
             );
-            delete_new(storage, &staging, &new).await;
+            discard(storage, &staging, &new).await;
             Ok(None)
         }
-        Err(e) => {
-            // The commit may have happened although it answered with an error: never
-            // delete files the log may name; unreferenced ones go to vacuum.
-            let paths: Vec<&str> = new.iter().map(|f| f.path.as_str()).collect();
-            match storage.holds(&paths).await {
-                Ok(true) => Ok(Some(dropped)),
-                _ => Err(e),
-            }
-        }
-    }
-}
-
-/// Deletes the outputs of a compaction that was not committed.
-async fn delete_new(storage: &Storage, staging: &Staging, new: &[NewFile]) {
-    remove_staged(staging, new);
-    if staging.upload {
-        use object_store::ObjectStoreExt as _;
-        let store = storage.store();
-        for f in new {
-            let _ = store
-                .delete(&object_store::path::Path::from(f.path.as_str()))
-                .await;
-        }
+        // Storage::commit already asked the log whether an answered-with-an-error commit
+        // happened; when it cannot tell, the files stay (unreferenced ones go to vacuum).
+        Err(e) => Err(e),
     }
 }
 

@@ -468,29 +468,36 @@ pub async fn upload(
     staging: &Staging,
     files: &[NewFile],
 ) -> Result<(), FlushError> {
-    use tokio::io::AsyncReadExt as _;
     let store = storage.store();
     for f in files {
         let local = staging.root.join(&f.path);
         let mut file = tokio::fs::File::open(&local).await.map_err(io_at(&local))?;
         let target = object_store::path::Path::from(f.path.as_str());
         let mut writer = object_store::buffered::BufWriter::new(store.clone(), target);
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = file.read(&mut buf).await.map_err(io_at(&local))?;
-            if n == 0 {
-                break;
-            }
-            tokio::io::AsyncWriteExt::write_all(&mut writer, &buf[..n])
-                .await
-                .map_err(io_at(&local))?;
-        }
+        tokio::io::copy(&mut file, &mut writer)
+            .await
+            .map_err(io_at(&local))?;
         tokio::io::AsyncWriteExt::shutdown(&mut writer)
             .await
             .map_err(io_at(&local))?;
     }
     remove_staged(staging, files);
     Ok(())
+}
+
+/// Deletes files that will never be committed: their staged copies, and on object
+/// storage their uploads (failures are left to vacuum).
+pub async fn discard(storage: &Storage, staging: &Staging, files: &[NewFile]) {
+    remove_staged(staging, files);
+    if staging.upload {
+        use object_store::ObjectStoreExt as _;
+        let store = storage.store();
+        for f in files {
+            let _ = store
+                .delete(&object_store::path::Path::from(f.path.as_str()))
+                .await;
+        }
+    }
 }
 
 /// A flush whose files are durable (and uploaded) but whose commit is not known to be
@@ -715,17 +722,7 @@ impl Flusher {
             pending.position,
         )
         .await?;
-        if self.staging.upload {
-            use object_store::ObjectStoreExt as _;
-            let store = self.storage.store();
-            for f in &pending.files {
-                let _ = store
-                    .delete(&object_store::path::Path::from(f.path.as_str()))
-                    .await;
-            }
-        } else {
-            remove_staged(&self.staging, &pending.files);
-        }
+        discard(&self.storage, &self.staging, &pending.files).await;
         Ok(Some(restaged))
     }
 

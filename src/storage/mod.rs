@@ -348,7 +348,7 @@ impl Storage {
             Err(DeltaTableError::NotATable(_)) if create => {
                 table = create_table(&table, &url).await.map_err(delta)?;
                 if let Some(root) = &local {
-                    sync_log(root, 0)?;
+                    sync_version(root, 0)?;
                     sync_dir(root).map_err(io_at(root))?;
                 }
                 info!(table = %url, "Created the Delta table of spans.");
@@ -453,9 +453,7 @@ impl Storage {
             .filter_map(|n| n.parse().ok())
             .collect();
         let mut table = self.table.lock().await;
-        if table.snapshot().is_ok() {
-            table.update_state().await.map_err(self.delta())?;
-        }
+        self.load_newest(&mut table).await?;
         let current = self.txn_version(&table, &self.incarnation_app()).await?;
         if let Some(current) = current
             && !mine.is_empty()
@@ -495,12 +493,19 @@ impl Storage {
         Ok(())
     }
 
-    /// The newest version's application transaction `app`.
-    pub async fn app_version(&self, app: &str) -> Result<Option<i64>, StorageError> {
-        let mut table = self.table.lock().await;
+    /// Brings a loaded `table` to the newest version (an unloaded one, before the first
+    /// commit, stays as it is).
+    async fn load_newest(&self, table: &mut DeltaTable) -> Result<(), StorageError> {
         if table.snapshot().is_ok() {
             table.update_state().await.map_err(self.delta())?;
         }
+        Ok(())
+    }
+
+    /// The newest version's application transaction `app`.
+    pub async fn app_version(&self, app: &str) -> Result<Option<i64>, StorageError> {
+        let mut table = self.table.lock().await;
+        self.load_newest(&mut table).await?;
         self.txn_version(&table, app).await
     }
 
@@ -544,19 +549,9 @@ impl Storage {
     /// The WAL position of this node's last flush in `table` (everything before it is in
     /// the table).
     async fn position_in(&self, table: &DeltaTable) -> Result<Option<WalPosition>, StorageError> {
-        let Ok(state) = table.snapshot() else {
-            return Ok(None);
-        };
         let (segment_app, offset_app) = self.app_ids();
-        let store = table.log_store();
-        let segment = state
-            .transaction_version(store.as_ref(), &segment_app)
-            .await
-            .map_err(self.delta())?;
-        let offset = state
-            .transaction_version(store.as_ref(), &offset_app)
-            .await
-            .map_err(self.delta())?;
+        let segment = self.txn_version(table, &segment_app).await?;
+        let offset = self.txn_version(table, &offset_app).await?;
         Ok(segment.map(|s| WalPosition {
             segment: SegmentId(s.max(0) as u64),
             offset: offset.unwrap_or(0).max(0) as u64,
@@ -566,9 +561,7 @@ impl Storage {
     /// The WAL position of this node's last committed flush, read from the latest version.
     pub async fn committed_position(&self) -> Result<Option<WalPosition>, StorageError> {
         let mut table = self.table.lock().await;
-        if table.snapshot().is_ok() {
-            table.update_state().await.map_err(self.delta())?;
-        }
+        self.load_newest(&mut table).await?;
         self.position_in(&table).await
     }
 
@@ -643,9 +636,7 @@ impl Storage {
                 self.claim_checked
                     .store(table.version().unwrap_or(0), Ordering::Release);
                 warn!(error = %failure, "A flush commit answered with an error but is in the log; it counts as done.");
-                if let Some(root) = &self.local {
-                    sync_log_dir(root)?;
-                }
+                self.sync_log()?;
                 break;
             }
             if attempt >= COMMIT_ATTEMPTS || !retryable(&failure) {
@@ -692,14 +683,7 @@ impl Storage {
             })
             .collect();
         if !removed.is_empty() {
-            let present: std::collections::HashSet<String> = match table.snapshot() {
-                Ok(state) => state
-                    .log_data()
-                    .iter()
-                    .map(|f| f.path().into_owned())
-                    .collect(),
-                Err(_) => Default::default(),
-            };
+            let present = active_paths(&table);
             if let Some(gone) = removed.iter().find(|p| !present.contains(**p)) {
                 return Err(StorageError::Gone(gone.to_string()));
             }
@@ -734,20 +718,6 @@ impl Storage {
         Ok(files)
     }
 
-    /// Whether the newest version holds every file of `paths` (after a commit answered with
-    /// an error: it may have happened).
-    pub async fn holds(&self, paths: &[&str]) -> Result<bool, StorageError> {
-        let mut table = self.table.lock().await;
-        table.update_state().await.map_err(self.delta())?;
-        let state = table.snapshot().map_err(self.delta())?;
-        let present: std::collections::HashSet<String> = state
-            .log_data()
-            .iter()
-            .map(|f| f.path().into_owned())
-            .collect();
-        Ok(paths.iter().all(|p| present.contains(*p)))
-    }
-
     /// fsyncs the log of a local table (after a commit whose answer was lost).
     pub fn sync_log(&self) -> Result<(), StorageError> {
         match &self.local {
@@ -761,7 +731,7 @@ impl Storage {
     pub fn sync_versions(&self, after: u64, upto: u64) -> Result<(), StorageError> {
         if let Some(root) = &self.local {
             for v in after + 1..=upto {
-                sync_log(root, v)?;
+                sync_version(root, v)?;
             }
         }
         Ok(())
@@ -814,23 +784,28 @@ impl Storage {
         let version = finished.version();
         table.state = Some(finished.snapshot());
         if let Some(root) = &self.local {
-            sync_log(root, version)?;
+            sync_version(root, version)?;
         }
         Ok(())
+    }
+}
+
+/// The paths of the files in `table`'s version (none before its first commit).
+fn active_paths(table: &DeltaTable) -> std::collections::HashSet<String> {
+    match table.snapshot() {
+        Ok(state) => state
+            .log_data()
+            .iter()
+            .map(|f| f.path().into_owned())
+            .collect(),
+        Err(_) => Default::default(),
     }
 }
 
 /// Whether `table`'s version holds the effect of `actions`: every added file present and
 /// every removed one gone (with fresh file names, only the commit itself can do that).
 fn in_log(table: &DeltaTable, actions: &[Action]) -> bool {
-    let Ok(state) = table.snapshot() else {
-        return false;
-    };
-    let present: std::collections::HashSet<String> = state
-        .log_data()
-        .iter()
-        .map(|f| f.path().into_owned())
-        .collect();
+    let present = active_paths(table);
     let mut adds = 0;
     for a in actions {
         match a {
@@ -867,7 +842,7 @@ fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> StorageError + '_ {
 
 /// fsyncs log entry `version` of a local table, its checkpoint if one was written, and
 /// the log directory.
-fn sync_log(root: &Path, version: u64) -> Result<(), StorageError> {
+fn sync_version(root: &Path, version: u64) -> Result<(), StorageError> {
     let log = root.join("_delta_log");
     for name in [
         format!("{version:020}.json"),

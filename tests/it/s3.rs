@@ -30,21 +30,20 @@ fn env(endpoint: &str) -> Vec<(&'static str, String)> {
     ]
 }
 
-fn node(dir: &Path, storage: &str, id: &str, endpoint: &str) -> Spanlake {
+/// A node on the S3 table `storage` (flushing every 200 ms unless `extra` says otherwise).
+fn node(dir: &Path, storage: &str, id: &str, endpoint: &str, extra: &[&str]) -> Spanlake {
     let env = env(endpoint);
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    Spanlake::start_with_env(
-        dir,
-        &[
-            "--storage",
-            storage,
-            "--node-id",
-            id,
-            "--flush-interval",
-            "200ms",
-        ],
-        &env,
-    )
+    let mut args = vec![
+        "--storage",
+        storage,
+        "--node-id",
+        id,
+        "--flush-interval",
+        "200ms",
+    ];
+    args.extend_from_slice(extra);
+    Spanlake::start_with_env(dir, &args, &env)
 }
 
 /// Spans with ids `first..first + n` in one request.
@@ -101,13 +100,13 @@ async fn two_nodes_share_one_s3_table_and_lose_nothing_acked() {
         tempfile::tempdir().unwrap(),
         tempfile::tempdir().unwrap(),
     );
-    let a = node(a_dir.path(), &storage, "node-a", &endpoint);
-    let b = node(b_dir.path(), &storage, "node-b", &endpoint);
+    let a = node(a_dir.path(), &storage, "node-a", &endpoint, &[]);
+    let b = node(b_dir.path(), &storage, "node-b", &endpoint, &[]);
     // Both nodes under load at once, then node a dies mid-way.
     let (mut acked_a, acked_b) =
         tokio::join!(send_range(a.http, 1, 30), send_range(b.http, 100_001, 30));
     a.kill_9();
-    let a = node(a_dir.path(), &storage, "node-a", &endpoint);
+    let a = node(a_dir.path(), &storage, "node-a", &endpoint, &[]);
     let (more_a, more_b) = tokio::join!(
         send_range(a.http, 50_001, 10),
         send_range(b.http, 150_001, 10)
@@ -137,7 +136,7 @@ async fn two_nodes_share_one_s3_table_and_lose_nothing_acked() {
     a.terminate();
     b.terminate();
     // A third node, which never wrote, reads the table: every acked span exactly once.
-    let c = node(c_dir.path(), &storage, "node-c", &endpoint);
+    let c = node(c_dir.path(), &storage, "node-c", &endpoint, &[]);
     let (n, ids) = stored(c.http).await;
     assert_eq!(ids, expected, "the table holds exactly the acked spans");
     assert_eq!(n, expected.len() as u64, "no span is stored twice");
@@ -167,22 +166,8 @@ async fn two_nodes_compacting_one_hour_store_each_span_once() {
     let storage = format!("s3://{bucket}/compaction-{}", ulid::Ulid::new());
     let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let start = |dir: &Path, id: &str| {
-        let env = env(&endpoint);
-        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        Spanlake::start_with_env(
-            dir,
-            &[
-                "--storage",
-                &storage,
-                "--node-id",
-                id,
-                "--flush-interval",
-                "100ms",
-                "--maintenance-interval",
-                "300ms",
-            ],
-            &env,
-        )
+        let extra = ["--maintenance-interval", "300ms"];
+        node(dir, &storage, id, &endpoint, &extra)
     };
     let a = start(a_dir.path(), "compact-a");
     let b = start(b_dir.path(), "compact-b");

@@ -94,6 +94,20 @@ fn write_old_tree(dir: &Path, requests: &[Vec<u8>]) -> Vec<String> {
     ids
 }
 
+/// Runs `spanlake serve` on `dir` (loopback, any ports) until it exits by itself (a fault
+/// crash, a refusal), with `args` and the environment `env`; its output.
+fn serve_until_exit(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_spanlake"))
+        .args(["serve", "--data-dir"])
+        .arg(dir)
+        .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
+        .output()
+        .unwrap()
+}
+
 fn old_tree_files(dir: &Path) -> Vec<std::path::PathBuf> {
     crate::common::files_under(dir, |p| {
         p.starts_with(dir.join("workspace=default")) && p.to_string_lossy().contains(".parquet")
@@ -109,14 +123,11 @@ async fn an_earlier_versions_tree_is_adopted_once_even_across_a_crash() {
     let ids = write_old_tree(dir.path(), &requests);
     assert_eq!(ids.len(), 60);
     // The adoption dies after rewriting its second file, before any commit.
-    let crashed = std::process::Command::new(env!("CARGO_BIN_EXE_spanlake"))
-        .args(["serve", "--data-dir"])
-        .arg(dir.path())
-        .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
-        .env("SPANLAKE_FAULT", "flush.stage:crash:2")
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
+    let crashed = serve_until_exit(
+        dir.path(),
+        &[],
+        &[("SPANLAKE_FAULT", "flush.stage:crash:2")],
+    );
     assert!(!crashed.status.success(), "the fault crashes the adoption");
     assert_eq!(
         old_tree_files(dir.path()).len(),
@@ -254,17 +265,7 @@ async fn a_crash_at_compaction_or_retention_loses_and_doubles_nothing() {
             .await;
         }
         server.terminate();
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_spanlake"))
-            .args(["serve", "--data-dir"])
-            .arg(dir.path())
-            .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
-            .args(&args)
-            .env("SPANLAKE_FAULT", fault)
-            .env("RUST_LOG", "warn")
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let status = child.wait().unwrap();
+        let status = serve_until_exit(dir.path(), &args, &[("SPANLAKE_FAULT", fault)]).status;
         assert!(!status.success(), "{fault}: the process crashed");
         let before = read_tree(dir.path()).span_ids();
         assert_eq!(
@@ -373,14 +374,7 @@ async fn a_second_process_under_one_node_id_is_stopped_and_loses_nothing() {
         "a's final flush is refused"
     );
     // a refuses to start again under the taken id.
-    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_spanlake"))
-        .args(["serve", "--data-dir"])
-        .arg(a_dir.path())
-        .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
+    let refused = serve_until_exit(a_dir.path(), &args, &[]);
     assert!(!refused.status.success());
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(stderr.contains("another process is writing"), "{stderr}");
