@@ -23,6 +23,7 @@ pub mod api;
 pub mod app;
 pub mod auth;
 pub mod buffer;
+pub mod catalog;
 pub mod chunk;
 pub mod config;
 pub mod decode;

@@ -333,6 +333,7 @@ async fn compact(
             return Err(e);
         }
     };
+    storage.offer(&new);
     let finish = async {
         sync_parents(&staging, &new)?;
         if staging.upload {

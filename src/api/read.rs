@@ -2,21 +2,27 @@
 //! spans, span pages.
 //!
 //! Input: a workspace and the request's parameters. Output: NeMo-shaped JSON. Invariants:
-//! every read of one answer runs in one session (one snapshot); the page is chosen from root
-//! spans first and rollups are computed for that page's traces only; an answer whose JSON
-//! would pass the JSON cap is refused with a message saying how to ask for less.
+//! every read of one answer uses one snapshot (one version's files ∪ the buffer); trace
+//! pages, their counts and summaries come from the trace index ([`crate::catalog`]), spans
+//! are read only for a page's `input`/`output` and from the files the index says hold a
+//! looked-up trace; an answer whose JSON would pass the JSON cap is refused with a message
+//! saying how to ask for less.
 
 use arrow::array::RecordBatch;
-use serde_json::{Map, Value};
+use std::collections::HashSet;
+
+use serde_json::{Map, Value, json as json_value};
+
+use super::json::timestamp_text;
 
 use super::json;
 use super::nemo::{page_json, trace_json};
 use super::params::{self, ListParams, Mode, SPAN_FILTERS, TRACE_FILTERS};
-use super::sql_text::{
-    conditions, id_variants, in_list, lit, roots_cte, time_conditions, trace_column, where_clause,
-};
+use super::sql_text::{conditions, id_variants, in_list, lit, where_clause};
+use crate::catalog::index::{COST_COLUMNS, TOKEN_COLUMNS, TraceRow};
+use crate::catalog::{RootField, TraceFilter};
 use crate::error::ApiError;
-use crate::query::{QueryEngine, ROLLUP_COLUMNS, ROOT_ORDER};
+use crate::query::QueryEngine;
 use crate::workspace::Workspace;
 
 /// One page of `{prefix} SELECT * FROM {from} {filter} ORDER BY {order_by}` and the number
@@ -113,124 +119,154 @@ async fn add_input_output(
     Ok(())
 }
 
-/// Rollups of the given traces, by trace id.
-async fn rollups(
-    engine: &QueryEngine,
-    ctx: datafusion::prelude::SessionContext,
-    ids: &[String],
-) -> Result<Map<String, Value>, ApiError> {
-    if ids.is_empty() {
-        return Ok(Map::new());
-    }
-    let sql = format!(
-        "SELECT {ROLLUP_COLUMNS} FROM spans WHERE {} GROUP BY trace_id",
-        in_list("trace_id", ids)
+/// The columns of a trace's root span a listing shows (as the span rows name them).
+fn root_json(row: &TraceRow) -> Map<String, Value> {
+    let text = |v: Option<&str>| v.map_or(Value::Null, |s| json_value!(s));
+    let mut root = Map::new();
+    root.insert("trace_id".into(), json_value!(&*row.trace_id));
+    root.insert("span_id".into(), json_value!(&*row.root.span_id));
+    root.insert("name".into(), json_value!(&*row.root.name));
+    root.insert("session_id".into(), text(row.root.session_id.as_deref()));
+    root.insert(
+        "start_time".into(),
+        json_value!(timestamp_text(row.root.start_ns)),
     );
-    let result = engine.run(ctx, sql).await?;
-    Ok(json::rows(&result.batches)
-        .into_iter()
-        .filter_map(|mut r| {
-            let id = r.remove("trace_id")?.as_str()?.to_string();
-            Some((id, Value::Object(r)))
-        })
-        .collect())
+    let end = row.root.end_ns.map(timestamp_text);
+    root.insert("end_time".into(), text(end.as_deref()));
+    root.insert("status".into(), json_value!(row.root.status.as_str()));
+    root.insert(
+        "experiment_id".into(),
+        text(row.root.experiment_id.as_deref()),
+    );
+    root.insert(
+        "test_case_id".into(),
+        text(row.root.test_case_id.as_deref()),
+    );
+    root
 }
 
-/// The NeMo `TracesPage` for a workspace and a raw query string.
+/// A trace's rollups over all its spans.
+fn rollup_json(row: &TraceRow) -> Value {
+    let mut r = Map::new();
+    let end = row.max_end_ns.map(timestamp_text);
+    r.insert("ended_at".into(), end.map_or(Value::Null, Value::String));
+    for (name, sum) in TOKEN_COLUMNS.iter().zip(row.tokens) {
+        r.insert(
+            name.to_string(),
+            sum.map_or(Value::Null, |v| json_value!(v)),
+        );
+    }
+    for (name, sum) in COST_COLUMNS.iter().zip(row.costs) {
+        let number = sum.and_then(serde_json::Number::from_f64);
+        r.insert(name.to_string(), number.map_or(Value::Null, Value::Number));
+    }
+    r.insert("span_count".into(), json_value!(row.spans));
+    r.insert("error_count".into(), json_value!(row.errors));
+    r.insert("status".into(), json_value!(row.status().as_str()));
+    Value::Object(r)
+}
+
+/// A trace listing's filter in the trace index's terms.
+fn trace_filter(filter: &params::Filter) -> TraceFilter {
+    let mut out = TraceFilter {
+        started_gte: filter.started_gte,
+        started_lte: filter.started_lte,
+        ..Default::default()
+    };
+    for (field, values) in &filter.strings {
+        let root = match field.as_str() {
+            "id" => {
+                let ids = values.iter().flat_map(|v| id_variants(v)).collect();
+                out.ids = Some(ids);
+                continue;
+            }
+            "status" => RootField::Status,
+            "session_id" => RootField::SessionId,
+            "experiment_id" => RootField::ExperimentId,
+            "test_case_id" => RootField::TestCaseId,
+            _ => continue,
+        };
+        out.fields.push((root, values.clone()));
+    }
+    out
+}
+
+/// The NeMo `TracesPage` for a workspace and a raw query string, from the trace index.
 pub async fn traces_page(
     engine: &QueryEngine,
     ws: &Workspace,
     query: &str,
 ) -> Result<Value, ApiError> {
     let params = params::parse(query, &TRACE_FILTERS).map_err(ApiError::Validation)?;
-    let ctx = engine.session(ws).await?;
-    let cte = roots_cte(&time_conditions(&params.filter, "start_time"));
-    let filter = where_clause(&conditions(&params.filter, trace_column));
-    let order = if params.descending() { "DESC" } else { "ASC" };
-    let (roots, total) = page_and_total(
-        engine,
-        &ctx,
-        &cte,
-        "roots",
-        &filter,
-        &format!("start_time {order}, trace_id {order}"),
-        &params,
-    )
-    .await?;
-    let mut roots = roots;
+    let table = engine.snapshot(ws)?;
+    let view = engine.traces(ws, &table).await?;
+    let (page, total) = view.list(
+        &trace_filter(&params.filter),
+        params.descending(),
+        params.offset(),
+        params.page_size,
+    );
+    let mut roots: Vec<Map<String, Value>> = page.iter().map(|r| root_json(r)).collect();
     if params.mode == Mode::Preview {
+        let ctx = engine.session_over(ws, table).await?;
         add_input_output(engine, &ctx, &mut roots).await?;
     }
-    let rollups = if params.mode == Mode::Summary {
-        Map::new()
-    } else {
-        let ids: Vec<String> = roots
-            .iter()
-            .filter_map(|r| {
-                r.get("trace_id")
-                    .and_then(Value::as_str)
-                    .map(str::to_string)
-            })
-            .collect();
-        rollups(engine, ctx, &ids).await?
-    };
     let data = roots
         .iter()
-        .map(|root| {
-            let id = root
-                .get("trace_id")
-                .and_then(Value::as_str)
-                .unwrap_or_default();
-            trace_json(ws, root, rollups.get(id), params.mode)
+        .zip(&page)
+        .map(|(root, row)| {
+            let rollup = (params.mode != Mode::Summary).then(|| rollup_json(row));
+            trace_json(ws, root, rollup.as_ref(), params.mode)
         })
         .collect();
     Ok(page_json(&params, data, total))
 }
 
-/// The column marking the root span in a trace lookup's rows (removed before answering).
-const IS_ROOT: &str = "spanlake_is_root";
-
-/// One trace: its summary and all its spans in start order.
+/// One trace: its summary (from the trace index) and all its spans in start order, read
+/// from the files that hold them; a span stored twice (a retry not yet compacted away) is
+/// shown once.
 pub async fn trace_with_spans(
     engine: &QueryEngine,
     ws: &Workspace,
     trace_id: &str,
 ) -> Result<Value, ApiError> {
-    let ctx = engine.session(ws).await?;
+    let table = engine.snapshot(ws)?;
+    let view = engine.traces(ws, &table).await?;
     // The id as given (vendor ids keep their case), else lower-cased (OTLP hex ids).
-    let mut spans = Vec::new();
-    for id in id_variants(trace_id) {
-        let sql = format!(
-            "SELECT *, ROW_NUMBER() OVER (ORDER BY {ROOT_ORDER}) = 1 AS {IS_ROOT} \
-             FROM spans WHERE trace_id = {} ORDER BY start_time, span_id",
-            lit(&id)
-        );
-        let advice = format!(
-            "read its spans a page at a time with GET /apis/intake/v2/workspaces/{ws}/spans\
-             ?filter[trace_id]={id}&page_size=10, or choose columns with \
-             POST /apis/intake/v2/workspaces/{ws}/sql"
-        );
-        spans = capped_rows(engine, &ctx, sql, &format!("trace {trace_id}"), &advice).await?;
-        if !spans.is_empty() {
-            break;
-        }
-    }
-    let mut root_at = None;
-    for (i, span) in spans.iter_mut().enumerate() {
-        if span.remove(IS_ROOT) == Some(Value::Bool(true)) {
-            root_at = Some(i);
-        }
-    }
-    let root = root_at.map(|i| &spans[i]).ok_or_else(|| {
+    let found = id_variants(trace_id)
+        .into_iter()
+        .find_map(|id| view.get(&id).cloned());
+    let row = found.ok_or_else(|| {
         ApiError::NotFound(format!("trace {trace_id} not found in workspace {ws}"))
     })?;
-    let id = root
-        .get("trace_id")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_string();
-    let rollups = rollups(engine, ctx, std::slice::from_ref(&id)).await?;
-    let mut trace = trace_json(ws, root, rollups.get(&id), Mode::Detailed);
+    let id = row.trace_id.to_string();
+    let holding: HashSet<String> = view
+        .files_of(&id)
+        .into_iter()
+        .map(|f| f.path.clone())
+        .collect();
+    let ctx = engine
+        .session_over(ws, table.only(|f| holding.contains(&f.path)))
+        .await?;
+    let sql = format!(
+        "SELECT * FROM spans WHERE trace_id = {} ORDER BY start_time, span_id",
+        lit(&id)
+    );
+    let advice = format!(
+        "read its spans a page at a time with GET /apis/intake/v2/workspaces/{ws}/spans\
+         ?filter[trace_id]={id}&page_size=10, or choose columns with \
+         POST /apis/intake/v2/workspaces/{ws}/sql"
+    );
+    let mut spans = capped_rows(engine, &ctx, sql, &format!("trace {trace_id}"), &advice).await?;
+    spans.dedup_by(|b, a| {
+        a.get("span_id") == b.get("span_id") && a.get("start_time") == b.get("start_time")
+    });
+    let mut trace = trace_json(
+        ws,
+        &root_json(&row),
+        Some(&rollup_json(&row)),
+        Mode::Detailed,
+    );
     if let Value::Object(t) = &mut trace {
         t.insert(
             "spans".into(),
@@ -247,7 +283,23 @@ pub async fn spans_page(
     query: &str,
 ) -> Result<Value, ApiError> {
     let params = params::parse(query, &SPAN_FILTERS).map_err(ApiError::Validation)?;
-    let ctx = engine.session(ws).await?;
+    let table = engine.snapshot(ws)?;
+    let traces = params.filter.strings.iter().find(|(f, _)| f == "trace_id");
+    let table = match traces {
+        // Only the files the trace index says hold those traces.
+        Some((_, ids)) => {
+            let view = engine.traces(ws, &table).await?;
+            let holding: HashSet<String> = ids
+                .iter()
+                .flat_map(|id| id_variants(id))
+                .flat_map(|id| view.files_of(&id))
+                .map(|f| f.path.clone())
+                .collect();
+            table.only(|f| holding.contains(&f.path))
+        }
+        None => table,
+    };
+    let ctx = engine.session_over(ws, table).await?;
     let filter = where_clause(&conditions(&params.filter, |f| f));
     let order = if params.descending() { "DESC" } else { "ASC" };
     let (spans, total) = page_and_total(

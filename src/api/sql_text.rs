@@ -2,7 +2,6 @@
 //! as an escaped string literal or a number, never as SQL text.
 
 use super::params::Filter;
-use crate::query::ROOT_ORDER;
 
 /// A SQL string literal.
 pub fn lit(s: &str) -> String {
@@ -44,7 +43,7 @@ pub fn id_variants(id: &str) -> Vec<String> {
 }
 
 /// The `start_time` bounds of a filter as SQL conditions.
-pub fn time_conditions(filter: &Filter, column: &str) -> Vec<String> {
+fn time_conditions(filter: &Filter, column: &str) -> Vec<String> {
     let mut out = Vec::new();
     if let Some(ns) = filter.started_gte {
         out.push(format!("{column} >= {}", ts(ns)));
@@ -80,48 +79,6 @@ pub fn where_clause(conditions: &[String]) -> String {
         String::new()
     } else {
         format!("WHERE {}", conditions.join(" AND "))
-    }
-}
-
-/// The small columns of a root span that a trace takes (`input`/`output` are fetched for
-/// the page's roots only).
-const ROOT_COLUMNS: [&str; 7] = [
-    "span_id",
-    "name",
-    "session_id",
-    "end_time",
-    "status",
-    "experiment_id",
-    "test_case_id",
-];
-
-/// Per trace, the columns of its root span (see [`ROOT_ORDER`]), as a hash aggregate:
-/// memory grows with the number of traces, not spans, and nothing is sorted.
-fn root_columns() -> String {
-    let mut cols = vec!["trace_id".to_string()];
-    cols.extend(
-        std::iter::once("start_time")
-            .chain(ROOT_COLUMNS)
-            .map(|c| format!("first_value({c} ORDER BY {ROOT_ORDER}) AS {c}")),
-    );
-    cols.join(", ")
-}
-
-/// `roots`: the root span of each trace. `time` restricts which spans are considered
-/// (partition pruning).
-pub fn roots_cte(time: &[String]) -> String {
-    format!(
-        "WITH roots AS (SELECT {cols} FROM spans {filter} GROUP BY trace_id)",
-        cols = root_columns(),
-        filter = where_clause(time),
-    )
-}
-
-/// The `spans` column a trace filter field names.
-pub fn trace_column(field: &str) -> &str {
-    match field {
-        "id" => "trace_id",
-        other => other,
     }
 }
 

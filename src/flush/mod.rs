@@ -41,6 +41,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::buffer::{Buffer, Taken};
+use crate::catalog::index::{Summarizer, TraceRow};
 use crate::chunk::{FALLBACK, SpanChunk, gather, plan_slices};
 use crate::fault;
 use crate::metrics::Metrics;
@@ -310,6 +311,8 @@ pub struct Facts {
     pub start_ns: (i64, i64),
     /// The first and last `trace_id` (the rows are sorted by it).
     pub trace_ids: (String, String),
+    /// Its trace index rows.
+    pub traces: Vec<TraceRow>,
 }
 
 impl Facts {
@@ -323,6 +326,7 @@ impl Facts {
             rows: self.rows,
             start_ns: self.start_ns,
             trace_ids: self.trace_ids,
+            traces: self.traces.into(),
         }
     }
 }
@@ -360,9 +364,11 @@ pub fn write_data_file(
         let mut start_ns = (i64::MAX, i64::MIN);
         let mut trace_ids: Option<(String, String)> = None;
         let mut count = 0;
+        let mut traces = Summarizer::default();
         for batch in batches {
             let batch = batch?;
             count += batch.num_rows() as u64;
+            traces.push(&batch)?;
             if let Some(starts) = batch.column_by_name(col::START_TIME) {
                 let starts = starts.as_primitive::<TimestampNanosecondType>();
                 for v in starts.values().iter() {
@@ -393,6 +399,7 @@ pub fn write_data_file(
             rows: count,
             start_ns,
             trace_ids: trace_ids.unwrap_or_default(),
+            traces: traces.finish(),
         })
     })();
     if written.is_err() {
@@ -546,6 +553,7 @@ pub async fn stage_flush(
         remove_staged(staging, &files);
         return Err(e);
     }
+    storage.offer(&files);
     Ok(PendingFlush {
         taken,
         files,

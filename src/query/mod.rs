@@ -34,7 +34,11 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_stream::StreamExt;
 
 use crate::buffer::Buffer;
-use crate::storage::Storage;
+use crate::catalog::index::{SUMMARY_COLUMNS, Summarizer};
+use crate::catalog::{FileRows, TraceView};
+use crate::schema::column_index;
+use crate::storage::files::{ScanFile, scan};
+use crate::storage::{DataFile, Storage};
 use crate::workspace::Workspace;
 
 pub use table::SpansTable;
@@ -217,9 +221,90 @@ impl QueryEngine {
 
     /// A session holding only `workspace`'s `spans` table and `traces` view.
     pub async fn session(&self, workspace: &Workspace) -> Result<SessionContext, QueryError> {
+        let table = self.snapshot(workspace)?;
+        self.session_over(workspace, table).await
+    }
+
+    /// The workspace's spans as queries read them now (one version's files ∪ the buffer).
+    pub fn snapshot(&self, workspace: &Workspace) -> Result<SpansTable, QueryError> {
         if !(self.ready)() {
             return Err(QueryError::Starting);
         }
+        Ok(SpansTable::snapshot(
+            &self.storage,
+            workspace,
+            self.buffer.as_deref(),
+        ))
+    }
+
+    /// Every trace of the snapshot `table` of `workspace`, from the trace index: the
+    /// merged rows of its files kept between requests, the buffer's summarized on top.
+    pub async fn traces(
+        &self,
+        workspace: &Workspace,
+        table: &SpansTable,
+    ) -> Result<TraceView, QueryError> {
+        let catalog = self.storage.catalog();
+        let mut files = Vec::with_capacity(table.files().len());
+        for (file, url) in table.files() {
+            let rows = match catalog.rows_of(&file.path) {
+                Some(rows) => rows,
+                None => {
+                    let rows = self.summarize_file(file, url).await?;
+                    catalog.offer(&file.path, rows.clone());
+                    rows
+                }
+            };
+            files.push((file.clone(), rows));
+        }
+        let merged = catalog.merged(workspace.as_str(), &files);
+        let projection: Vec<usize> = SUMMARY_COLUMNS.iter().map(|c| column_index(c)).collect();
+        let mut buffered = Summarizer::default();
+        for chunk in table.chunks() {
+            for batch in chunk.expand(Some(projection.clone())) {
+                buffered
+                    .push(&batch.map_err(|e| QueryError::Internal(e.to_string()))?)
+                    .map_err(|e| QueryError::Internal(e.to_string()))?;
+            }
+        }
+        Ok(TraceView::new(merged, files, buffered.finish()))
+    }
+
+    /// The trace index rows of a data file whose rows are not known yet, read from it.
+    async fn summarize_file(
+        &self,
+        file: &DataFile,
+        url: &url::Url,
+    ) -> Result<FileRows, QueryError> {
+        let state = SessionStateBuilder::new()
+            .with_runtime_env(self.runtime_env.clone())
+            .with_default_features()
+            .build();
+        let internal =
+            |e: DataFusionError| QueryError::Internal(format!("reading {}: {e}", file.path));
+        let projection: Vec<usize> = SUMMARY_COLUMNS.iter().map(|c| column_index(c)).collect();
+        let files = [ScanFile::at(url, file.size).map_err(internal)?];
+        let plan = scan(&state, &files, Some(&projection), None, 1, None)
+            .await
+            .map_err(internal)?;
+        let batches = datafusion::physical_plan::collect(plan, state.task_ctx())
+            .await
+            .map_err(internal)?;
+        let mut rows = Summarizer::default();
+        for batch in &batches {
+            rows.push(batch)
+                .map_err(|e| QueryError::Internal(format!("reading {}: {e}", file.path)))?;
+        }
+        Ok(rows.finish().into())
+    }
+
+    /// A session over the snapshot `table` of `workspace` (its `spans` table and `traces`
+    /// view).
+    pub async fn session_over(
+        &self,
+        workspace: &Workspace,
+        table: SpansTable,
+    ) -> Result<SessionContext, QueryError> {
         let config = SessionConfig::new()
             .with_information_schema(true)
             .with_target_partitions(2)
@@ -234,7 +319,6 @@ impl QueryEngine {
         let ctx = SessionContext::new_with_state(state);
         ctx.add_analyzer_rule(Arc::new(decode::GuardDecodes::new(pool)));
         sandbox::remove_table_functions(&ctx);
-        let table = SpansTable::snapshot(&self.storage, workspace, self.buffer.as_deref());
         ctx.register_table("spans", Arc::new(table))
             .map_err(|e| QueryError::Internal(e.to_string()))?;
         let view = TRACES_VIEW_TEMPLATE

@@ -62,6 +62,31 @@ impl SpansTable {
     }
 }
 
+impl SpansTable {
+    /// The snapshot's data files with their URLs.
+    pub fn files(&self) -> &[(Arc<DataFile>, url::Url)] {
+        &self.files
+    }
+
+    /// The snapshot's buffered chunks.
+    pub fn chunks(&self) -> &[SpanChunk] {
+        &self.chunks
+    }
+
+    /// The same snapshot with only the data files `keep` accepts (the buffer whole).
+    pub fn only(&self, keep: impl Fn(&DataFile) -> bool) -> Self {
+        Self {
+            files: self
+                .files
+                .iter()
+                .filter(|(f, _)| keep(f))
+                .cloned()
+                .collect(),
+            chunks: self.chunks.clone(),
+        }
+    }
+}
+
 /// The `[lower, upper]` bounds on `start_time` (ns) that `filters` imply.
 fn time_bounds(filters: &[Expr]) -> (Option<i64>, Option<i64>) {
     let (mut lo, mut hi): (Option<i64>, Option<i64>) = (None, None);

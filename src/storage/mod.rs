@@ -206,6 +206,8 @@ pub struct NewFile {
     pub start_ns: (i64, i64),
     /// The smallest and largest `trace_id`.
     pub trace_ids: (String, String),
+    /// Its trace index rows.
+    pub traces: crate::catalog::FileRows,
 }
 
 impl NewFile {
@@ -317,6 +319,8 @@ pub struct Storage {
     /// The version up to which the claim is known to hold: the handle moved past it only
     /// by conflict-checked commits of this process.
     claim_checked: std::sync::atomic::AtomicU64,
+    /// The trace index rows known for the table's files (warm state of queries).
+    catalog: crate::catalog::Catalog,
 }
 
 impl std::fmt::Debug for Storage {
@@ -377,7 +381,20 @@ impl Storage {
             settled: AtomicBool::new(true),
             incarnation: std::sync::atomic::AtomicI64::new(0),
             claim_checked: std::sync::atomic::AtomicU64::new(0),
+            catalog: Default::default(),
         })
+    }
+
+    /// The trace index rows known for the table's files.
+    pub fn catalog(&self) -> &crate::catalog::Catalog {
+        &self.catalog
+    }
+
+    /// Remembers the trace index rows of files about to be committed.
+    pub fn offer(&self, files: &[NewFile]) {
+        for f in files {
+            self.catalog.offer(&f.path, f.traces.clone());
+        }
     }
 
     /// The table's root.

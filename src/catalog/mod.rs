@@ -1,0 +1,333 @@
+//! Catalog: what queries keep between requests — per data file its trace index rows
+//! ([`index`]), and per workspace those rows merged over the files of the version queries
+//! read ([`Merged`]); the trace index table ([`table`]) persists the per-file rows.
+//!
+//! Input: data files with their index rows (offered by the flush and compaction as they
+//! write them, read from the index table, or summarized from the data file itself) and the
+//! buffer's chunks. Output: a [`TraceView`] — every trace of one snapshot (one version's
+//! files ∪ the buffer), listed, counted and looked up without reading spans. Invariants: a
+//! file's rows are a pure function of its (immutable) content, so rows from any source are
+//! interchangeable; a workspace's merged rows are for exactly one set of files, extended in
+//! place when files are only added (a flush) and rebuilt when any is removed (compaction,
+//! retention); the buffer's rows are merged per request on top, never into the cache.
+
+pub mod index;
+// pub mod table;
+
+use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use index::{Status, TraceRow};
+
+use crate::storage::DataFile;
+
+/// Index rows of one data file, sorted by trace id.
+pub type FileRows = Arc<[TraceRow]>;
+
+/// One workspace's traces over a set of data files.
+#[derive(Debug, Clone, Default)]
+pub struct Merged {
+    paths: HashSet<String>,
+    rows: Vec<TraceRow>,
+    by_id: HashMap<Arc<str>, usize>,
+}
+
+impl Merged {
+    fn add(&mut self, rows: &[TraceRow]) {
+        for row in rows {
+            match self.by_id.get(&row.trace_id) {
+                Some(&at) => self.rows[at].merge(row),
+                None => {
+                    self.by_id.insert(row.trace_id.clone(), self.rows.len());
+                    self.rows.push(row.clone());
+                }
+            }
+        }
+    }
+
+    /// Traces merged.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+}
+
+/// The warm state of the trace index.
+#[derive(Debug, Default)]
+pub struct Catalog {
+    files: Mutex<HashMap<String, FileRows>>,
+    merged: Mutex<HashMap<String, Arc<Mutex<Arc<Merged>>>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Catalog {
+    /// Remembers the index rows of the data file at `path` (relative to the table).
+    pub fn offer(&self, path: &str, rows: FileRows) {
+        lock(&self.files).insert(path.to_string(), rows);
+    }
+
+    /// The index rows of the data file at `path`, if known.
+    pub fn rows_of(&self, path: &str) -> Option<FileRows> {
+        lock(&self.files).get(path).cloned()
+    }
+
+    /// `workspace`'s traces over exactly `files` (each with its rows); files no longer
+    /// among them are forgotten.
+    pub fn merged(&self, workspace: &str, files: &[(Arc<DataFile>, FileRows)]) -> Arc<Merged> {
+        let slot = lock(&self.merged)
+            .entry(workspace.to_string())
+            .or_default()
+            .clone();
+        let mut current = lock(&slot);
+        let live: HashSet<&str> = files.iter().map(|(f, _)| f.path.as_str()).collect();
+        let same = current.paths.len() == live.len()
+            && current.paths.iter().all(|p| live.contains(p.as_str()));
+        if same {
+            return current.clone();
+        }
+        let grows = current.paths.iter().all(|p| live.contains(p.as_str()));
+        if grows {
+            // A flush added files: merge theirs in (in place unless a request holds it).
+            let merged = Arc::make_mut(&mut current);
+            for (f, rows) in files {
+                if merged.paths.insert(f.path.clone()) {
+                    merged.add(rows);
+                }
+            }
+        } else {
+            // Files were removed (compaction, retention): rebuild, and forget theirs.
+            let mut merged = Merged::default();
+            for (f, rows) in files {
+                merged.paths.insert(f.path.clone());
+                merged.add(rows);
+            }
+            let gone: Vec<String> = current
+                .paths
+                .iter()
+                .filter(|p| !live.contains(p.as_str()))
+                .cloned()
+                .collect();
+            let mut known = lock(&self.files);
+            for p in gone {
+                known.remove(&p);
+            }
+            *current = Arc::new(merged);
+        }
+        current.clone()
+    }
+}
+
+/// The root-span fields a listing filters on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RootField {
+    SessionId,
+    ExperimentId,
+    TestCaseId,
+    /// The root span's own status.
+    Status,
+}
+
+/// A trace listing's filter.
+#[derive(Debug, Clone, Default)]
+pub struct TraceFilter {
+    /// Trace ids (any of them), as stored.
+    pub ids: Option<Vec<String>>,
+    /// Root fields that must equal one of the values.
+    pub fields: Vec<(RootField, Vec<String>)>,
+    /// `started_at >=` (ns).
+    pub started_gte: Option<i64>,
+    /// `started_at <=` (ns).
+    pub started_lte: Option<i64>,
+}
+
+impl TraceFilter {
+    fn matches(&self, row: &TraceRow) -> bool {
+        let start = row.root.start_ns;
+        if self.started_gte.is_some_and(|g| start < g)
+            || self.started_lte.is_some_and(|l| start > l)
+        {
+            return false;
+        }
+        if let Some(ids) = &self.ids
+            && !ids.iter().any(|i| **i == *row.trace_id)
+        {
+            return false;
+        }
+        self.fields.iter().all(|(field, values)| {
+            let value = match field {
+                RootField::SessionId => row.root.session_id.as_deref(),
+                RootField::ExperimentId => row.root.experiment_id.as_deref(),
+                RootField::TestCaseId => row.root.test_case_id.as_deref(),
+                RootField::Status => Some(row.root.status.as_str()),
+            };
+            value.is_some_and(|v| values.iter().any(|w| w == v))
+        })
+    }
+}
+
+/// Every trace of one snapshot: the merged rows of its files with the buffer's on top.
+#[derive(Debug)]
+pub struct TraceView {
+    merged: Arc<Merged>,
+    /// Traces the buffer touches, merged with their rows in `merged` if any.
+    overlay: Vec<TraceRow>,
+    /// Positions in `merged.rows` that `overlay` replaces.
+    replaced: HashSet<usize>,
+    /// The snapshot's files with their rows (to find a trace's files).
+    files: Vec<(Arc<DataFile>, FileRows)>,
+}
+
+impl TraceView {
+    /// The view of `merged` (over `files`) with the buffer's rows `buffered` on top.
+    pub fn new(
+        merged: Arc<Merged>,
+        files: Vec<(Arc<DataFile>, FileRows)>,
+        buffered: Vec<TraceRow>,
+    ) -> Self {
+        let mut replaced = HashSet::new();
+        let overlay = buffered
+            .into_iter()
+            .map(|b| match merged.by_id.get(&b.trace_id) {
+                Some(&at) => {
+                    replaced.insert(at);
+                    let mut row = merged.rows[at].clone();
+                    row.merge(&b);
+                    row
+                }
+                None => b,
+            })
+            .collect();
+        Self {
+            merged,
+            overlay,
+            replaced,
+            files,
+        }
+    }
+
+    /// The trace with id `id` (as stored).
+    pub fn get(&self, id: &str) -> Option<&TraceRow> {
+        if let Some(row) = self.overlay.iter().find(|r| &*r.trace_id == id) {
+            return Some(row);
+        }
+        self.merged.by_id.get(id).map(|&at| &self.merged.rows[at])
+    }
+
+    /// The data files holding spans of trace `id`.
+    pub fn files_of(&self, id: &str) -> Vec<Arc<DataFile>> {
+        self.files
+            .iter()
+            .filter(|(_, rows)| rows.binary_search_by(|r| (*r.trace_id).cmp(id)).is_ok())
+            .map(|(f, _)| f.clone())
+            .collect()
+    }
+
+    fn all(&self) -> impl Iterator<Item = &TraceRow> {
+        let replaced = &self.replaced;
+        let merged = self.merged.rows.iter().enumerate();
+        let kept = merged.filter_map(move |(i, r)| (!replaced.contains(&i)).then_some(r));
+        kept.chain(self.overlay.iter())
+    }
+
+    /// The page `[offset, offset + limit)` of the traces `filter` matches, by `started_at`
+    /// then id (both descending or both ascending), and how many match in all.
+    pub fn list(
+        &self,
+        filter: &TraceFilter,
+        descending: bool,
+        offset: usize,
+        limit: usize,
+    ) -> (Vec<&TraceRow>, usize) {
+        let keep = offset.saturating_add(limit);
+        let candidates: Box<dyn Iterator<Item = &TraceRow>> = match &filter.ids {
+            Some(ids) => {
+                let mut seen = HashSet::new();
+                Box::new(
+                    ids.iter()
+                        .filter(move |i| seen.insert(i.as_str()))
+                        .filter_map(|i| self.get(i)),
+                )
+            }
+            None if self.replaced.is_empty() => {
+                Box::new(self.merged.rows.iter().chain(self.overlay.iter()))
+            }
+            None => Box::new(self.all()),
+        };
+        // A bounded heap whose top is the worst row kept.
+        let mut heap: BinaryHeap<Ranked<'_>> = BinaryHeap::with_capacity(keep.min(1 << 16) + 1);
+        let mut total = 0;
+        for row in candidates {
+            if !filter.matches(row) {
+                continue;
+            }
+            total += 1;
+            if keep == 0 {
+                continue;
+            }
+            let ranked = Ranked { row, descending };
+            if heap.len() < keep {
+                heap.push(ranked);
+            } else if heap.peek().is_some_and(|worst| ranked < *worst) {
+                heap.pop();
+                heap.push(ranked);
+            }
+        }
+        let mut page: Vec<&TraceRow> = heap.into_sorted_vec().into_iter().map(|r| r.row).collect();
+        let page = page.split_off(offset.min(page.len()));
+        (page, total)
+    }
+}
+
+/// A row in listing order: `Ord` puts better-ranked rows first (smaller).
+struct Ranked<'a> {
+    row: &'a TraceRow,
+    descending: bool,
+}
+
+impl Ranked<'_> {
+    fn key(&self) -> (i64, &str) {
+        (self.row.root.start_ns, &self.row.trace_id)
+    }
+}
+
+impl PartialEq for Ranked<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+
+impl Eq for Ranked<'_> {}
+
+impl PartialOrd for Ranked<'_> {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Ranked<'_> {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        let order = self.key().cmp(&other.key());
+        if self.descending {
+            order.reverse()
+        } else {
+            order
+        }
+    }
+}
+
+/// The status a listing shows for a trace in summary mode (the root's) and otherwise (the
+/// rollup's).
+pub fn shown_status(row: &TraceRow, rollup: bool) -> Status {
+    if rollup {
+        row.status()
+    } else {
+        row.root.status
+    }
+}
