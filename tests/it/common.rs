@@ -46,8 +46,14 @@ impl TestServer {
 
     /// Stops the server (flushing to Parquet) and starts a new one on the same directory.
     pub async fn restart(&mut self) {
+        self.restart_with(|_| {}).await
+    }
+
+    /// [`TestServer::restart`] with a changed configuration.
+    pub async fn restart_with(&mut self, configure: impl FnOnce(&mut ServeConfig)) {
         self.stop().await;
-        let config = ServeConfig::with_data_dir(self.dir.path());
+        let mut config = ServeConfig::with_data_dir(self.dir.path());
+        configure(&mut config);
         let grpc = TcpListener::bind("127.0.0.1:0").await.expect("bind grpc");
         let http = TcpListener::bind("127.0.0.1:0").await.expect("bind http");
         let server = Server::start(config, grpc, http).await.expect("restart");

@@ -12,6 +12,7 @@ mod grpc;
 mod hostile_ingest;
 mod hostile_sql;
 mod http;
+mod index;
 mod json_equivalence;
 mod loadgen;
 mod query;
