@@ -17,7 +17,7 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::api::ApiState;
 use crate::api::grpc::QueryGrpc;
@@ -291,6 +291,11 @@ async fn run(
         shutdown.clone(),
     ));
 
+    let index_task = tokio::spawn(crate::catalog::table::run(
+        storage.clone(),
+        shutdown.clone(),
+    ));
+
     shutdown.cancelled().await;
     info!("Shutting down: no new requests; finishing those in flight.");
     stop_accepting.cancel();
@@ -302,6 +307,10 @@ async fn run(
     let flushed = flusher.checkpoint().await;
     wal.stop();
     flushed.context("final flush")?;
+    let _ = index_task.await;
+    if let Err(e) = storage.sync_index().await {
+        warn!(error = %e, "Syncing the trace index table failed; the next start summarizes the newest files again.");
+    }
     http.context("HTTP server panicked")?
         .context("HTTP server failed")?;
     grpc.context("gRPC server panicked")?

@@ -184,7 +184,13 @@ pub async fn run_pass(
             }
         }
     }
+    if summary.compacted_hours > 0 || summary.expired_files > 0 {
+        storage.index_changed();
+    }
     summary.vacuumed_files = vacuum(storage, config.keep_removed, orphans).await?;
+    if let Some(index) = storage.index() {
+        summary.vacuumed_files += index.vacuum(config.keep_removed).await?;
+    }
     Ok(summary)
 }
 

@@ -12,7 +12,7 @@
 //! retention); the buffer's rows are merged per request on top, never into the cache.
 
 pub mod index;
-// pub mod table;
+pub mod table;
 
 use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};

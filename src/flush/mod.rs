@@ -588,6 +588,7 @@ pub async fn complete_flush(
         Ok(())
     })?;
     pending.taken.clear();
+    storage.index_changed();
     let (dir, position) = (wal_dir.to_path_buf(), pending.position);
     tokio::task::spawn_blocking(move || write_checkpoint(&dir, position).map_err(io_at(&dir)))
         .await

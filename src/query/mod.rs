@@ -30,8 +30,8 @@ use datafusion::execution::memory_pool::GreedyMemoryPool;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
+use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot};
-use tokio_stream::StreamExt;
 
 use crate::buffer::Buffer;
 use crate::catalog::index::{SUMMARY_COLUMNS, Summarizer};
@@ -82,6 +82,9 @@ SELECT r.trace_id AS id, r.span_id AS root_span_id, r.name, r.session_id, r.serv
   u.cost_usd, u.cost_input_usd, u.cost_output_usd, u.span_count, u.error_count
 FROM ranked r JOIN rollup u ON r.trace_id = u.trace_id
 WHERE r.rn = 1";
+
+/// Data files whose trace index rows are loaded at once.
+const LOAD_CONCURRENCY: usize = 8;
 
 /// Limits applied to every query.
 #[derive(Debug, Clone, Copy)]
@@ -245,18 +248,33 @@ impl QueryEngine {
         table: &SpansTable,
     ) -> Result<TraceView, QueryError> {
         let catalog = self.storage.catalog();
-        let mut files = Vec::with_capacity(table.files().len());
-        for (file, url) in table.files() {
-            let rows = match catalog.rows_of(&file.path) {
-                Some(rows) => rows,
-                None => {
-                    let rows = self.summarize_file(file, url).await?;
-                    catalog.offer(&file.path, rows.clone());
-                    rows
-                }
-            };
-            files.push((file.clone(), rows));
+        // Files whose rows are not in memory yet (after a start, another node's): from the
+        // index table, else summarized from the file itself, a few at a time.
+        let missing: Vec<(Arc<DataFile>, url::Url)> = table
+            .files()
+            .iter()
+            .filter(|(f, _)| catalog.rows_of(&f.path).is_none())
+            .cloned()
+            .collect();
+        let mut loads = futures::stream::iter(
+            missing
+                .into_iter()
+                .map(|(file, url)| self.load_rows(file, url)),
+        )
+        .buffer_unordered(LOAD_CONCURRENCY);
+        while let Some(loaded) = loads.next().await {
+            let (file, rows) = loaded?;
+            catalog.offer(&file.path, rows);
         }
+        drop(loads);
+        let files: Vec<(Arc<DataFile>, FileRows)> = table
+            .files()
+            .iter()
+            .map(|(f, _)| {
+                let rows = catalog.rows_of(&f.path).unwrap_or_else(|| Arc::from([]));
+                (f.clone(), rows)
+            })
+            .collect();
         let merged = catalog.merged(workspace.as_str(), &files);
         let projection: Vec<usize> = SUMMARY_COLUMNS.iter().map(|c| column_index(c)).collect();
         let mut buffered = Summarizer::default();
@@ -270,7 +288,25 @@ impl QueryEngine {
         Ok(TraceView::new(merged, files, buffered.finish()))
     }
 
-    /// The trace index rows of a data file whose rows are not known yet, read from it.
+    /// The trace index rows of a data file: its index file, else the file summarized.
+    async fn load_rows(
+        &self,
+        file: Arc<DataFile>,
+        url: url::Url,
+    ) -> Result<(Arc<DataFile>, FileRows), QueryError> {
+        if let Some(index) = self.storage.index().filter(|i| i.has(&file.path)) {
+            match index.read(&file.path).await {
+                Ok(rows) => return Ok((file, rows.into())),
+                Err(e) => {
+                    tracing::warn!(error = %e, "An index file is unreadable; summarizing its data file instead.")
+                }
+            }
+        }
+        let rows = self.summarize_file(&file, &url).await?;
+        Ok((file, rows))
+    }
+
+    /// The trace index rows of a data file, read from it.
     async fn summarize_file(
         &self,
         file: &DataFile,

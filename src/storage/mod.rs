@@ -33,6 +33,7 @@ use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError, ObjectStore, Tab
 use tracing::{info, warn};
 use url::Url;
 
+use crate::catalog::table::{IndexTable, Synced};
 use crate::schema::{col, file_schema, partition};
 use crate::time::{civil_hour, hour_of_partition};
 use crate::wal::{SegmentId, WalPosition, sync_dir};
@@ -321,6 +322,10 @@ pub struct Storage {
     claim_checked: std::sync::atomic::AtomicU64,
     /// The trace index rows known for the table's files (warm state of queries).
     catalog: crate::catalog::Catalog,
+    /// The trace index table beside this one.
+    index: Option<IndexTable>,
+    /// Set when the index table may be behind (a commit added or removed files).
+    index_wanted: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for Storage {
@@ -361,6 +366,17 @@ impl Storage {
             Err(e) => return Err(delta(e)),
         }
         let files = Arc::new(TableFiles::from_table(&table, &url));
+        if let (Some(root), true) = (&local, create) {
+            let dir = root.join(crate::catalog::table::INDEX_DIR);
+            std::fs::create_dir_all(&dir).map_err(io_at(&dir))?;
+        }
+        let index = match IndexTable::open(&url, create).await {
+            Ok(index) => Some(index),
+            Err(e) => {
+                warn!(error = %e, "The trace index table cannot be opened; traces are summarized from the data files.");
+                None
+            }
+        };
         let log_store = table.log_store();
         let remote = match (&local, url.host_str()) {
             (None, Some(host)) => {
@@ -382,12 +398,37 @@ impl Storage {
             incarnation: std::sync::atomic::AtomicI64::new(0),
             claim_checked: std::sync::atomic::AtomicU64::new(0),
             catalog: Default::default(),
+            index,
+            index_wanted: tokio::sync::Notify::new(),
         })
     }
 
     /// The trace index rows known for the table's files.
     pub fn catalog(&self) -> &crate::catalog::Catalog {
         &self.catalog
+    }
+
+    /// The trace index table, if it could be opened.
+    pub fn index(&self) -> Option<&IndexTable> {
+        self.index.as_ref()
+    }
+
+    /// Says the index table may be behind the files queries read.
+    pub fn index_changed(&self) {
+        self.index_wanted.notify_one();
+    }
+
+    /// Waits until the index table may be behind.
+    pub async fn index_wanted(&self) {
+        self.index_wanted.notified().await
+    }
+
+    /// Brings the index table in line with the files queries read.
+    pub async fn sync_index(&self) -> Result<Synced, StorageError> {
+        match &self.index {
+            Some(index) => index.sync(&self.files(), &self.catalog).await,
+            None => Ok(Synced::default()),
+        }
     }
 
     /// Remembers the trace index rows of files about to be committed.
@@ -893,7 +934,26 @@ fn sync_log_dir(root: &Path) -> Result<(), StorageError> {
 /// Creates the table: the data files' columns plus the partition columns; if another node
 /// created it meanwhile, loads theirs.
 async fn create_table(table: &DeltaTable, url: &Url) -> Result<DeltaTable, DeltaTableError> {
-    let data: StructType = file_schema().as_ref().try_into_kernel()?;
+    create_partitioned(
+        table,
+        url,
+        "spans",
+        "Spans stored by spanlake; see docs/schema.md in the spanlake repository.",
+        &file_schema(),
+    )
+    .await
+}
+
+/// Creates a table of `data`'s columns partitioned by `workspace`, `date`, `hour`, removed
+/// files kept an hour; if another node created it meanwhile, loads theirs.
+pub(crate) async fn create_partitioned(
+    table: &DeltaTable,
+    url: &Url,
+    name: &str,
+    comment: &str,
+    data: &arrow::datatypes::Schema,
+) -> Result<DeltaTable, DeltaTableError> {
+    let data: StructType = data.try_into_kernel()?;
     let partitions: StructType = (&arrow::datatypes::Schema::new(vec![
         arrow::datatypes::Field::new(
             partition::WORKSPACE,
@@ -906,8 +966,8 @@ async fn create_table(table: &DeltaTable, url: &Url) -> Result<DeltaTable, Delta
         .try_into_kernel()?;
     let created = table
         .create()
-        .with_table_name("spans")
-        .with_comment("Spans stored by spanlake; see docs/schema.md in the spanlake repository.")
+        .with_table_name(name)
+        .with_comment(comment)
         .with_columns(data.fields().cloned())
         .with_columns(partitions.fields().cloned())
         .with_partition_columns(partition::ALL)
@@ -920,7 +980,7 @@ async fn create_table(table: &DeltaTable, url: &Url) -> Result<DeltaTable, Delta
     match created {
         Ok(t) => Ok(t),
         Err(e) => {
-            warn!(error = %e, "Creating the table failed; another node may have created it, loading it.");
+            warn!(table = name, error = %e, "Creating the table failed; another node may have created it, loading it.");
             let mut t = DeltaTableBuilder::from_url(url.clone())?.build()?;
             t.load().await?;
             Ok(t)

@@ -167,8 +167,12 @@ pub fn uncommitted_files(dir: &Path) -> Vec<PathBuf> {
         return Vec::new();
     }
     let root = root.canonicalize().expect("table dir");
+    // Directories starting with `_` are not the table's: its log, the trace index table.
     files_under(&root, |p| {
-        p.extension().is_some_and(|e| e == "parquet") && !p.starts_with(root.join("_delta_log"))
+        p.extension().is_some_and(|e| e == "parquet")
+            && !p
+                .strip_prefix(&root)
+                .is_ok_and(|r| r.to_string_lossy().starts_with('_'))
     })
     .into_iter()
     .filter(|p| !committed.contains(p))
@@ -255,7 +259,18 @@ pub fn batch_rows(batch: &RecordBatch) -> Vec<BTreeMap<String, Option<String>>> 
 /// The files of the latest version of the table under the data dir `dir`, as delta-rs
 /// lists them from the log (empty before the table has any).
 pub fn table_files(dir: &Path) -> Vec<PathBuf> {
-    let root = dir.join("spans");
+    delta_files(&dir.join("spans"))
+}
+
+/// The files of the latest version of the trace index table under the data dir `dir`.
+pub fn index_files(dir: &Path) -> Vec<PathBuf> {
+    delta_files(&dir.join("spans").join("_trace_index"))
+}
+
+/// The files of the latest version of the Delta table at `root`, as delta-rs lists them
+/// from the log (empty before the table has any).
+fn delta_files(root: &Path) -> Vec<PathBuf> {
+    let root = root.to_path_buf();
     if !root.join("_delta_log").exists() {
         return Vec::new();
     }

@@ -285,13 +285,14 @@ async fn workspace_header_routes_and_bad_names_touch_nothing() {
     );
     let resp = post(&server, JSON, &[("x-workspace", "Team A")], b"{}".to_vec()).await;
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
-    let entries: Vec<_> = std::fs::read_dir(server.dir.path().join("spans"))
+    let mut entries: Vec<_> = std::fs::read_dir(server.dir.path().join("spans"))
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
+    entries.sort();
     assert_eq!(
         entries,
-        vec!["_delta_log"],
+        vec!["_delta_log", "_trace_index"],
         "a refused workspace creates nothing"
     );
 

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use spanlake::proto::{Span, Status, any_value};
 
 use crate::common::otlp::{kv, request, s};
-use crate::common::{TestServer, metric, table_files, wait_until};
+use crate::common::{TestServer, index_files, metric, table_files, wait_until};
 
 /// A small deterministic generator (xorshift64*).
 struct Rng(u64);
@@ -489,6 +489,23 @@ async fn the_trace_index_answers_as_a_recomputation_over_all_spans() {
         wait_until_flushed(&server, sent).await;
         check(&server, &format!("seed {seed}, flushed")).await;
         server.restart().await;
+        // Each data file has its index file (same path) in the index table.
+        let relative = |files: Vec<std::path::PathBuf>, root: std::path::PathBuf| {
+            let root = root.canonicalize().unwrap();
+            files
+                .iter()
+                .map(|f| f.strip_prefix(&root).unwrap().to_path_buf())
+                .collect::<Vec<_>>()
+        };
+        let spans_root = server.dir.path().join("spans");
+        assert_eq!(
+            relative(
+                index_files(server.dir.path()),
+                spans_root.join("_trace_index")
+            ),
+            relative(table_files(server.dir.path()), spans_root),
+            "seed {seed}: the index table"
+        );
         check(&server, &format!("seed {seed}, after a restart")).await;
         let files = table_files(server.dir.path()).len();
         server
