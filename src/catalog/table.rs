@@ -219,7 +219,7 @@ impl IndexTable {
                 },
             )
             .await
-            .map_err(|e| self.error(e.into()))?;
+            .map_err(|e| self.error(e))?;
         table.state = Some(finished.snapshot());
         *self.paths.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(paths_of(&table));
         Ok(synced)
