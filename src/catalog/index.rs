@@ -5,8 +5,8 @@
 //! expanded from the buffer's chunks). Output: [`TraceRow`]s sorted by trace id, one per
 //! trace. Invariants: [`TraceRow::merge`] is associative and commutative, and merging the
 //! rows of any split of a trace's spans gives exactly what the trace rules give over all of
-//! them — the root is the first span in [`crate::query::ROOT_ORDER`] (parentless first, then
-//! start time, then span id), counts and sums add, token and cost sums stay null while no
+//! them — the root is the first span in the root-span order (parentless first, then start
+//! time, then span id), counts and sums add, token and cost sums stay null while no
 //! span carries the value, the end is the latest span end.
 
 use std::sync::Arc;
@@ -74,7 +74,7 @@ pub struct Root {
 
 /// The root-span rule, the one place it is defined: a trace's root is its first span in
 /// this order — parentless first, then the earliest, then the smallest span id (the
-/// `traces` view and the listing show it; `ROOT_ORDER` in SQL tests says the same).
+/// `traces` table and the listing show it).
 fn root_order(parentless: bool, start_ns: i64, span_id: &str) -> (bool, i64, &str) {
     (!parentless, start_ns, span_id)
 }

@@ -17,7 +17,7 @@ pub mod table;
 use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
-use index::{Status, TraceRow};
+use index::TraceRow;
 
 use crate::storage::DataFile;
 
@@ -229,7 +229,8 @@ impl TraceView {
             .collect()
     }
 
-    fn all(&self) -> impl Iterator<Item = &TraceRow> {
+    /// Every trace.
+    pub fn rows(&self) -> impl Iterator<Item = &TraceRow> {
         let replaced = &self.replaced;
         let merged = self.merged.rows.iter().enumerate();
         let kept = merged.filter_map(move |(i, r)| (!replaced.contains(&i)).then_some(r));
@@ -258,7 +259,7 @@ impl TraceView {
             None if self.replaced.is_empty() => {
                 Box::new(self.merged.rows.iter().chain(self.overlay.iter()))
             }
-            None => Box::new(self.all()),
+            None => Box::new(self.rows()),
         };
         // A bounded heap whose top is the worst row kept.
         let mut heap: BinaryHeap<Ranked<'_>> = BinaryHeap::with_capacity(keep.min(1 << 16) + 1);
@@ -319,15 +320,5 @@ impl Ord for Ranked<'_> {
         } else {
             order
         }
-    }
-}
-
-/// The status a listing shows for a trace in summary mode (the root's) and otherwise (the
-/// rollup's).
-pub fn shown_status(row: &TraceRow, rollup: bool) -> Status {
-    if rollup {
-        row.status()
-    } else {
-        row.root.status
     }
 }

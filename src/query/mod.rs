@@ -19,6 +19,7 @@ mod decode;
 mod guard;
 pub mod sandbox;
 mod table;
+mod traces;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,57 +35,12 @@ use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::buffer::Buffer;
-use crate::catalog::index::{SUMMARY_COLUMNS, Summarizer};
-use crate::catalog::{FileRows, TraceView};
-use crate::schema::column_index;
-use crate::storage::files::{ScanFile, scan};
-use crate::storage::{DataFile, Storage};
+use crate::catalog::TraceView;
+use crate::storage::Storage;
 use crate::workspace::Workspace;
 
 pub use table::SpansTable;
-
-/// The per-trace rollups over spans grouped by `trace_id` (NeMo's rules: the trace is
-/// `error` if any span errs, else `cancelled` if any is, else `unknown` if all are, else
-/// `success`). Shared by the `traces` view and the API.
-pub const ROLLUP_COLUMNS: &str = "trace_id,
-    MAX(end_time) AS ended_at,
-    SUM(input_tokens) AS input_tokens, SUM(output_tokens) AS output_tokens,
-    SUM(cached_tokens) AS cached_tokens, SUM(total_tokens) AS total_tokens,
-    SUM(cost_usd) AS cost_usd, SUM(cost_input_usd) AS cost_input_usd,
-    SUM(cost_output_usd) AS cost_output_usd,
-    COUNT(*) AS span_count,
-    SUM(CASE WHEN status = 'error' THEN 1 ELSE 0 END) AS error_count,
-    CASE WHEN SUM(CASE WHEN status = 'error' THEN 1 ELSE 0 END) > 0 THEN 'error'
-         WHEN SUM(CASE WHEN status = 'cancelled' THEN 1 ELSE 0 END) > 0 THEN 'cancelled'
-         WHEN SUM(CASE WHEN status = 'unknown' THEN 1 ELSE 0 END) = COUNT(*) THEN 'unknown'
-         ELSE 'success' END AS status";
-
-/// The root-span rule, the one place it is defined: a trace's root is its first span in
-/// this order — the earliest span without a parent, else the earliest span (ties broken by
-/// span id). The `traces` view, the API's listing and its trace lookup all order by it.
-pub const ROOT_ORDER: &str =
-    "CASE WHEN parent_span_id IS NULL THEN 0 ELSE 1 END, start_time, span_id";
-
-/// The `traces` view: one row per trace, the root span's fields (see [`ROOT_ORDER`]) and
-/// rollups over all spans.
-pub const TRACES_VIEW_TEMPLATE: &str = "CREATE VIEW traces AS
-WITH ranked AS (
-  SELECT *, ROW_NUMBER() OVER (
-    PARTITION BY trace_id
-    ORDER BY ROOT_ORDER) AS rn
-  FROM spans),
-rollup AS (SELECT ROLLUP_COLUMNS FROM spans GROUP BY trace_id)
-SELECT r.trace_id AS id, r.span_id AS root_span_id, r.name, r.session_id, r.service_name,
-  r.start_time AS started_at, u.ended_at,
-  CAST(u.ended_at - r.start_time AS BIGINT) / 1e6 AS duration_ms,
-  u.status, r.experiment_id, r.test_case_id, r.input, r.output,
-  u.input_tokens, u.output_tokens, u.cached_tokens, u.total_tokens,
-  u.cost_usd, u.cost_input_usd, u.cost_output_usd, u.span_count, u.error_count
-FROM ranked r JOIN rollup u ON r.trace_id = u.trace_id
-WHERE r.rn = 1";
-
-/// Data files whose trace index rows are loaded at once.
-const LOAD_CONCURRENCY: usize = 8;
+pub use traces::{TraceLoader, TracesTable, traces_schema};
 
 /// Limits applied to every query.
 #[derive(Debug, Clone, Copy)]
@@ -131,6 +87,8 @@ pub struct QueryEngine {
     buffer: Option<Arc<Buffer>>,
     limits: QueryLimits,
     runtime_env: Arc<RuntimeEnv>,
+    /// Builds the trace index's view of a snapshot.
+    loader: Arc<TraceLoader>,
     /// `Some` until dropped.
     runtime: Option<tokio::runtime::Runtime>,
     /// Queries executing now (their answers still streaming).
@@ -194,11 +152,16 @@ impl QueryEngine {
             .enable_all()
             .build()
             .map_err(|e| QueryError::Internal(e.to_string()))?;
+        let loader = Arc::new(TraceLoader {
+            storage: storage.clone(),
+            runtime_env: runtime_env.clone(),
+        });
         Ok(Self {
             storage,
             buffer,
             limits,
             runtime_env,
+            loader,
             runtime: Some(runtime),
             running: Arc::default(),
             ready: Box::new(|| true),
@@ -240,98 +203,13 @@ impl QueryEngine {
         ))
     }
 
-    /// Every trace of the snapshot `table` of `workspace`, from the trace index: the
-    /// merged rows of its files kept between requests, the buffer's summarized on top.
+    /// Every trace of the snapshot `table` of `workspace`, from the trace index.
     pub async fn traces(
         &self,
         workspace: &Workspace,
         table: &SpansTable,
     ) -> Result<TraceView, QueryError> {
-        let catalog = self.storage.catalog();
-        // Files whose rows are not in memory yet (after a start, another node's): from the
-        // index table, else summarized from the file itself, a few at a time.
-        let missing: Vec<(Arc<DataFile>, url::Url)> = table
-            .files()
-            .iter()
-            .filter(|(f, _)| catalog.rows_of(&f.path).is_none())
-            .cloned()
-            .collect();
-        let mut loads = futures::stream::iter(
-            missing
-                .into_iter()
-                .map(|(file, url)| self.load_rows(file, url)),
-        )
-        .buffer_unordered(LOAD_CONCURRENCY);
-        while let Some(loaded) = loads.next().await {
-            let (file, rows) = loaded?;
-            catalog.offer(&file.path, rows);
-        }
-        drop(loads);
-        let files: Vec<(Arc<DataFile>, FileRows)> = table
-            .files()
-            .iter()
-            .map(|(f, _)| {
-                let rows = catalog.rows_of(&f.path).unwrap_or_else(|| Arc::from([]));
-                (f.clone(), rows)
-            })
-            .collect();
-        let merged = catalog.merged(workspace.as_str(), &files);
-        let projection: Vec<usize> = SUMMARY_COLUMNS.iter().map(|c| column_index(c)).collect();
-        let mut buffered = Summarizer::default();
-        for chunk in table.chunks() {
-            for batch in chunk.expand(Some(projection.clone())) {
-                buffered
-                    .push(&batch.map_err(|e| QueryError::Internal(e.to_string()))?)
-                    .map_err(|e| QueryError::Internal(e.to_string()))?;
-            }
-        }
-        Ok(TraceView::new(merged, files, buffered.finish()))
-    }
-
-    /// The trace index rows of a data file: its index file, else the file summarized.
-    async fn load_rows(
-        &self,
-        file: Arc<DataFile>,
-        url: url::Url,
-    ) -> Result<(Arc<DataFile>, FileRows), QueryError> {
-        if let Some(index) = self.storage.index().filter(|i| i.has(&file.path)) {
-            match index.read(&file.path).await {
-                Ok(rows) => return Ok((file, rows.into())),
-                Err(e) => {
-                    tracing::warn!(error = %e, "An index file is unreadable; summarizing its data file instead.")
-                }
-            }
-        }
-        let rows = self.summarize_file(&file, &url).await?;
-        Ok((file, rows))
-    }
-
-    /// The trace index rows of a data file, read from it.
-    async fn summarize_file(
-        &self,
-        file: &DataFile,
-        url: &url::Url,
-    ) -> Result<FileRows, QueryError> {
-        let state = SessionStateBuilder::new()
-            .with_runtime_env(self.runtime_env.clone())
-            .with_default_features()
-            .build();
-        let internal =
-            |e: DataFusionError| QueryError::Internal(format!("reading {}: {e}", file.path));
-        let projection: Vec<usize> = SUMMARY_COLUMNS.iter().map(|c| column_index(c)).collect();
-        let files = [ScanFile::at(url, file.size).map_err(internal)?];
-        let plan = scan(&state, &files, Some(&projection), None, 1, None)
-            .await
-            .map_err(internal)?;
-        let batches = datafusion::physical_plan::collect(plan, state.task_ctx())
-            .await
-            .map_err(internal)?;
-        let mut rows = Summarizer::default();
-        for batch in &batches {
-            rows.push(batch)
-                .map_err(|e| QueryError::Internal(format!("reading {}: {e}", file.path)))?;
-        }
-        Ok(rows.finish().into())
+        self.loader.view(workspace, table).await
     }
 
     /// A session over the snapshot `table` of `workspace` (its `spans` table and `traces`
@@ -355,14 +233,11 @@ impl QueryEngine {
         let ctx = SessionContext::new_with_state(state);
         ctx.add_analyzer_rule(Arc::new(decode::GuardDecodes::new(pool)));
         sandbox::remove_table_functions(&ctx);
-        ctx.register_table("spans", Arc::new(table))
+        ctx.register_table("spans", Arc::new(table.clone()))
             .map_err(|e| QueryError::Internal(e.to_string()))?;
-        let view = TRACES_VIEW_TEMPLATE
-            .replace("ROLLUP_COLUMNS", ROLLUP_COLUMNS)
-            .replace("ROOT_ORDER", ROOT_ORDER);
-        ctx.sql(&view)
-            .await
-            .map_err(|e| QueryError::Internal(format!("creating the traces view: {e}")))?;
+        let traces = TracesTable::new(self.loader.clone(), workspace.clone(), table.clone());
+        ctx.register_table("traces", Arc::new(traces))
+            .map_err(|e| QueryError::Internal(e.to_string()))?;
         Ok(ctx)
     }
 

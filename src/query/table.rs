@@ -32,7 +32,7 @@ use crate::time::NANOS_PER_HOUR;
 use crate::workspace::Workspace;
 
 /// A consistent snapshot of one workspace's spans.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct SpansTable {
     /// The workspace's files with their URLs.
     files: Vec<(Arc<DataFile>, url::Url)>,

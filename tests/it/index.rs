@@ -404,6 +404,37 @@ async fn check(server: &TestServer, when: &str) {
             }
         }
     }
+    // The `traces` table of SQL: the same traces.
+    let answer: Value = reqwest::Client::new()
+        .post(server.url("/apis/intake/v2/workspaces/default/sql"))
+        .json(
+            &json!({"query": "SELECT id, root_span_id, CAST(started_at AS BIGINT) AS started, \
+            CAST(ended_at AS BIGINT) AS ended, status, span_count, error_count, input_tokens, \
+            cost_usd, input FROM traces ORDER BY id"}),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let rows = answer["rows"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{answer}"));
+    assert_eq!(rows.len(), expected.len(), "{when}: SQL traces");
+    for (r, (id, e)) in rows.iter().zip(&expected) {
+        let what = format!("{when}: SQL traces, {id}");
+        assert_eq!(r["id"], json!(id), "{what}");
+        assert_eq!(r["root_span_id"], json!(e.root.span_id), "{what}");
+        assert_eq!(r["started"], json!(e.root.start), "{what}");
+        assert_eq!(r["ended"].as_i64(), e.ended, "{what}");
+        assert_eq!(r["status"], json!(e.status), "{what}");
+        assert_eq!(r["span_count"], json!(e.spans), "{what}");
+        assert_eq!(r["error_count"], json!(e.errors), "{what}");
+        assert_eq!(r["input_tokens"], json!(e.input_tokens), "{what}");
+        assert!(close(r["cost_usd"].as_f64(), e.cost_usd), "{what}: {r}");
+        assert_eq!(r["input"], json!(e.root.input), "{what}");
+    }
     // Lookups: the summary and every span once (a retried span shown once).
     let mut distinct: HashMap<&str, std::collections::HashSet<(&str, i64)>> = HashMap::new();
     for s in &spans {
