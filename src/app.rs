@@ -119,7 +119,7 @@ impl Server {
             admission: admission("the HTTP front end"),
         })
         .merge(crate::api::router(ApiState {
-            engine,
+            engine: engine.clone(),
             auth: auth.clone(),
         }));
         let http_stop = stop_accepting.clone();
@@ -151,6 +151,7 @@ impl Server {
             lock,
             config,
             storage,
+            engine,
             metrics,
             buffer,
             ingester.clone(),
@@ -205,6 +206,7 @@ async fn run(
     lock: std::fs::File,
     config: ServeConfig,
     storage: Arc<Storage>,
+    engine: Arc<QueryEngine>,
     metrics: Arc<Metrics>,
     buffer: Arc<Buffer>,
     ingester: Arc<Ingester>,
@@ -269,6 +271,7 @@ async fn run(
         "spanlake: ready (replayed {} WAL records, {} spans)",
         summary.records, summary.rows
     );
+    tokio::spawn(async move { engine.warm_up().await });
 
     let flusher = Arc::new(Flusher::new(
         storage.clone(),

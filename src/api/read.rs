@@ -208,7 +208,15 @@ pub async fn traces_page(
     );
     let mut roots: Vec<Map<String, Value>> = page.iter().map(|r| root_json(r)).collect();
     if params.mode == Mode::Preview {
-        let ctx = engine.session_over(ws, table).await?;
+        // Only the files holding the page's traces.
+        let holding: HashSet<String> = page
+            .iter()
+            .flat_map(|r| view.files_of(&r.trace_id))
+            .map(|f| f.path.clone())
+            .collect();
+        let ctx = engine
+            .session_over(ws, table.only(|f| holding.contains(&f.path)))
+            .await?;
         add_input_output(engine, &ctx, &mut roots).await?;
     }
     let data = roots

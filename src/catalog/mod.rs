@@ -212,6 +212,16 @@ impl TraceView {
         }
     }
 
+    /// Traces in all.
+    pub fn len(&self) -> usize {
+        self.merged.len() + self.overlay.len() - self.replaced.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// The trace with id `id` (as stored).
     pub fn get(&self, id: &str) -> Option<&TraceRow> {
         if let Some(row) = self.overlay.iter().find(|r| &*r.trace_id == id) {
@@ -229,8 +239,8 @@ impl TraceView {
             .collect()
     }
 
-    /// Every trace.
-    pub fn rows(&self) -> impl Iterator<Item = &TraceRow> {
+    /// Every trace (those of older files first).
+    pub fn rows(&self) -> impl DoubleEndedIterator<Item = &TraceRow> {
         let replaced = &self.replaced;
         let merged = self.merged.rows.iter().enumerate();
         let kept = merged.filter_map(move |(i, r)| (!replaced.contains(&i)).then_some(r));
@@ -247,6 +257,8 @@ impl TraceView {
         limit: usize,
     ) -> (Vec<&TraceRow>, usize) {
         let keep = offset.saturating_add(limit);
+        // Rows of older files come first: newest-first listings read them backwards, so
+        // the heap fills with the best rows early and most others are rejected at once.
         let candidates: Box<dyn Iterator<Item = &TraceRow>> = match &filter.ids {
             Some(ids) => {
                 let mut seen = HashSet::new();
@@ -256,9 +268,7 @@ impl TraceView {
                         .filter_map(|i| self.get(i)),
                 )
             }
-            None if self.replaced.is_empty() => {
-                Box::new(self.merged.rows.iter().chain(self.overlay.iter()))
-            }
+            None if descending => Box::new(self.rows().rev()),
             None => Box::new(self.rows()),
         };
         // A bounded heap whose top is the worst row kept.

@@ -203,6 +203,30 @@ impl QueryEngine {
         ))
     }
 
+    /// Loads every workspace's trace index into memory (after a start, so that the first
+    /// listing does not wait for it).
+    pub async fn warm_up(&self) {
+        let started = std::time::Instant::now();
+        let files = self.storage.files();
+        let mut traces = 0;
+        for name in files.workspaces() {
+            let Ok(ws) = Workspace::new(name) else {
+                continue;
+            };
+            let loaded = match self.snapshot(&ws) {
+                Ok(table) => self.traces(&ws, &table).await,
+                Err(e) => Err(e),
+            };
+            match loaded {
+                Ok(view) => traces += view.len(),
+                Err(e) => {
+                    tracing::warn!(workspace = name, error = %e, "Loading the trace index failed; the first listing loads it.")
+                }
+            }
+        }
+        tracing::info!(traces, elapsed = ?started.elapsed(), "Loaded the trace index.");
+    }
+
     /// Every trace of the snapshot `table` of `workspace`, from the trace index.
     pub async fn traces(
         &self,

@@ -130,6 +130,11 @@ impl TableFiles {
             .unwrap_or(&[])
     }
 
+    /// The workspaces with files.
+    pub fn workspaces(&self) -> impl Iterator<Item = &str> {
+        self.by_workspace.keys().map(String::as_str)
+    }
+
     /// Every file, by workspace.
     pub fn all(&self) -> impl Iterator<Item = &Arc<DataFile>> {
         self.by_workspace.values().flatten()
