@@ -28,31 +28,73 @@ pub type FileRows = Arc<[TraceRow]>;
 #[derive(Debug, Clone, Default)]
 pub struct Merged {
     paths: HashSet<String>,
-    rows: Vec<TraceRow>,
-    by_id: HashMap<Arc<str>, usize>,
+    /// The rows of the files merged, which entries point into.
+    files: Vec<FileRows>,
+    entries: Vec<Entry>,
+    by_id: HashMap<Arc<str>, u32>,
+}
+
+/// One trace of a [`Merged`]: most traces are in one file, whose row is used as it is.
+#[derive(Debug, Clone)]
+enum Entry {
+    /// Row `row` of file `file`.
+    One { file: u32, row: u32 },
+    /// The rows of several files merged.
+    Many(Box<TraceRow>),
 }
 
 impl Merged {
-    fn add(&mut self, rows: &[TraceRow]) {
-        for row in rows {
+    fn add(&mut self, rows: &FileRows) {
+        let file = self.files.len() as u32;
+        self.files.push(rows.clone());
+        for (i, row) in rows.iter().enumerate() {
             match self.by_id.get(&row.trace_id) {
-                Some(&at) => self.rows[at].merge(row),
+                Some(&at) => {
+                    let entry = &mut self.entries[at as usize];
+                    match entry {
+                        Entry::Many(merged) => merged.merge(row),
+                        Entry::One { file, row: r } => {
+                            let mut merged = self.files[*file as usize][*r as usize].clone();
+                            merged.merge(row);
+                            *entry = Entry::Many(Box::new(merged));
+                        }
+                    }
+                }
                 None => {
-                    self.by_id.insert(row.trace_id.clone(), self.rows.len());
-                    self.rows.push(row.clone());
+                    self.by_id
+                        .insert(row.trace_id.clone(), self.entries.len() as u32);
+                    self.entries.push(Entry::One {
+                        file,
+                        row: i as u32,
+                    });
                 }
             }
         }
     }
 
+    fn row(&self, at: usize) -> &TraceRow {
+        match &self.entries[at] {
+            Entry::One { file, row } => &self.files[*file as usize][*row as usize],
+            Entry::Many(merged) => merged,
+        }
+    }
+
+    fn rows(&self) -> impl DoubleEndedIterator<Item = (usize, &TraceRow)> {
+        (0..self.entries.len()).map(|i| (i, self.row(i)))
+    }
+
+    fn position(&self, id: &str) -> Option<usize> {
+        self.by_id.get(id).map(|&at| at as usize)
+    }
+
     /// Traces merged.
     pub fn len(&self) -> usize {
-        self.rows.len()
+        self.entries.len()
     }
 
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
-        self.rows.is_empty()
+        self.entries.is_empty()
     }
 }
 
@@ -194,10 +236,10 @@ impl TraceView {
         let mut replaced = HashSet::new();
         let overlay = buffered
             .into_iter()
-            .map(|b| match merged.by_id.get(&b.trace_id) {
-                Some(&at) => {
+            .map(|b| match merged.position(&b.trace_id) {
+                Some(at) => {
                     replaced.insert(at);
-                    let mut row = merged.rows[at].clone();
+                    let mut row = merged.row(at).clone();
                     row.merge(&b);
                     row
                 }
@@ -227,7 +269,7 @@ impl TraceView {
         if let Some(row) = self.overlay.iter().find(|r| &*r.trace_id == id) {
             return Some(row);
         }
-        self.merged.by_id.get(id).map(|&at| &self.merged.rows[at])
+        self.merged.position(id).map(|at| self.merged.row(at))
     }
 
     /// The data files holding spans of trace `id`.
@@ -242,8 +284,10 @@ impl TraceView {
     /// Every trace (those of older files first).
     pub fn rows(&self) -> impl DoubleEndedIterator<Item = &TraceRow> {
         let replaced = &self.replaced;
-        let merged = self.merged.rows.iter().enumerate();
-        let kept = merged.filter_map(move |(i, r)| (!replaced.contains(&i)).then_some(r));
+        let kept = self
+            .merged
+            .rows()
+            .filter_map(move |(i, r)| (!replaced.contains(&i)).then_some(r));
         kept.chain(self.overlay.iter())
     }
 

@@ -225,6 +225,8 @@ impl QueryEngine {
             }
         }
         tracing::info!(traces, elapsed = ?started.elapsed(), "Loaded the trace index.");
+        // Files summarized from their data get their index files at the next sync.
+        self.storage.index_changed();
     }
 
     /// Every trace of the snapshot `table` of `workspace`, from the trace index.
