@@ -194,6 +194,7 @@ fn main() {
         // Each pass merges up to 64 files of the hour.
         rt.block_on(spanlake::maintain::run_pass(
             &storage,
+            None,
             dir.path(),
             &config,
             false,

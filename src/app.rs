@@ -23,6 +23,7 @@ use crate::api::ApiState;
 use crate::api::grpc::QueryGrpc;
 use crate::auth::Auth;
 use crate::buffer::{Buffer, FlushThresholds};
+use crate::catalog::Catalog;
 use crate::config::ServeConfig;
 use crate::flush::{Flusher, Staging, flush_replayed};
 use crate::ingest::Ingester;
@@ -83,6 +84,7 @@ impl Server {
                     config.data_dir.display()
                 )
             })?;
+        let catalog = Arc::new(Catalog::open(&storage, true).await);
         let staging = Staging::of(&storage, &config.data_dir);
         staging
             .clean()
@@ -98,12 +100,17 @@ impl Server {
         let stop_accepting = CancellationToken::new();
 
         let engine = Arc::new(
-            QueryEngine::new(storage.clone(), Some(buffer.clone()), config.query.limits())
-                .context("starting the query engine")?
-                .with_ready({
-                    let ingester = ingester.clone();
-                    move || ingester.is_ready()
-                }),
+            QueryEngine::new(
+                storage.clone(),
+                catalog.clone(),
+                Some(buffer.clone()),
+                config.query.limits(),
+            )
+            .context("starting the query engine")?
+            .with_ready({
+                let ingester = ingester.clone();
+                move || ingester.is_ready()
+            }),
         );
         metrics.attach_queries(engine.running());
         let query_service = QueryServiceServer::new(QueryGrpc::new(engine.clone(), auth.clone()));
@@ -151,6 +158,7 @@ impl Server {
             lock,
             config,
             storage,
+            catalog,
             engine,
             metrics,
             buffer,
@@ -206,6 +214,7 @@ async fn run(
     lock: std::fs::File,
     config: ServeConfig,
     storage: Arc<Storage>,
+    catalog: Arc<Catalog>,
     engine: Arc<QueryEngine>,
     metrics: Arc<Metrics>,
     buffer: Arc<Buffer>,
@@ -275,6 +284,7 @@ async fn run(
 
     let flusher = Arc::new(Flusher::new(
         storage.clone(),
+        catalog.clone(),
         &data_dir,
         buffer,
         wal.clone(),
@@ -284,6 +294,7 @@ async fn run(
     let flusher_task = tokio::spawn(flusher.clone().run(shutdown.clone()));
     let maintenance_task = tokio::spawn(crate::maintain::run(
         storage.clone(),
+        catalog.clone(),
         data_dir.clone(),
         crate::maintain::MaintenanceConfig {
             target_bytes: config.compact_target_bytes,
@@ -295,6 +306,7 @@ async fn run(
     ));
 
     let index_task = tokio::spawn(crate::catalog::table::run(
+        catalog.clone(),
         storage.clone(),
         shutdown.clone(),
     ));
@@ -311,7 +323,7 @@ async fn run(
     wal.stop();
     flushed.context("final flush")?;
     let _ = index_task.await;
-    if let Err(e) = storage.sync_index().await {
+    if let Err(e) = catalog.sync(&storage).await {
         warn!(error = %e, "Syncing the trace index table failed; the next start summarizes the newest files again.");
     }
     http.context("HTTP server panicked")?

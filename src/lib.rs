@@ -43,6 +43,7 @@ pub mod query;
 pub mod receive;
 pub mod schema;
 pub mod storage;
+pub mod summary;
 pub mod time;
 pub mod wal;
 pub mod workspace;

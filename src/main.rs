@@ -62,8 +62,13 @@ async fn sql(args: spanlake::config::SqlArgs) -> anyhow::Result<()> {
     let storage = spanlake::storage::Storage::open(url, "reader".into(), false)
         .await
         .with_context(|| format!("opening the table of spans at {location}"))?;
-    let engine =
-        spanlake::query::QueryEngine::new(std::sync::Arc::new(storage), None, args.query.limits())?;
+    let catalog = std::sync::Arc::new(spanlake::catalog::Catalog::open(&storage, false).await);
+    let engine = spanlake::query::QueryEngine::new(
+        std::sync::Arc::new(storage),
+        catalog,
+        None,
+        args.query.limits(),
+    )?;
     let result = engine.sql(&workspace, &args.sql).await?;
     match args.format {
         OutputFormat::Table => {

@@ -45,6 +45,7 @@ use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::catalog::Catalog;
 use crate::flush::{
     FlushError, SHARED_DICTIONARY_BYTES, Staging, discard, partition_path, remove_staged,
     sync_parents, upload, write_data_file,
@@ -97,6 +98,7 @@ pub struct PassSummary {
 /// Runs maintenance passes until `shutdown`.
 pub async fn run(
     storage: Arc<Storage>,
+    catalog: Arc<Catalog>,
     data_dir: std::path::PathBuf,
     config: MaintenanceConfig,
     shutdown: CancellationToken,
@@ -116,7 +118,7 @@ pub async fn run(
         }
         let pass = tokio::select! {
             _ = shutdown.cancelled() => return,
-            pass = run_pass(&storage, &data_dir, &config, orphans) => pass,
+            pass = run_pass(&storage, Some(&catalog), &data_dir, &config, orphans) => pass,
         };
         match pass {
             Ok(s) if s != PassSummary::default() => info!(
@@ -138,6 +140,7 @@ pub async fn run(
 /// One pass: retention, compaction of every closed hour with small files, vacuum.
 pub async fn run_pass(
     storage: &Storage,
+    catalog: Option<&Catalog>,
     data_dir: &Path,
     config: &MaintenanceConfig,
     orphans: bool,
@@ -165,6 +168,7 @@ pub async fn run_pass(
         files.truncate(MAX_INPUTS);
         match compact(
             storage,
+            catalog,
             data_dir,
             &workspace,
             hour,
@@ -184,12 +188,20 @@ pub async fn run_pass(
             }
         }
     }
-    if summary.compacted_hours > 0 || summary.expired_files > 0 {
-        storage.index_changed();
+    if let Some(catalog) = catalog
+        && (summary.compacted_hours > 0 || summary.expired_files > 0)
+    {
+        catalog.changed();
     }
     summary.vacuumed_files = vacuum(storage, config.keep_removed, orphans).await?;
-    if let Some(index) = storage.index() {
-        summary.vacuumed_files += index.vacuum(config.keep_removed).await?;
+    if let Some(index) = catalog.and_then(Catalog::index) {
+        // The index table is never needed for correctness: its failures are only logged.
+        match index.vacuum(config.keep_removed).await {
+            Ok(n) => summary.vacuumed_files += n,
+            Err(e) => {
+                warn!(error = %e, "Vacuuming the trace index table failed; it is retried on the next pass.")
+            }
+        }
     }
     Ok(summary)
 }
@@ -236,6 +248,7 @@ pub async fn expire(storage: &Storage, retention: Duration) -> Result<usize, Flu
 /// won.
 async fn compact(
     storage: &Storage,
+    catalog: Option<&Catalog>,
     data_dir: &Path,
     workspace: &str,
     hour: i64,
@@ -339,7 +352,6 @@ async fn compact(
             return Err(e);
         }
     };
-    storage.offer(&new);
     let finish = async {
         sync_parents(&staging, &new)?;
         if staging.upload {
@@ -371,7 +383,12 @@ async fn compact(
             .map_err(FlushError::from)
     };
     match finish.await {
-        Ok(_) => Ok(Some(dropped)),
+        Ok(_) => {
+            if let Some(catalog) = catalog {
+                catalog.committed(&new);
+            }
+            Ok(Some(dropped))
+        }
         Err(FlushError::Storage(e)) if e.is_conflict() => {
             info!(
                 workspace,

@@ -89,7 +89,6 @@ pub async fn adopt(data_dir: &Path, storage: &Storage) -> Result<usize, FlushErr
             new.push(facts.new_file(target, &old_file.workspace, old_file.hour));
         }
         sync_parents(&staging, &new)?;
-        storage.offer(&new);
         if staging.upload
             && let Err(e) = upload(storage, &staging, &new).await
         {

@@ -19,10 +19,10 @@ use super::json;
 use super::nemo::{page_json, trace_json};
 use super::params::{self, ListParams, Mode, SPAN_FILTERS, TRACE_FILTERS};
 use super::sql_text::{conditions, id_variants, in_list, lit, where_clause};
-use crate::catalog::index::{COST_COLUMNS, TOKEN_COLUMNS, TraceRow};
 use crate::catalog::{RootField, TraceFilter};
 use crate::error::ApiError;
 use crate::query::QueryEngine;
+use crate::summary::{COST_COLUMNS, TOKEN_COLUMNS, TraceRow};
 use crate::workspace::Workspace;
 
 /// One page of `{prefix} SELECT * FROM {from} {filter} ORDER BY {order_by}` and the number

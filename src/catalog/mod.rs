@@ -1,5 +1,5 @@
 //! Catalog: what queries keep between requests — per data file its trace index rows
-//! ([`index`]), and per workspace those rows merged over the files of the version queries
+//! ([`crate::summary`]), and per workspace those rows merged over the files of the version queries
 //! read ([`Merged`]); the trace index table ([`table`]) persists the per-file rows.
 //!
 //! Input: data files with their index rows (offered by the flush and compaction as they
@@ -7,22 +7,21 @@
 //! buffer's chunks. Output: a [`TraceView`] — every trace of one snapshot (one version's
 //! files ∪ the buffer), listed, counted and looked up without reading spans. Invariants: a
 //! file's rows are a pure function of its (immutable) content, so rows from any source are
-//! interchangeable; a workspace's merged rows are for exactly one set of files, extended in
-//! place when files are only added (a flush) and rebuilt when any is removed (compaction,
-//! retention); the buffer's rows are merged per request on top, never into the cache.
+//! interchangeable; a workspace's merged rows are for exactly one version's set of files,
+//! extended in place when files are only added (a flush) and rebuilt when any is removed
+//! (compaction, retention), and only ever replaced by a newer version's; the rows of a file
+//! are forgotten when a commit removes it (or it is discarded uncommitted); the buffer's
+//! rows are merged per request on top, never into the cache.
 
-pub mod index;
 pub mod table;
 
 use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
-use index::TraceRow;
+use crate::summary::{FileRows, TraceRow};
 
-use crate::storage::DataFile;
-
-/// Index rows of one data file, sorted by trace id.
-pub type FileRows = Arc<[TraceRow]>;
+use crate::storage::{DataFile, NewFile, Storage, StorageError};
+use table::{IndexTable, Synced};
 
 /// One workspace's traces over a set of data files.
 #[derive(Debug, Clone, Default)]
@@ -44,6 +43,16 @@ enum Entry {
 }
 
 impl Merged {
+    fn of(files: &[(Arc<DataFile>, FileRows)]) -> Self {
+        let mut merged = Merged::default();
+        for (f, rows) in files {
+            if merged.paths.insert(f.path.clone()) {
+                merged.add(rows);
+            }
+        }
+        merged
+    }
+
     fn add(&mut self, rows: &FileRows) {
         let file = self.files.len() as u32;
         self.files.push(rows.clone());
@@ -98,11 +107,22 @@ impl Merged {
     }
 }
 
-/// The warm state of the trace index.
+/// The warm state of the trace index, and the index table.
 #[derive(Debug, Default)]
 pub struct Catalog {
     files: Mutex<HashMap<String, FileRows>>,
-    merged: Mutex<HashMap<String, Arc<Mutex<Arc<Merged>>>>>,
+    merged: Mutex<HashMap<String, Arc<Mutex<Slot>>>>,
+    /// The trace index table beside the spans table, if it could be opened.
+    index: Option<IndexTable>,
+    /// Set when the index table may be behind (a commit added or removed files).
+    wanted: tokio::sync::Notify,
+}
+
+/// A workspace's kept merge and the table version of its files.
+#[derive(Debug, Default)]
+struct Slot {
+    version: Option<u64>,
+    merged: Arc<Merged>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -110,6 +130,58 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Catalog {
+    /// The catalog of the spans table `storage`, with its index table (created if
+    /// `create`; without one, every file's rows are summarized from the file).
+    pub async fn open(storage: &Storage, create: bool) -> Self {
+        let index = match IndexTable::open(storage, create).await {
+            Ok(index) => index,
+            Err(e) => {
+                tracing::warn!(error = %e, "The trace index table cannot be opened; traces are summarized from the data files.");
+                None
+            }
+        };
+        Self {
+            index,
+            ..Default::default()
+        }
+    }
+
+    /// The index table, if there is one.
+    pub fn index(&self) -> Option<&IndexTable> {
+        self.index.as_ref()
+    }
+
+    /// Remembers the rows of committed files and says the index table is behind.
+    pub fn committed(&self, files: &[NewFile]) {
+        for f in files {
+            if let Some(rows) = &f.traces {
+                self.offer(&f.path, rows.clone());
+            }
+        }
+        self.changed();
+    }
+
+    /// Says the index table may be behind the spans table.
+    pub fn changed(&self) {
+        self.wanted.notify_one();
+    }
+
+    /// Waits until the index table may be behind.
+    pub async fn wanted(&self) {
+        self.wanted.notified().await
+    }
+
+    /// Brings the index table in line with the newest version of the spans table, and
+    /// forgets the rows of the files that version no longer has.
+    pub async fn sync(&self, storage: &Storage) -> Result<Synced, StorageError> {
+        let Some(index) = &self.index else {
+            return Ok(Synced::default());
+        };
+        let (synced, removed) = index.sync(storage, |p| self.rows_of(p)).await?;
+        self.forget(removed.iter().map(String::as_str));
+        Ok(synced)
+    }
+
     /// Remembers the index rows of the data file at `path` (relative to the table).
     pub fn offer(&self, path: &str, rows: FileRows) {
         lock(&self.files).insert(path.to_string(), rows);
@@ -120,49 +192,61 @@ impl Catalog {
         lock(&self.files).get(path).cloned()
     }
 
-    /// `workspace`'s traces over exactly `files` (each with its rows); files no longer
-    /// among them are forgotten.
-    pub fn merged(&self, workspace: &str, files: &[(Arc<DataFile>, FileRows)]) -> Arc<Merged> {
+    /// Forgets the rows of data files no longer in the table (removed by a commit, or
+    /// written and never committed).
+    pub fn forget<'a>(&self, paths: impl IntoIterator<Item = &'a str>) {
+        let mut known = lock(&self.files);
+        for p in paths {
+            known.remove(p);
+        }
+    }
+
+    /// Data files whose rows are known.
+    pub fn known_files(&self) -> usize {
+        lock(&self.files).len()
+    }
+
+    /// `workspace`'s traces over exactly `files` (each with its rows), the files of table
+    /// version `version`. The merge kept for the workspace is extended in place when the
+    /// files only grew, rebuilt when some were removed; a snapshot older than it (or a part
+    /// of a version) gets a merge of its own, never kept.
+    pub fn merged(
+        &self,
+        workspace: &str,
+        version: Option<u64>,
+        files: &[(Arc<DataFile>, FileRows)],
+    ) -> Arc<Merged> {
         let slot = lock(&self.merged)
             .entry(workspace.to_string())
             .or_default()
             .clone();
-        let mut current = lock(&slot);
+        let mut slot = lock(&slot);
         let live: HashSet<&str> = files.iter().map(|(f, _)| f.path.as_str()).collect();
+        let current = &slot.merged;
         let same = current.paths.len() == live.len()
             && current.paths.iter().all(|p| live.contains(p.as_str()));
-        if same {
-            return current.clone();
+        if version < slot.version || (version == slot.version && !same) {
+            drop(slot);
+            return Arc::new(Merged::of(files));
         }
-        let grows = current.paths.iter().all(|p| live.contains(p.as_str()));
+        slot.version = version;
+        if same {
+            return slot.merged.clone();
+        }
+        let grows = slot.merged.paths.iter().all(|p| live.contains(p.as_str()));
         if grows {
             // A flush added files: merge theirs in (in place unless a request holds it).
-            let merged = Arc::make_mut(&mut current);
+            let merged = Arc::make_mut(&mut slot.merged);
             for (f, rows) in files {
                 if merged.paths.insert(f.path.clone()) {
                     merged.add(rows);
                 }
             }
         } else {
-            // Files were removed (compaction, retention): rebuild, and forget theirs.
-            let mut merged = Merged::default();
-            for (f, rows) in files {
-                merged.paths.insert(f.path.clone());
-                merged.add(rows);
-            }
-            let gone: Vec<String> = current
-                .paths
-                .iter()
-                .filter(|p| !live.contains(p.as_str()))
-                .cloned()
-                .collect();
-            let mut known = lock(&self.files);
-            for p in gone {
-                known.remove(&p);
-            }
-            *current = Arc::new(merged);
+            // Files were removed (compaction, retention): rebuild.
+            slot.merged = Arc::new(Merged::of(files));
         }
-        current.clone()
+        slot.merged.clone()
     }
 }
 
@@ -220,6 +304,8 @@ pub struct TraceView {
     merged: Arc<Merged>,
     /// Traces the buffer touches, merged with their rows in `merged` if any.
     overlay: Vec<TraceRow>,
+    /// Positions in `overlay` by trace id.
+    overlay_at: HashMap<Arc<str>, usize>,
     /// Positions in `merged.rows` that `overlay` replaces.
     replaced: HashSet<usize>,
     /// The snapshot's files with their rows (to find a trace's files).
@@ -246,9 +332,16 @@ impl TraceView {
                 None => b,
             })
             .collect();
+        let overlay: Vec<TraceRow> = overlay;
+        let overlay_at = overlay
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.trace_id.clone(), i))
+            .collect();
         Self {
             merged,
             overlay,
+            overlay_at,
             replaced,
             files,
         }
@@ -266,8 +359,8 @@ impl TraceView {
 
     /// The trace with id `id` (as stored).
     pub fn get(&self, id: &str) -> Option<&TraceRow> {
-        if let Some(row) = self.overlay.iter().find(|r| &*r.trace_id == id) {
-            return Some(row);
+        if let Some(&at) = self.overlay_at.get(id) {
+            return Some(&self.overlay[at]);
         }
         self.merged.position(id).map(|at| self.merged.row(at))
     }

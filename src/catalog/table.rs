@@ -30,8 +30,8 @@ use tracing::info;
 use url::Url;
 
 use super::Catalog;
-use super::index::{TraceRow, from_batch, index_schema, to_batch};
-use crate::storage::{NewFile, StorageError, TableFiles};
+use crate::storage::{NewFile, Storage, StorageError};
+use crate::summary::{FileRows, TraceRow, from_batch, index_schema, to_batch};
 
 /// The index table's directory inside the spans table's root.
 pub const INDEX_DIR: &str = "_trace_index";
@@ -74,11 +74,23 @@ fn paths_of(table: &DeltaTable) -> HashSet<String> {
 }
 
 impl IndexTable {
-    /// Opens the index table of the spans table at `spans`, creating it if `create`.
-    pub async fn open(spans: &Url, create: bool) -> Result<Self, StorageError> {
+    /// Opens the index table of the spans table `storage`, creating it if `create`; none
+    /// when it does not exist and may not be created.
+    pub async fn open(storage: &Storage, create: bool) -> Result<Option<Self>, StorageError> {
+        let spans = storage.url();
         let url = spans
             .join(&format!("{INDEX_DIR}/"))
             .map_err(|e| StorageError::Location(spans.to_string(), e.to_string()))?;
+        if let Some(root) = storage.local_root() {
+            let dir = root.join(INDEX_DIR);
+            if !create && !dir.exists() {
+                return Ok(None);
+            }
+            std::fs::create_dir_all(&dir).map_err(|source| StorageError::Io {
+                path: dir.clone(),
+                source,
+            })?;
+        }
         let delta = |source: DeltaTableError| StorageError::Delta {
             url: url.to_string(),
             source: Box::new(source),
@@ -97,12 +109,12 @@ impl IndexTable {
             Err(e) => return Err(delta(e)),
         }
         let paths = paths_of(&table);
-        Ok(Self {
+        Ok(Some(Self {
             store: table.log_store().object_store(None),
             url,
             table: tokio::sync::Mutex::new(table),
             paths: RwLock::new(Arc::new(paths)),
-        })
+        }))
     }
 
     /// Whether the loaded version has an index file for the data file at `path`.
@@ -146,14 +158,19 @@ impl IndexTable {
         }
     }
 
-    /// Brings the index table in line with the spans table's `files`: writes and adds an
-    /// index file for each data file without one whose rows the `catalog` knows, removes
-    /// the index files of data files no longer there; one commit.
+    /// Brings the index table in line with the newest version of the spans table: writes
+    /// and adds an index file for each data file without one whose rows `rows_of` knows,
+    /// removes the index files of data files that version no longer has; one commit.
+    /// Returns what it did and the data files it found removed.
+    ///
+    /// The index table is loaded before the spans table: an index file another node
+    /// committed is then always of a data file that the spans version read after holds,
+    /// unless that file was removed — so only index files of removed data files go.
     pub async fn sync(
         &self,
-        files: &TableFiles,
-        catalog: &Catalog,
-    ) -> Result<Synced, StorageError> {
+        storage: &Storage,
+        rows_of: impl Fn(&str) -> Option<FileRows>,
+    ) -> Result<(Synced, Vec<String>), StorageError> {
         let mut table = self.table.lock().await;
         let loaded = if table.snapshot().is_ok() {
             table.update_state().await
@@ -162,10 +179,14 @@ impl IndexTable {
         };
         match loaded {
             Ok(()) => {}
-            Err(DeltaTableError::NotATable(_)) => return Ok(Synced::default()),
+            Err(DeltaTableError::NotATable(_)) => return Ok(Default::default()),
             Err(e) => return Err(self.error(e)),
         }
         let present = paths_of(&table);
+        let files = match storage.refresh().await? {
+            Some(newer) => newer,
+            None => storage.files(),
+        };
         let live: HashMap<&str, _> = files.all().map(|f| (f.path.as_str(), f)).collect();
         let mut actions = Vec::new();
         let mut synced = Synced::default();
@@ -173,7 +194,7 @@ impl IndexTable {
             if present.contains(*path) {
                 continue;
             }
-            let Some(rows) = catalog.rows_of(path) else {
+            let Some(rows) = rows_of(path) else {
                 continue;
             };
             let bytes = encode(&rows).map_err(|e| self.error(DeltaTableError::Generic(e)))?;
@@ -193,7 +214,12 @@ impl IndexTable {
             synced.added += 1;
         }
         let now = chrono::Utc::now().timestamp_millis();
-        for path in present.iter().filter(|p| !live.contains_key(p.as_str())) {
+        let removed: Vec<String> = present
+            .iter()
+            .filter(|p| !live.contains_key(p.as_str()))
+            .cloned()
+            .collect();
+        for path in &removed {
             actions.push(Action::Remove(Remove {
                 path: path.clone(),
                 data_change: true,
@@ -204,7 +230,7 @@ impl IndexTable {
         }
         if actions.is_empty() {
             *self.paths.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(present);
-            return Ok(synced);
+            return Ok((synced, removed));
         }
         let state = table.snapshot().map_err(|e| self.error(e))?;
         let finished = CommitBuilder::from(CommitProperties::default())
@@ -222,12 +248,18 @@ impl IndexTable {
             .map_err(|e| self.error(e))?;
         table.state = Some(finished.snapshot());
         *self.paths.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(paths_of(&table));
-        Ok(synced)
+        Ok((synced, removed))
     }
 
     /// Deletes index files removed longer ago than `keep`; returns how many.
     pub async fn vacuum(&self, keep: std::time::Duration) -> Result<usize, StorageError> {
-        let table = self.table.lock().await.clone();
+        let table = {
+            let mut table = self.table.lock().await;
+            if table.snapshot().is_ok() {
+                table.update_state().await.map_err(|e| self.error(e))?;
+            }
+            table.clone()
+        };
         if table.snapshot().is_err() {
             return Ok(0);
         }
@@ -270,15 +302,16 @@ async fn create_table(table: &DeltaTable, url: &Url) -> Result<DeltaTable, Delta
 /// Keeps the index table in line with the spans table until `shutdown`: a sync whenever a
 /// commit changed the files queries read.
 pub async fn run(
-    storage: Arc<crate::storage::Storage>,
+    catalog: Arc<Catalog>,
+    storage: Arc<Storage>,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = storage.index_wanted() => {}
+            _ = catalog.wanted() => {}
         }
-        match storage.sync_index().await {
+        match catalog.sync(&storage).await {
             Ok(s) if s != Synced::default() => {
                 tracing::debug!(
                     added = s.added,

@@ -41,13 +41,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::buffer::{Buffer, Taken};
-use crate::catalog::index::{Summarizer, TraceRow};
+use crate::catalog::Catalog;
 use crate::chunk::{FALLBACK, SpanChunk, gather, plan_slices};
 use crate::fault;
 use crate::metrics::Metrics;
 use crate::schema::{col, file_schema, nested, path};
 use crate::storage::files::to_file;
 use crate::storage::{NewFile, Storage, StorageError};
+use crate::summary::{Summarizer, TraceRow};
 use crate::time::{civil_hour, hour_bucket};
 use crate::wal::{Wal, WalError, WalPosition, sync_dir, write_checkpoint};
 use crate::workspace::Workspace;
@@ -311,8 +312,9 @@ pub struct Facts {
     pub start_ns: (i64, i64),
     /// The first and last `trace_id` (the rows are sorted by it).
     pub trace_ids: (String, String),
-    /// Its trace index rows.
-    pub traces: Vec<TraceRow>,
+    /// Its trace index rows (none if they could not be made: then they are made from the
+    /// file when needed).
+    pub traces: Option<Vec<TraceRow>>,
 }
 
 impl Facts {
@@ -326,7 +328,7 @@ impl Facts {
             rows: self.rows,
             start_ns: self.start_ns,
             trace_ids: self.trace_ids,
-            traces: self.traces.into(),
+            traces: self.traces.map(Into::into),
         }
     }
 }
@@ -364,11 +366,15 @@ pub fn write_data_file(
         let mut start_ns = (i64::MAX, i64::MIN);
         let mut trace_ids: Option<(String, String)> = None;
         let mut count = 0;
-        let mut traces = Summarizer::default();
+        let mut traces = Some(Summarizer::default());
         for batch in batches {
             let batch = batch?;
             count += batch.num_rows() as u64;
-            traces.push(&batch)?;
+            if let Some(Err(e)) = traces.as_mut().map(|t| t.push(&batch)) {
+                // The trace index never fails a write: the rows are made from the file later.
+                warn!(error = %e, "Summarizing a data file's traces failed.");
+                traces = None;
+            }
             if let Some(starts) = batch.column_by_name(col::START_TIME) {
                 let starts = starts.as_primitive::<TimestampNanosecondType>();
                 for v in starts.values().iter() {
@@ -399,7 +405,7 @@ pub fn write_data_file(
             rows: count,
             start_ns,
             trace_ids: trace_ids.unwrap_or_default(),
-            traces: traces.finish(),
+            traces: traces.map(Summarizer::finish),
         })
     })();
     if written.is_err() {
@@ -553,7 +559,6 @@ pub async fn stage_flush(
         remove_staged(staging, &files);
         return Err(e);
     }
-    storage.offer(&files);
     Ok(PendingFlush {
         taken,
         files,
@@ -588,7 +593,6 @@ pub async fn complete_flush(
         Ok(())
     })?;
     pending.taken.clear();
-    storage.index_changed();
     let (dir, position) = (wal_dir.to_path_buf(), pending.position);
     tokio::task::spawn_blocking(move || write_checkpoint(&dir, position).map_err(io_at(&dir)))
         .await
@@ -621,6 +625,8 @@ const REFRESH_EVERY: Duration = Duration::from_secs(2);
 /// Moves buffered chunks to the table and advances the WAL checkpoint.
 pub struct Flusher {
     storage: Arc<Storage>,
+    /// Told the trace index rows of each committed flush.
+    catalog: Arc<Catalog>,
     staging: Staging,
     wal_dir: PathBuf,
     buffer: Arc<Buffer>,
@@ -636,6 +642,7 @@ impl Flusher {
     /// A flusher over `buffer` and `wal`, flushing data older than `max_age` into `storage`.
     pub fn new(
         storage: Arc<Storage>,
+        catalog: Arc<Catalog>,
         data_dir: &Path,
         buffer: Arc<Buffer>,
         wal: Arc<Wal>,
@@ -645,6 +652,7 @@ impl Flusher {
         Self {
             staging: Staging::of(&storage, data_dir),
             storage,
+            catalog,
             wal_dir: data_dir.join(path::WAL_DIR),
             buffer,
             wal,
@@ -775,6 +783,7 @@ impl Flusher {
             *slot = Some(pending);
             return Err(e);
         }
+        self.catalog.committed(&pending.files);
         let (files, rows, next) = (pending.files(), pending.rows(), pending.position.segment);
         let wal_dir = self.wal_dir.clone();
         let wal = self.wal.clone();

@@ -35,12 +35,15 @@ use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::buffer::Buffer;
-use crate::catalog::TraceView;
+use crate::catalog::{Catalog, TraceView};
 use crate::storage::Storage;
 use crate::workspace::Workspace;
 
 pub use table::SpansTable;
 pub use traces::{TraceLoader, TracesTable, traces_schema};
+
+/// Bytes of Parquet metadata kept between queries.
+const METADATA_CACHE_BYTES: usize = 128 << 20;
 
 /// Limits applied to every query.
 #[derive(Debug, Clone, Copy)]
@@ -136,11 +139,15 @@ impl QueryEngine {
     /// An engine over the table in `storage` and, when serving, the live buffer.
     pub fn new(
         storage: Arc<Storage>,
+        catalog: Arc<Catalog>,
         buffer: Option<Arc<Buffer>>,
         limits: QueryLimits,
     ) -> Result<Self, QueryError> {
         let runtime_env = RuntimeEnvBuilder::new()
             .with_memory_pool(Arc::new(GreedyMemoryPool::new(limits.memory_bytes)))
+            // Data files' footers and page indexes, kept between queries (files never
+            // change, so an entry never goes stale; the least recently used go first).
+            .with_metadata_cache_limit(METADATA_CACHE_BYTES)
             .build_arc()
             .map_err(|e| QueryError::Internal(e.to_string()))?;
         if let Some((bucket, store)) = storage.remote_store() {
@@ -153,7 +160,7 @@ impl QueryEngine {
             .build()
             .map_err(|e| QueryError::Internal(e.to_string()))?;
         let loader = Arc::new(TraceLoader {
-            storage: storage.clone(),
+            catalog,
             runtime_env: runtime_env.clone(),
         });
         Ok(Self {
@@ -226,7 +233,7 @@ impl QueryEngine {
         }
         tracing::info!(traces, elapsed = ?started.elapsed(), "Loaded the trace index.");
         // Files summarized from their data get their index files at the next sync.
-        self.storage.index_changed();
+        self.loader.catalog.changed();
     }
 
     /// Every trace of the snapshot `table` of `workspace`, from the trace index.
@@ -235,7 +242,17 @@ impl QueryEngine {
         workspace: &Workspace,
         table: &SpansTable,
     ) -> Result<TraceView, QueryError> {
-        self.loader.view(workspace, table).await
+        // On the query runtime: loading and merging rows is CPU work ingestion must not
+        // wait for.
+        let runtime = self
+            .runtime
+            .as_ref()
+            .ok_or_else(|| QueryError::Internal("the query runtime is shut down".into()))?;
+        let (loader, workspace, table) = (self.loader.clone(), workspace.clone(), table.clone());
+        runtime
+            .spawn(async move { loader.view(&workspace, &table).await })
+            .await
+            .map_err(|e| QueryError::Internal(format!("loading the trace index: {e}")))?
     }
 
     /// A session over the snapshot `table` of `workspace` (its `spans` table and `traces`
@@ -405,7 +422,8 @@ mod tests {
         };
         let url = crate::storage::parse_location(&dir.path().to_string_lossy()).unwrap();
         let storage = Storage::open(url, "test".into(), true).await.unwrap();
-        let engine = QueryEngine::new(Arc::new(storage), None, limits)
+        let catalog = Arc::new(Catalog::open(&storage, false).await);
+        let engine = QueryEngine::new(Arc::new(storage), catalog, None, limits)
             .unwrap()
             .with_ready(|| false);
         let ws = Workspace::new("default").unwrap();

@@ -34,6 +34,8 @@ use crate::workspace::Workspace;
 /// A consistent snapshot of one workspace's spans.
 #[derive(Debug, Clone)]
 pub struct SpansTable {
+    /// The table version the files are of.
+    version: Option<u64>,
     /// The workspace's files with their URLs.
     files: Vec<(Arc<DataFile>, url::Url)>,
     chunks: Vec<SpanChunk>,
@@ -51,6 +53,7 @@ impl SpansTable {
                 .filter_map(|f| Some((f.clone(), version.url(f)?)))
                 .collect();
             Self {
+                version: version.version,
                 files,
                 chunks: buffer.map(|b| b.snapshot(workspace)).unwrap_or_default(),
             }
@@ -63,6 +66,11 @@ impl SpansTable {
 }
 
 impl SpansTable {
+    /// The table version of the snapshot's files.
+    pub fn version(&self) -> Option<u64> {
+        self.version
+    }
+
     /// The snapshot's data files with their URLs.
     pub fn files(&self) -> &[(Arc<DataFile>, url::Url)] {
         &self.files
@@ -76,6 +84,7 @@ impl SpansTable {
     /// The same snapshot with only the data files `keep` accepts (the buffer whole).
     pub fn only(&self, keep: impl Fn(&DataFile) -> bool) -> Self {
         Self {
+            version: self.version,
             files: self
                 .files
                 .iter()

@@ -4,7 +4,7 @@
 //!
 //! Input: a snapshot of `spans` ([`SpansTable`]). Output: rows of the `traces` schema
 //! ([`traces_schema`]). Invariants: the rows follow the trace rules of
-//! [`crate::catalog::index`] (root, rollups, null sums), the same the API's listing shows;
+//! [`crate::summary`] (root, rollups, null sums), the same the API's listing shows;
 //! `input`/`output` (the root span's, not in the index) are read from the spans only when a
 //! query asks for them, joined by (trace id, root span id); index rows of files not yet in
 //! memory are loaded from the index table, or summarized from the data file.
@@ -28,11 +28,13 @@ use datafusion::physical_plan::ExecutionPlan;
 use futures::StreamExt;
 
 use super::{QueryError, SpansTable};
-use crate::catalog::index::{COST_COLUMNS, SUMMARY_COLUMNS, Summarizer, TOKEN_COLUMNS, TraceRow};
-use crate::catalog::{FileRows, TraceView};
+use crate::catalog::{Catalog, TraceView};
 use crate::schema::{col as span_col, column_index, timestamp_type};
+use crate::storage::DataFile;
 use crate::storage::files::{ScanFile, scan};
-use crate::storage::{DataFile, Storage};
+use crate::summary::{
+    COST_COLUMNS, FileRows, SUMMARY_COLUMNS, Summarizer, TOKEN_COLUMNS, TraceRow, merge_sorted,
+};
 use crate::workspace::Workspace;
 
 /// Data files whose trace index rows are loaded at once.
@@ -41,7 +43,7 @@ const LOAD_CONCURRENCY: usize = 8;
 /// Builds [`TraceView`]s of snapshots, loading index rows the catalog lacks.
 #[derive(Debug)]
 pub struct TraceLoader {
-    pub(super) storage: Arc<Storage>,
+    pub(super) catalog: Arc<Catalog>,
     pub(super) runtime_env: Arc<RuntimeEnv>,
 }
 
@@ -53,35 +55,48 @@ impl TraceLoader {
         workspace: &Workspace,
         table: &SpansTable,
     ) -> Result<TraceView, QueryError> {
-        let catalog = self.storage.catalog();
-        // Files whose rows are not in memory yet (after a start, another node's): from the
-        // index table, else summarized from the file itself, a few at a time.
-        let missing: Vec<(Arc<DataFile>, url::Url)> = table
+        let catalog = &self.catalog;
+        // Each file's rows: in memory, else from the index table, else summarized from the
+        // file itself (a few files at a time). Rows are taken as loaded here, never looked
+        // up again: another request may forget a file this snapshot still holds.
+        let mut rows: Vec<Option<FileRows>> = table
             .files()
             .iter()
-            .filter(|(f, _)| catalog.rows_of(&f.path).is_none())
-            .cloned()
+            .map(|(f, _)| catalog.rows_of(&f.path))
             .collect();
-        let mut loads = futures::stream::iter(
-            missing
-                .into_iter()
-                .map(|(file, url)| self.load_rows(file, url)),
-        )
-        .buffer_unordered(LOAD_CONCURRENCY);
+        let missing: Vec<(usize, Arc<DataFile>, url::Url)> = table
+            .files()
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| rows[*i].is_none())
+            .map(|(i, (f, u))| (i, f.clone(), u.clone()))
+            .collect();
+        let mut loads =
+            futures::stream::iter(missing.into_iter().map(|(i, file, url)| async move {
+                self.load_rows(file, url).await.map(|loaded| (i, loaded))
+            }))
+            .buffer_unordered(LOAD_CONCURRENCY);
         while let Some(loaded) = loads.next().await {
-            let (file, rows) = loaded?;
-            catalog.offer(&file.path, rows);
+            let (i, (file, loaded)) = loaded?;
+            catalog.offer(&file.path, loaded.clone());
+            rows[i] = Some(loaded);
         }
         drop(loads);
         let files: Vec<(Arc<DataFile>, FileRows)> = table
             .files()
             .iter()
-            .map(|(f, _)| {
-                let rows = catalog.rows_of(&f.path).unwrap_or_else(|| Arc::from([]));
-                (f.clone(), rows)
+            .zip(rows)
+            .map(|((f, _), rows)| {
+                let rows = rows.ok_or_else(|| {
+                    QueryError::Internal(format!(
+                        "the trace index rows of {} were not loaded",
+                        f.path
+                    ))
+                })?;
+                Ok((f.clone(), rows))
             })
-            .collect();
-        let merged = catalog.merged(workspace.as_str(), &files);
+            .collect::<Result<_, QueryError>>()?;
+        let merged = catalog.merged(workspace.as_str(), table.version(), &files);
         let projection: Vec<usize> = SUMMARY_COLUMNS.iter().map(|c| column_index(c)).collect();
         let mut buffered = Summarizer::default();
         for chunk in table.chunks() {
@@ -100,9 +115,10 @@ impl TraceLoader {
         file: Arc<DataFile>,
         url: url::Url,
     ) -> Result<(Arc<DataFile>, FileRows), QueryError> {
-        if let Some(index) = self.storage.index().filter(|i| i.has(&file.path)) {
+        if let Some(index) = self.catalog.index().filter(|i| i.has(&file.path)) {
             match index.read(&file.path).await {
-                Ok(rows) => return Ok((file, rows.into())),
+                // Sorted and one row per trace, whoever wrote the file.
+                Ok(rows) => return Ok((file, merge_sorted(rows).into())),
                 Err(e) => {
                     tracing::warn!(error = %e, "An index file is unreadable; summarizing its data file instead.")
                 }

@@ -33,7 +33,6 @@ use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError, ObjectStore, Tab
 use tracing::{info, warn};
 use url::Url;
 
-use crate::catalog::table::{IndexTable, Synced};
 use crate::schema::{col, file_schema, partition};
 use crate::time::{civil_hour, hour_of_partition};
 use crate::wal::{SegmentId, WalPosition, sync_dir};
@@ -212,8 +211,8 @@ pub struct NewFile {
     pub start_ns: (i64, i64),
     /// The smallest and largest `trace_id`.
     pub trace_ids: (String, String),
-    /// Its trace index rows.
-    pub traces: crate::catalog::FileRows,
+    /// Its trace index rows, if they were made as it was written.
+    pub traces: Option<crate::summary::FileRows>,
 }
 
 impl NewFile {
@@ -325,12 +324,6 @@ pub struct Storage {
     /// The version up to which the claim is known to hold: the handle moved past it only
     /// by conflict-checked commits of this process.
     claim_checked: std::sync::atomic::AtomicU64,
-    /// The trace index rows known for the table's files (warm state of queries).
-    catalog: crate::catalog::Catalog,
-    /// The trace index table beside this one.
-    index: Option<IndexTable>,
-    /// Set when the index table may be behind (a commit added or removed files).
-    index_wanted: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for Storage {
@@ -371,17 +364,6 @@ impl Storage {
             Err(e) => return Err(delta(e)),
         }
         let files = Arc::new(TableFiles::from_table(&table, &url));
-        if let (Some(root), true) = (&local, create) {
-            let dir = root.join(crate::catalog::table::INDEX_DIR);
-            std::fs::create_dir_all(&dir).map_err(io_at(&dir))?;
-        }
-        let index = match IndexTable::open(&url, create).await {
-            Ok(index) => Some(index),
-            Err(e) => {
-                warn!(error = %e, "The trace index table cannot be opened; traces are summarized from the data files.");
-                None
-            }
-        };
         let log_store = table.log_store();
         let remote = match (&local, url.host_str()) {
             (None, Some(host)) => {
@@ -402,45 +384,7 @@ impl Storage {
             settled: AtomicBool::new(true),
             incarnation: std::sync::atomic::AtomicI64::new(0),
             claim_checked: std::sync::atomic::AtomicU64::new(0),
-            catalog: Default::default(),
-            index,
-            index_wanted: tokio::sync::Notify::new(),
         })
-    }
-
-    /// The trace index rows known for the table's files.
-    pub fn catalog(&self) -> &crate::catalog::Catalog {
-        &self.catalog
-    }
-
-    /// The trace index table, if it could be opened.
-    pub fn index(&self) -> Option<&IndexTable> {
-        self.index.as_ref()
-    }
-
-    /// Says the index table may be behind the files queries read.
-    pub fn index_changed(&self) {
-        self.index_wanted.notify_one();
-    }
-
-    /// Waits until the index table may be behind.
-    pub async fn index_wanted(&self) {
-        self.index_wanted.notified().await
-    }
-
-    /// Brings the index table in line with the files queries read.
-    pub async fn sync_index(&self) -> Result<Synced, StorageError> {
-        match &self.index {
-            Some(index) => index.sync(&self.files(), &self.catalog).await,
-            None => Ok(Synced::default()),
-        }
-    }
-
-    /// Remembers the trace index rows of files about to be committed.
-    pub fn offer(&self, files: &[NewFile]) {
-        for f in files {
-            self.catalog.offer(&f.path, f.traces.clone());
-        }
     }
 
     /// The table's root.

@@ -1,4 +1,4 @@
-//! Trace index rows: per data file (or per buffered snapshot), one row per trace it holds,
+//! Trace summaries (the trace index's rows): per data file (or per buffered snapshot), one row per trace it holds,
 //! with everything the trace listing filters, sorts and shows.
 //!
 //! Input: `spans` rows (batches as a data file is written, read back from a data file, or
@@ -161,6 +161,9 @@ impl TraceRow {
         }
     }
 }
+
+/// Index rows of one data file, sorted by trace id.
+pub type FileRows = Arc<[TraceRow]>;
 
 /// Sorts `rows` by trace id and merges the rows of each trace into one.
 pub fn merge_sorted(mut rows: Vec<TraceRow>) -> Vec<TraceRow> {
