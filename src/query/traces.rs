@@ -320,23 +320,42 @@ impl TableProvider for TracesTable {
                 Some(positions),
             )?);
         }
-        // The root spans' input and output, joined in (a span stored twice gives one).
-        let index = MemTable::try_new(batch.schema(), vec![vec![batch]])?;
+        // The root spans' input and output, joined in (a span stored twice gives one): the
+        // spans are first narrowed to the root spans (a semi join whose hash table holds
+        // the roots, not the spans), so the grouping holds a row per trace, not per span.
+        let index = Arc::new(MemTable::try_new(batch.schema(), vec![vec![batch]])?);
         let text_columns = [span_col::TRACE_ID, span_col::SPAN_ID, INPUT, OUTPUT]
             .map(column_index)
             .to_vec();
-        let spans = LogicalPlanBuilder::scan(
-            "s",
-            provider_as_source(Arc::new(self.spans.clone())),
-            Some(text_columns),
-        )?
-        .aggregate(
-            vec![col(span_col::TRACE_ID), col(span_col::SPAN_ID)],
-            vec![min(col(INPUT)).alias(INPUT), min(col(OUTPUT)).alias(OUTPUT)],
-        )?
-        .alias("s")?
-        .build()?;
-        let plan = LogicalPlanBuilder::scan("t", provider_as_source(Arc::new(index)), None)?
+        let id_columns = ["id", "root_span_id"]
+            .iter()
+            .map(|c| index.schema().index_of(c))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let roots =
+            LogicalPlanBuilder::scan("r", provider_as_source(index.clone()), Some(id_columns))?
+                .build()?;
+        let spans = LogicalPlanBuilder::from(roots)
+            .join(
+                LogicalPlanBuilder::scan(
+                    "s",
+                    provider_as_source(Arc::new(self.spans.clone())),
+                    Some(text_columns),
+                )?
+                .build()?,
+                JoinType::RightSemi,
+                (
+                    vec!["id", "root_span_id"],
+                    vec![span_col::TRACE_ID, span_col::SPAN_ID],
+                ),
+                None,
+            )?
+            .aggregate(
+                vec![col(span_col::TRACE_ID), col(span_col::SPAN_ID)],
+                vec![min(col(INPUT)).alias(INPUT), min(col(OUTPUT)).alias(OUTPUT)],
+            )?
+            .alias("s")?
+            .build()?;
+        let plan = LogicalPlanBuilder::scan("t", provider_as_source(index), None)?
             .join(
                 spans,
                 JoinType::Left,
