@@ -189,11 +189,11 @@ async fn time(
     (times, body)
 }
 
-fn peak_rss_mib() -> u64 {
+fn rss_mib(field: &str) -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map_or(0, |kb| kb / 1024)
 }
@@ -243,6 +243,11 @@ fn main() {
             "first request after start (loads the index)  {:>10.1} ms  ({} traces)",
             t.elapsed().as_secs_f64() * 1e3,
             first["pagination"]["total_results"]
+        );
+        println!(
+            "RSS after loading the index: {} MiB (at most {} MiB so far)",
+            rss_mib("VmRSS:"),
+            rss_mib("VmHWM:")
         );
         let trace = first["data"][0]["id"].as_str().unwrap().to_string();
         let session = first["data"][0]["session_id"]
@@ -311,7 +316,11 @@ fn main() {
                 body["pagination"]["total_results"],
             );
         }
-        println!("peak RSS of this process: {} MiB", peak_rss_mib());
+        println!(
+            "RSS of this process: {} MiB now, {} MiB at most",
+            rss_mib("VmRSS:"),
+            rss_mib("VmHWM:")
+        );
         server.shutdown().await.unwrap();
     });
 }

@@ -18,7 +18,7 @@ pub mod table;
 use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
-use crate::summary::{FileRows, TraceRow};
+use crate::summary::{FileRows, Status, TraceRow};
 
 use crate::storage::{DataFile, NewFile, Storage, StorageError};
 use table::{IndexTable, Synced};
@@ -30,7 +30,39 @@ pub struct Merged {
     /// The rows of the files merged, which entries point into.
     files: Vec<FileRows>,
     entries: Vec<Entry>,
+    /// Per entry, what a listing scans without reading the row.
+    keys: Vec<Key>,
     by_id: HashMap<Arc<str>, u32>,
+}
+
+/// The fields of a trace a listing filters and sorts on, packed: scanning millions of them
+/// reads a few bytes per trace instead of its row.
+#[derive(Debug, Clone, Copy)]
+struct Key {
+    start_ns: i64,
+    /// [`text_hash`] of the root's session id.
+    session: u32,
+    status: Status,
+}
+
+impl Key {
+    fn of(row: &TraceRow) -> Self {
+        Self {
+            start_ns: row.root.start_ns,
+            session: text_hash(row.root.session_id.as_deref()),
+            status: row.root.status,
+        }
+    }
+}
+
+/// A 32-bit FNV-1a hash of a text, never 0; 0 for none.
+fn text_hash(s: Option<&str>) -> u32 {
+    let Some(s) = s else { return 0 };
+    let mut h: u32 = 0x811c_9dc5;
+    for b in s.bytes() {
+        h = (h ^ b as u32).wrapping_mul(0x0100_0193);
+    }
+    h | 1
 }
 
 /// One trace of a [`Merged`]: most traces are in one file, whose row is used as it is.
@@ -60,14 +92,20 @@ impl Merged {
             match self.by_id.get(&row.trace_id) {
                 Some(&at) => {
                     let entry = &mut self.entries[at as usize];
-                    match entry {
-                        Entry::Many(merged) => merged.merge(row),
+                    let key = match entry {
+                        Entry::Many(merged) => {
+                            merged.merge(row);
+                            Key::of(merged)
+                        }
                         Entry::One { file, row: r } => {
                             let mut merged = self.files[*file as usize][*r as usize].clone();
                             merged.merge(row);
+                            let key = Key::of(&merged);
                             *entry = Entry::Many(Box::new(merged));
+                            key
                         }
-                    }
+                    };
+                    self.keys[at as usize] = key;
                 }
                 None => {
                     self.by_id
@@ -76,6 +114,7 @@ impl Merged {
                         file,
                         row: i as u32,
                     });
+                    self.keys.push(Key::of(row));
                 }
             }
         }
@@ -274,6 +313,31 @@ pub struct TraceFilter {
 }
 
 impl TraceFilter {
+    /// Whether a trace with `key` may match (when it does, [`Self::matches`] decides
+    /// unless [`Self::decided_by_key`]).
+    fn may_match(&self, key: &Key) -> bool {
+        let start = key.start_ns;
+        if self.started_gte.is_some_and(|g| start < g)
+            || self.started_lte.is_some_and(|l| start > l)
+        {
+            return false;
+        }
+        self.fields.iter().all(|(field, values)| match field {
+            RootField::Status => values.iter().any(|v| v == key.status.as_str()),
+            RootField::SessionId => values.iter().any(|v| text_hash(Some(v)) == key.session),
+            _ => true,
+        })
+    }
+
+    /// Whether [`Self::may_match`] is the whole answer (no field needs the row).
+    fn decided_by_key(&self) -> bool {
+        self.ids.is_none()
+            && self
+                .fields
+                .iter()
+                .all(|(field, _)| *field == RootField::Status)
+    }
+
     fn matches(&self, row: &TraceRow) -> bool {
         let start = row.root.start_ns;
         if self.started_gte.is_some_and(|g| start < g)
@@ -394,42 +458,107 @@ impl TraceView {
         limit: usize,
     ) -> (Vec<&TraceRow>, usize) {
         let keep = offset.saturating_add(limit);
-        // Rows of older files come first: newest-first listings read them backwards, so
-        // the heap fills with the best rows early and most others are rejected at once.
-        let candidates: Box<dyn Iterator<Item = &TraceRow>> = match &filter.ids {
-            Some(ids) => {
-                let mut seen = HashSet::new();
-                Box::new(
-                    ids.iter()
-                        .filter(move |i| seen.insert(i.as_str()))
-                        .filter_map(|i| self.get(i)),
-                )
-            }
-            None if descending => Box::new(self.rows().rev()),
-            None => Box::new(self.rows()),
-        };
-        // A bounded heap whose top is the worst row kept.
-        let mut heap: BinaryHeap<Ranked<'_>> = BinaryHeap::with_capacity(keep.min(1 << 16) + 1);
+        let mut top = Top::new(keep, descending);
         let mut total = 0;
-        for row in candidates {
-            if !filter.matches(row) {
-                continue;
+        if let Some(ids) = &filter.ids {
+            let mut seen = HashSet::new();
+            for row in ids
+                .iter()
+                .filter(|i| seen.insert(i.as_str()))
+                .filter_map(|i| self.get(i))
+            {
+                if filter.matches(row) {
+                    total += 1;
+                    top.offer(row.root.start_ns, || row);
+                }
             }
-            total += 1;
-            if keep == 0 {
-                continue;
+        } else {
+            // The packed keys first; a row is read only when a filter needs it or it
+            // enters the page. Rows of older files come first: newest-first listings read
+            // them backwards, so the page fills with the best rows early.
+            let by_key = filter.decided_by_key();
+            let merged = &self.merged;
+            let replaced = (!self.replaced.is_empty()).then_some(&self.replaced);
+            let mut visit = |i: usize| {
+                if replaced.is_some_and(|r| r.contains(&i)) {
+                    return;
+                }
+                let key = &merged.keys[i];
+                if !filter.may_match(key) || !(by_key || filter.matches(merged.row(i))) {
+                    return;
+                }
+                total += 1;
+                top.offer(key.start_ns, || merged.row(i));
+            };
+            if descending {
+                (0..merged.len()).rev().for_each(&mut visit);
+            } else {
+                (0..merged.len()).for_each(&mut visit);
             }
-            let ranked = Ranked { row, descending };
-            if heap.len() < keep {
-                heap.push(ranked);
-            } else if heap.peek().is_some_and(|worst| ranked < *worst) {
-                heap.pop();
-                heap.push(ranked);
+            for row in &self.overlay {
+                if filter.matches(row) {
+                    total += 1;
+                    top.offer(row.root.start_ns, || row);
+                }
             }
         }
-        let mut page: Vec<&TraceRow> = heap.into_sorted_vec().into_iter().map(|r| r.row).collect();
+        let mut page = top.into_sorted();
         let page = page.split_off(offset.min(page.len()));
         (page, total)
+    }
+}
+
+/// The best `keep` rows offered, in listing order.
+struct Top<'a> {
+    keep: usize,
+    descending: bool,
+    /// Its top is the worst row kept.
+    heap: BinaryHeap<Ranked<'a>>,
+}
+
+impl<'a> Top<'a> {
+    fn new(keep: usize, descending: bool) -> Self {
+        Self {
+            keep,
+            descending,
+            heap: BinaryHeap::with_capacity(keep.min(1 << 16) + 1),
+        }
+    }
+
+    /// Offers the row starting at `start_ns` (read only if it may be kept).
+    fn offer(&mut self, start_ns: i64, row: impl FnOnce() -> &'a TraceRow) {
+        if self.keep == 0 {
+            return;
+        }
+        if self.heap.len() == self.keep {
+            let worst = self.heap.peek().map_or(start_ns, |w| w.row.root.start_ns);
+            let worse = if self.descending {
+                start_ns < worst
+            } else {
+                start_ns > worst
+            };
+            if worse {
+                return;
+            }
+        }
+        let ranked = Ranked {
+            row: row(),
+            descending: self.descending,
+        };
+        if self.heap.len() < self.keep {
+            self.heap.push(ranked);
+        } else if self.heap.peek().is_some_and(|worst| ranked < *worst) {
+            self.heap.pop();
+            self.heap.push(ranked);
+        }
+    }
+
+    fn into_sorted(self) -> Vec<&'a TraceRow> {
+        self.heap
+            .into_sorted_vec()
+            .into_iter()
+            .map(|r| r.row)
+            .collect()
     }
 }
 

@@ -161,6 +161,7 @@ impl QueryEngine {
             .map_err(|e| QueryError::Internal(e.to_string()))?;
         let loader = Arc::new(TraceLoader {
             catalog,
+            loading: tokio::sync::Mutex::new(()),
             runtime_env: runtime_env.clone(),
         });
         Ok(Self {

@@ -44,6 +44,9 @@ const LOAD_CONCURRENCY: usize = 8;
 #[derive(Debug)]
 pub struct TraceLoader {
     pub(super) catalog: Arc<Catalog>,
+    /// Held while files' rows are loaded, so that concurrent requests (and the warm-up
+    /// after a start) load each file once.
+    pub(super) loading: tokio::sync::Mutex<()>,
     pub(super) runtime_env: Arc<RuntimeEnv>,
 }
 
@@ -64,6 +67,18 @@ impl TraceLoader {
             .iter()
             .map(|(f, _)| catalog.rows_of(&f.path))
             .collect();
+        let _loading = if rows.iter().any(Option::is_none) {
+            let guard = self.loading.lock().await;
+            // Another request may have loaded them meanwhile.
+            for (slot, (f, _)) in rows.iter_mut().zip(table.files()) {
+                if slot.is_none() {
+                    *slot = catalog.rows_of(&f.path);
+                }
+            }
+            Some(guard)
+        } else {
+            None
+        };
         let missing: Vec<(usize, Arc<DataFile>, url::Url)> = table
             .files()
             .iter()
