@@ -2,7 +2,7 @@
 //!
 //! Input: the batches of a Parquet scan of the `spans` table. Output: the same rows, where
 //! each dictionary-encoded column (at the top level or inside `resource_attributes`) holds
-//! only the values its batch refers to.
+//! only the values its batch refers to, unless its dictionary is small (64 KiB).
 //!
 //! Invariants: values are unchanged. The Parquet reader gives every batch of a row group
 //! the row group's whole dictionary; operators that hold batches (sorts, windows, the
@@ -157,8 +157,18 @@ pub fn compact_batch(batch: &RecordBatch) -> Result<RecordBatch, ArrowError> {
     )
 }
 
+/// A dictionary whose values take at most this many bytes is passed on whole: a batch
+/// holding all of it costs little.
+const SMALL_DICTIONARY_BYTES: usize = 64 << 10;
+
 fn compact(column: &ArrayRef) -> Result<ArrayRef, ArrowError> {
     match column.data_type() {
+        DataType::Dictionary(..)
+            if column.as_any_dictionary().values().get_buffer_memory_size()
+                <= SMALL_DICTIONARY_BYTES =>
+        {
+            Ok(column.clone())
+        }
         DataType::Dictionary(..) => garbage_collect_any_dictionary(column.as_any_dictionary()),
         DataType::Map(field, sorted) => {
             let map = column.as_map();
@@ -193,7 +203,7 @@ mod tests {
 
     #[test]
     fn a_batch_keeps_only_the_values_it_uses() {
-        let values = Arc::new(StringArray::from(vec!["a".repeat(1000), "b".into()]));
+        let values = Arc::new(StringArray::from(vec!["a".repeat(100_000), "b".into()]));
         let column =
             DictionaryArray::<Int32Type>::try_new(Int32Array::from(vec![1, 1]), values).unwrap();
         let schema = Schema::new(vec![Field::new("c", column.data_type().clone(), false)]);
@@ -202,6 +212,12 @@ mod tests {
         assert_eq!(compacted, batch, "same values");
         let dictionary = compacted.column(0).as_any_dictionary();
         assert_eq!(dictionary.values().len(), 1);
+        // A small dictionary is passed on whole.
+        let small = Arc::new(StringArray::from(vec!["a".repeat(1000), "b".into()]));
+        let column =
+            DictionaryArray::<Int32Type>::try_new(Int32Array::from(vec![1, 1]), small).unwrap();
+        let kept = compact(&(Arc::new(column) as ArrayRef)).unwrap();
+        assert_eq!(kept.as_any_dictionary().values().len(), 2);
         // A scan for `count(*)` has rows and no columns.
         let rows_only = batch.project(&[]).unwrap();
         assert_eq!(compact_batch(&rows_only).unwrap().num_rows(), 2);

@@ -480,6 +480,9 @@ impl ScalarUDFImpl for Decode {
     }
 }
 
+/// Dictionary values up to this size are counted as if every row held the largest.
+const SMALL_VALUE_BYTES: usize = 256;
+
 /// About how many bytes `a` takes with its dictionaries decoded: at least the bytes of text
 /// every row's values hold.
 fn decoded_bytes(a: &dyn Array) -> usize {
@@ -487,6 +490,12 @@ fn decoded_bytes(a: &dyn Array) -> usize {
         DataType::Dictionary(..) => {
             let d = a.as_any_dictionary();
             let sizes = value_sizes(d.values().as_ref());
+            // Small values (a service name): every row at the largest is a close enough
+            // bound, without reading the keys.
+            let largest = sizes.iter().copied().max().unwrap_or(0);
+            if largest <= SMALL_VALUE_BYTES {
+                return a.len().saturating_mul(16 + largest);
+            }
             let keys = d.normalized_keys();
             let valid = |i: &usize| d.keys().is_valid(*i);
             (0..keys.len())
