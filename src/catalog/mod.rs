@@ -190,13 +190,20 @@ impl Catalog {
         self.index.as_ref()
     }
 
-    /// Remembers the rows of committed files and says the index table is behind.
-    pub fn committed(&self, files: &[NewFile]) {
+    /// Remembers the rows of files written (before their commit, so that queries find
+    /// them as soon as the files are visible; rows of files never committed are forgotten
+    /// at the next sync).
+    pub fn written(&self, files: &[NewFile]) {
         for f in files {
             if let Some(rows) = &f.traces {
                 self.offer(&f.path, rows.clone());
             }
         }
+    }
+
+    /// Remembers the rows of committed files and says the index table is behind.
+    pub fn committed(&self, files: &[NewFile]) {
+        self.written(files);
         self.changed();
     }
 
@@ -210,15 +217,18 @@ impl Catalog {
         self.wanted.notified().await
     }
 
-    /// Brings the index table in line with the newest version of the spans table, and
-    /// forgets the rows of the files that version no longer has.
+    /// Brings the index table in line with the newest version of the spans table, then
+    /// forgets the rows of every file that version does not hold (removed by any node; a
+    /// file committed since is loaded again when needed).
     pub async fn sync(&self, storage: &Storage) -> Result<Synced, StorageError> {
-        let Some(index) = &self.index else {
-            return Ok(Synced::default());
+        let synced = match &self.index {
+            Some(index) => index.sync(storage, |p| self.rows_of(p)).await,
+            None => Ok(Synced::default()),
         };
-        let (synced, removed) = index.sync(storage, |p| self.rows_of(p)).await?;
-        self.forget(removed.iter().map(String::as_str));
-        Ok(synced)
+        let live = storage.files();
+        let live: HashSet<&str> = live.all().map(|f| f.path.as_str()).collect();
+        lock(&self.files).retain(|p, _| live.contains(p.as_str()));
+        synced
     }
 
     /// Remembers the index rows of the data file at `path` (relative to the table).

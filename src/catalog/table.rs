@@ -161,7 +161,6 @@ impl IndexTable {
     /// Brings the index table in line with the newest version of the spans table: writes
     /// and adds an index file for each data file without one whose rows `rows_of` knows,
     /// removes the index files of data files that version no longer has; one commit.
-    /// Returns what it did and the data files it found removed.
     ///
     /// The index table is loaded before the spans table: an index file another node
     /// committed is then always of a data file that the spans version read after holds,
@@ -170,7 +169,7 @@ impl IndexTable {
         &self,
         storage: &Storage,
         rows_of: impl Fn(&str) -> Option<FileRows>,
-    ) -> Result<(Synced, Vec<String>), StorageError> {
+    ) -> Result<Synced, StorageError> {
         let mut table = self.table.lock().await;
         let loaded = if table.snapshot().is_ok() {
             table.update_state().await
@@ -179,7 +178,7 @@ impl IndexTable {
         };
         match loaded {
             Ok(()) => {}
-            Err(DeltaTableError::NotATable(_)) => return Ok(Default::default()),
+            Err(DeltaTableError::NotATable(_)) => return Ok(Synced::default()),
             Err(e) => return Err(self.error(e)),
         }
         let present = paths_of(&table);
@@ -230,7 +229,7 @@ impl IndexTable {
         }
         if actions.is_empty() {
             *self.paths.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(present);
-            return Ok((synced, removed));
+            return Ok(synced);
         }
         let state = table.snapshot().map_err(|e| self.error(e))?;
         let finished = CommitBuilder::from(CommitProperties::default())
@@ -248,7 +247,7 @@ impl IndexTable {
             .map_err(|e| self.error(e))?;
         table.state = Some(finished.snapshot());
         *self.paths.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(paths_of(&table));
-        Ok((synced, removed))
+        Ok(synced)
     }
 
     /// Deletes index files removed longer ago than `keep`; returns how many.

@@ -777,13 +777,14 @@ impl Flusher {
                 stage_flush(&self.storage, &self.staging, taken, position).await?
             }
         };
+        self.catalog.written(&pending.files);
         if let Err(e) =
             complete_flush(&self.storage, &self.wal_dir, &self.buffer, &mut pending).await
         {
             *slot = Some(pending);
             return Err(e);
         }
-        self.catalog.committed(&pending.files);
+        self.catalog.changed();
         let (files, rows, next) = (pending.files(), pending.rows(), pending.position.segment);
         let wal_dir = self.wal_dir.clone();
         let wal = self.wal.clone();

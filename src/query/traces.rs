@@ -20,6 +20,7 @@ use datafusion::catalog::{Session, TableProvider};
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::{MemTable, provider_as_source};
 use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::memory_pool::MemoryConsumer;
 use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::functions_aggregate::expr_fn::min;
@@ -36,6 +37,9 @@ use crate::summary::{
     COST_COLUMNS, FileRows, SUMMARY_COLUMNS, Summarizer, TOKEN_COLUMNS, TraceRow, merge_sorted,
 };
 use crate::workspace::Workspace;
+
+/// About the bytes of a trace in the `traces` table's batch (ids, names, numbers).
+const BYTES_PER_TRACE: usize = 200;
 
 /// Data files whose trace index rows are loaded at once.
 const LOAD_CONCURRENCY: usize = 8;
@@ -312,8 +316,13 @@ impl TableProvider for TracesTable {
             .view(&self.workspace, &self.spans)
             .await
             .map_err(external)?;
+        // The rows are copied into one batch: its size must fit the query pool first.
+        let reservation =
+            MemoryConsumer::new("the traces table").register(&state.runtime_env().memory_pool);
+        reservation.try_grow(view.len().saturating_mul(BYTES_PER_TRACE))?;
         let rows: Vec<&TraceRow> = view.rows().collect();
         let batch = index_batch(&rows)?;
+        drop(reservation);
         let schema = traces_schema();
         let wanted: Vec<usize> = match projection {
             Some(p) => p.clone(),
