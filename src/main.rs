@@ -41,6 +41,22 @@ async fn run() -> anyhow::Result<()> {
         Command::Serve(config) => serve(config).await,
         Command::Sql(args) => sql(args).await,
         Command::Migrate(args) => migrate(args).await,
+        Command::Loadgen(args) if args.decode_only => {
+            let cost = spanlake::loadgen::decode_cost(&args)?;
+            if args.json {
+                println!("{}", serde_json::to_string(&cost)?);
+            } else {
+                println!(
+                    "decoded {} requests ({} spans, {} bytes) in {:.3} s: {:.0} spans/s",
+                    cost.requests,
+                    cost.spans,
+                    cost.bytes,
+                    cost.seconds,
+                    cost.spans as f64 / cost.seconds.max(1e-9)
+                );
+            }
+            Ok(())
+        }
         Command::Loadgen(args) => {
             let json = args.json;
             let summary = spanlake::loadgen::run(args).await?;

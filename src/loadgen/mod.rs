@@ -86,6 +86,49 @@ pub struct LoadgenArgs {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+    /// Send nothing: time the bare protobuf decode of the requests a run with these
+    /// settings (`--spans`) would send, for comparison with a server's cost.
+    #[arg(long)]
+    pub decode_only: bool,
+}
+
+/// What decoding a run's requests costs, without a server.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct DecodeCost {
+    /// Requests decoded.
+    pub requests: u64,
+    /// Spans in them.
+    pub spans: u64,
+    /// Their encoded bytes.
+    pub bytes: u64,
+    /// Seconds spent in `prost` decoding them (one thread).
+    pub seconds: f64,
+}
+
+/// Times the protobuf decode of the requests a run of `args` (`--spans`) sends.
+pub fn decode_cost(args: &LoadgenArgs) -> anyhow::Result<DecodeCost> {
+    use prost::Message as _;
+    let spans = args
+        .spans
+        .context("--decode-only needs --spans (the run's requests)")?;
+    let requests = spans.div_ceil(args.batch as u64);
+    let mut cost = DecodeCost::default();
+    for k in 0..requests {
+        let bytes = request(args, k, FIXED_START_NS).encode_to_vec();
+        let started = Instant::now();
+        let decoded = ExportTraceServiceRequest::decode(bytes.as_slice())
+            .context("decoding a generated request")?;
+        cost.seconds += started.elapsed().as_secs_f64();
+        cost.requests += 1;
+        cost.bytes += bytes.len() as u64;
+        cost.spans += decoded
+            .resource_spans
+            .iter()
+            .flat_map(|r| &r.scope_spans)
+            .map(|s| s.spans.len() as u64)
+            .sum::<u64>();
+    }
+    Ok(cost)
 }
 
 /// What a run did.

@@ -3,7 +3,7 @@
 
 use prost::Message;
 use spanlake::fake::Shape;
-use spanlake::loadgen::{FIXED_START_NS, LoadProtocol, LoadgenArgs, request, run};
+use spanlake::loadgen::{FIXED_START_NS, LoadProtocol, LoadgenArgs, decode_cost, request, run};
 
 use crate::common::{TestServer, span_counts};
 
@@ -24,6 +24,7 @@ fn args(endpoint: String, protocol: LoadProtocol, seed: u64) -> LoadgenArgs {
         now: false,
         json: false,
         quiet: true,
+        decode_only: false,
     }
 }
 
@@ -39,8 +40,14 @@ async fn every_protocol_delivers_what_it_counts() {
     for (seed, (endpoint, protocol)) in runs.into_iter().enumerate() {
         let mut a = args(endpoint, protocol, seed as u64 + 1);
         a.acked_log = Some(log.path().to_path_buf());
-        let summary = run(a).await.unwrap();
+        let summary = run(a.clone()).await.unwrap();
         assert_eq!(summary.acked_spans, 1000, "{protocol:?}: {summary:?}");
+        // `--decode-only` decodes exactly the requests the run sent.
+        let cost = decode_cost(&a).unwrap();
+        assert_eq!((cost.requests, cost.spans), (10, 1000), "{cost:?}");
+        if protocol != LoadProtocol::HttpJson {
+            assert_eq!(cost.bytes, summary.acked_bytes, "{protocol:?}");
+        }
         assert_eq!(summary.requests, 10);
         assert!(summary.errors.is_empty(), "{summary:?}");
         assert!(summary.p99_ms >= summary.p50_ms);
