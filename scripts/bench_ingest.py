@@ -79,7 +79,7 @@ def one(binary, shape, args):
             fail(f"the server exited with status {status}", log)
         cpu = usage.ru_utime + usage.ru_stime
         decode = json.loads(subprocess.run(
-            [binary, "loadgen", "--decode-only", *common],
+            [binary, "loadgen", "--decode-only", "--endpoint", f"http://{grpc}", *common],
             check=True, capture_output=True, text=True,
         ).stdout)
         spans = summary["acked_spans"]
