@@ -153,10 +153,14 @@ impl TraceRow {
         self.errors += other.errors;
         self.cancelled += other.cancelled;
         self.unknown += other.unknown;
-        for (a, b) in self.tokens.iter_mut().zip(other.tokens) {
+        self.add_sums(other.tokens, other.costs);
+    }
+
+    fn add_sums(&mut self, tokens: [Option<i64>; 4], costs: [Option<f64>; 3]) {
+        for (a, b) in self.tokens.iter_mut().zip(tokens) {
             *a = add_int(*a, b);
         }
-        for (a, b) in self.costs.iter_mut().zip(other.costs) {
+        for (a, b) in self.costs.iter_mut().zip(costs) {
             *a = add_float(*a, b);
         }
     }
@@ -260,6 +264,43 @@ impl<'a> Ints<'a> {
     }
 }
 
+/// The token and cost columns of a batch (spans and index files name them alike).
+struct Sums<'a> {
+    tokens: Vec<Ints<'a>>,
+    costs: Vec<&'a arrow::array::PrimitiveArray<Float64Type>>,
+}
+
+impl<'a> Sums<'a> {
+    fn of(batch: &'a RecordBatch) -> Result<Self, ArrowError> {
+        let tokens = TOKEN_COLUMNS
+            .iter()
+            .map(|c| Ints::of(batch, c))
+            .collect::<Result<Vec<_>, _>>()?;
+        let costs = COST_COLUMNS
+            .iter()
+            .map(|c| {
+                let a = column(batch, c)?;
+                a.as_primitive_opt::<Float64Type>()
+                    .ok_or_else(|| type_error(c, a.data_type()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self { tokens, costs })
+    }
+
+    /// Row `i`'s values (`None` for nulls).
+    fn at(&self, i: usize) -> ([Option<i64>; 4], [Option<f64>; 3]) {
+        let mut tokens = [None; 4];
+        for (v, c) in tokens.iter_mut().zip(&self.tokens) {
+            *v = c.get(i);
+        }
+        let mut costs = [None; 3];
+        for (v, c) in costs.iter_mut().zip(&self.costs) {
+            *v = (!c.is_null(i)).then(|| c.value(i));
+        }
+        (tokens, costs)
+    }
+}
+
 /// The columns a summary reads from spans (`spans` names; a data file's exact
 /// `*_unix_nano` times are read in place of `start_time`/`end_time` when present).
 pub const SUMMARY_COLUMNS: [&str; 18] = [
@@ -316,18 +357,7 @@ impl Summarizer {
         let test_case = Text::of(batch, col::TEST_CASE_ID)?;
         let start = Ints::time(batch, col::START_TIME)?;
         let end = Ints::time(batch, col::END_TIME)?;
-        let tokens = TOKEN_COLUMNS
-            .iter()
-            .map(|c| Ints::of(batch, c))
-            .collect::<Result<Vec<_>, _>>()?;
-        let costs = COST_COLUMNS
-            .iter()
-            .map(|c| {
-                let a = column(batch, c)?;
-                a.as_primitive_opt::<Float64Type>()
-                    .ok_or_else(|| type_error(c, a.data_type()))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let sums = Sums::of(batch)?;
         // Consecutive spans mostly share these values: hold each once.
         let mut interned: [Option<Arc<str>>; 5] = Default::default();
         for i in 0..batch.num_rows() {
@@ -339,14 +369,7 @@ impl Summarizer {
             let parentless = parent.get(i).is_none();
             let span_id = span.get(i).unwrap_or_default();
             let end_ns = end.get(i);
-            let mut token_values = [None; 4];
-            for (v, c) in token_values.iter_mut().zip(&tokens) {
-                *v = c.get(i);
-            }
-            let mut cost_values = [None; 3];
-            for (v, c) in cost_values.iter_mut().zip(&costs) {
-                *v = (!c.is_null(i)).then(|| c.value(i));
-            }
+            let (token_values, cost_values) = sums.at(i);
             let same = matches!(self.rows.last(), Some(last) if &*last.trace_id == trace_id);
             let candidate_wins = |root: &Root| {
                 root_order(parentless, start_ns, span_id)
@@ -383,12 +406,7 @@ impl Summarizer {
                 last.errors += counts.0;
                 last.cancelled += counts.1;
                 last.unknown += counts.2;
-                for (a, b) in last.tokens.iter_mut().zip(token_values) {
-                    *a = add_int(*a, b);
-                }
-                for (a, b) in last.costs.iter_mut().zip(cost_values) {
-                    *a = add_float(*a, b);
-                }
+                last.add_sums(token_values, cost_values);
             } else {
                 self.rows.push(TraceRow {
                     trace_id: Arc::from(trace_id),
@@ -535,30 +553,12 @@ pub fn from_batch(batch: &RecordBatch) -> Result<Vec<TraceRow>, ArrowError> {
         ints(CANCELLED_COUNT)?,
         ints(UNKNOWN_COUNT)?,
     ];
-    let tokens = TOKEN_COLUMNS
-        .iter()
-        .map(|c| ints(c))
-        .collect::<Result<Vec<_>, _>>()?;
-    let costs = COST_COLUMNS
-        .iter()
-        .map(|c| {
-            let a = column(batch, c)?;
-            a.as_primitive_opt::<Float64Type>()
-                .ok_or_else(|| type_error(c, a.data_type()))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let sums = Sums::of(batch)?;
     let mut interned: [Option<Arc<str>>; 5] = Default::default();
     let mut rows = Vec::with_capacity(batch.num_rows());
     for i in 0..batch.num_rows() {
         let count = |k: usize| counts[k].get(i).unwrap_or_default();
-        let mut t = [None; 4];
-        for (v, c) in t.iter_mut().zip(&tokens) {
-            *v = c.get(i);
-        }
-        let mut c = [None; 3];
-        for (v, a) in c.iter_mut().zip(&costs) {
-            *v = (!a.is_null(i)).then(|| a.value(i));
-        }
+        let (t, c) = sums.at(i);
         rows.push(TraceRow {
             trace_id: Arc::from(trace.get(i).unwrap_or_default()),
             root: Root {

@@ -241,20 +241,6 @@ impl Catalog {
         lock(&self.files).get(path).cloned()
     }
 
-    /// Forgets the rows of data files no longer in the table (removed by a commit, or
-    /// written and never committed).
-    pub fn forget<'a>(&self, paths: impl IntoIterator<Item = &'a str>) {
-        let mut known = lock(&self.files);
-        for p in paths {
-            known.remove(p);
-        }
-    }
-
-    /// Data files whose rows are known.
-    pub fn known_files(&self) -> usize {
-        lock(&self.files).len()
-    }
-
     /// `workspace`'s traces over exactly `files` (each with its rows), the files of table
     /// version `version`. The merge kept for the workspace is extended in place when the
     /// files only grew, rebuilt when some were removed; a snapshot older than it (or a part

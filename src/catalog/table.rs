@@ -20,7 +20,7 @@ use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::kernel::{Action, Add, Remove};
 use deltalake::operations::vacuum::VacuumMode;
 use deltalake::protocol::{DeltaOperation, SaveMode};
-use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError, ObjectStore};
+use deltalake::{DeltaTable, DeltaTableError, ObjectStore};
 use object_store::ObjectStoreExt as _;
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -30,7 +30,7 @@ use tracing::info;
 use url::Url;
 
 use super::Catalog;
-use crate::storage::{NewFile, Storage, StorageError};
+use crate::storage::{NewFile, Storage, StorageError, load_or_create};
 use crate::summary::{FileRows, TraceRow, from_batch, index_schema, to_batch};
 
 /// The index table's directory inside the spans table's root.
@@ -91,22 +91,16 @@ impl IndexTable {
                 source,
             })?;
         }
-        let delta = |source: DeltaTableError| StorageError::Delta {
-            url: url.to_string(),
-            source: Box::new(source),
-        };
-        let mut table = DeltaTableBuilder::from_url(url.clone())
-            .map_err(delta)?
-            .build()
-            .map_err(delta)?;
-        match table.load().await {
-            Ok(()) => {}
-            Err(DeltaTableError::NotATable(_)) if create => {
-                table = create_table(&table, &url).await.map_err(delta)?;
-                info!(table = %url, "Created the trace index table.");
-            }
-            Err(DeltaTableError::NotATable(_)) => {}
-            Err(e) => return Err(delta(e)),
+        let (table, created) = load_or_create(
+            &url,
+            create,
+            "trace_index",
+            "spanlake's trace index: per data file of the spans table, one row per trace; see docs/storage.md in the spanlake repository.",
+            &index_schema(),
+        )
+        .await?;
+        if created {
+            info!(table = %url, "Created the trace index table.");
         }
         let paths = paths_of(&table);
         Ok(Some(Self {
@@ -284,18 +278,6 @@ fn encode(rows: &[TraceRow]) -> Result<Vec<u8>, String> {
         .map_err(|e| e.to_string())?;
     writer.write(&batch).map_err(|e| e.to_string())?;
     writer.into_inner().map_err(|e| e.to_string())
-}
-
-/// Creates the index table; if another node created it meanwhile, loads theirs.
-async fn create_table(table: &DeltaTable, url: &Url) -> Result<DeltaTable, DeltaTableError> {
-    crate::storage::create_partitioned(
-        table,
-        url,
-        "trace_index",
-        "spanlake's trace index: per data file of the spans table, one row per trace; see docs/storage.md in the spanlake repository.",
-        &index_schema(),
-    )
-    .await
 }
 
 /// Keeps the index table in line with the spans table until `shutdown`: a sync whenever a

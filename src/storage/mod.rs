@@ -339,29 +339,23 @@ impl Storage {
     /// Opens the table at `url`, creating it when it does not exist and `create` is set.
     pub async fn open(url: Url, node_id: String, create: bool) -> Result<Self, StorageError> {
         s3::register();
-        let delta = |source: DeltaTableError| StorageError::Delta {
-            url: url.to_string(),
-            source: Box::new(source),
-        };
         let local = (url.scheme() == "file")
             .then(|| url.to_file_path().ok())
             .flatten();
-        let mut table = DeltaTableBuilder::from_url(url.clone())
-            .map_err(delta)?
-            .build()
-            .map_err(delta)?;
-        match table.load().await {
-            Ok(()) => {}
-            Err(DeltaTableError::NotATable(_)) if create => {
-                table = create_table(&table, &url).await.map_err(delta)?;
-                if let Some(root) = &local {
-                    sync_version(root, 0)?;
-                    sync_dir(root).map_err(io_at(root))?;
-                }
-                info!(table = %url, "Created the Delta table of spans.");
+        let (table, created) = load_or_create(
+            &url,
+            create,
+            "spans",
+            "Spans stored by spanlake; see docs/schema.md in the spanlake repository.",
+            &file_schema(),
+        )
+        .await?;
+        if created {
+            if let Some(root) = &local {
+                sync_version(root, 0)?;
+                sync_dir(root).map_err(io_at(root))?;
             }
-            Err(DeltaTableError::NotATable(_)) => {}
-            Err(e) => return Err(delta(e)),
+            info!(table = %url, "Created the Delta table of spans.");
         }
         let files = Arc::new(TableFiles::from_table(&table, &url));
         let log_store = table.log_store();
@@ -880,22 +874,40 @@ fn sync_log_dir(root: &Path) -> Result<(), StorageError> {
     sync_dir(&log).map_err(io_at(&log))
 }
 
-/// Creates the table: the data files' columns plus the partition columns; if another node
-/// created it meanwhile, loads theirs.
-async fn create_table(table: &DeltaTable, url: &Url) -> Result<DeltaTable, DeltaTableError> {
-    create_partitioned(
-        table,
-        url,
-        "spans",
-        "Spans stored by spanlake; see docs/schema.md in the spanlake repository.",
-        &file_schema(),
-    )
-    .await
+/// Loads the Delta table at `url`; when there is none and `create` is set, creates it (see
+/// [`create_partitioned`]) as `name` with `comment`. Returns it (not loaded when there is
+/// none and nothing was created) and whether it was created.
+pub(crate) async fn load_or_create(
+    url: &Url,
+    create: bool,
+    name: &str,
+    comment: &str,
+    data: &arrow::datatypes::Schema,
+) -> Result<(DeltaTable, bool), StorageError> {
+    let delta = |source: DeltaTableError| StorageError::Delta {
+        url: url.to_string(),
+        source: Box::new(source),
+    };
+    let mut table = DeltaTableBuilder::from_url(url.clone())
+        .map_err(delta)?
+        .build()
+        .map_err(delta)?;
+    match table.load().await {
+        Ok(()) => Ok((table, false)),
+        Err(DeltaTableError::NotATable(_)) if create => {
+            let created = create_partitioned(&table, url, name, comment, data)
+                .await
+                .map_err(delta)?;
+            Ok((created, true))
+        }
+        Err(DeltaTableError::NotATable(_)) => Ok((table, false)),
+        Err(e) => Err(delta(e)),
+    }
 }
 
 /// Creates a table of `data`'s columns partitioned by `workspace`, `date`, `hour`, removed
 /// files kept an hour; if another node created it meanwhile, loads theirs.
-pub(crate) async fn create_partitioned(
+async fn create_partitioned(
     table: &DeltaTable,
     url: &Url,
     name: &str,

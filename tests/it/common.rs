@@ -94,8 +94,8 @@ pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
-/// The first row of `query` over workspace `ws` through `POST …/sql` (JSON).
-pub async fn sql_row(http: SocketAddr, ws: &str, query: &str) -> serde_json::Value {
+/// The rows of `query` over workspace `ws` through `POST …/sql` (JSON).
+pub async fn sql_rows(http: SocketAddr, ws: &str, query: &str) -> Vec<serde_json::Value> {
     let answer: serde_json::Value = reqwest::Client::new()
         .post(format!("http://{http}/apis/intake/v2/workspaces/{ws}/sql"))
         .json(&serde_json::json!({ "query": query }))
@@ -105,7 +105,19 @@ pub async fn sql_row(http: SocketAddr, ws: &str, query: &str) -> serde_json::Val
         .json()
         .await
         .expect("a JSON answer");
-    answer["rows"][0].clone()
+    answer["rows"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{query}: {answer}"))
+        .clone()
+}
+
+/// The first row of `query` over workspace `ws` through `POST …/sql` (JSON).
+pub async fn sql_row(http: SocketAddr, ws: &str, query: &str) -> serde_json::Value {
+    sql_rows(http, ws, query)
+        .await
+        .into_iter()
+        .next()
+        .unwrap_or(serde_json::Value::Null)
 }
 
 /// `COUNT(*)` and `COUNT(DISTINCT span_id)` of workspace `ws`'s spans.

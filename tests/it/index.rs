@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use spanlake::proto::{Span, Status, any_value};
 
 use crate::common::otlp::{kv, request, s};
-use crate::common::{TestServer, index_files, metric, table_files, wait_until};
+use crate::common::{TestServer, index_files, metric, sql_rows, table_files, wait_until};
 
 /// A small deterministic generator (xorshift64*).
 struct Rng(u64);
@@ -156,25 +156,17 @@ struct Stored {
 }
 
 async fn stored_spans(server: &TestServer) -> Vec<Stored> {
-    let answer: Value = reqwest::Client::new()
-        .post(server.url("/apis/intake/v2/workspaces/default/sql"))
-        .json(
-            &json!({"query": "SELECT trace_id, span_id, parent_span_id IS NULL AS parentless, \
+    let rows = sql_rows(
+        server.http,
+        "default",
+        "SELECT trace_id, span_id, parent_span_id IS NULL AS parentless, \
             name, CAST(start_time AS BIGINT) AS start_ns, CAST(end_time AS BIGINT) AS end_ns, \
             status, session_id, experiment_id, test_case_id, input, input_tokens, cost_usd \
-            FROM spans"}),
-        )
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+            FROM spans",
+    )
+    .await;
     let text = |r: &Value, k: &str| r[k].as_str().map(str::to_string);
-    answer["rows"]
-        .as_array()
-        .unwrap_or_else(|| panic!("{answer}"))
-        .iter()
+    rows.iter()
         .map(|r| Stored {
             trace_id: text(r, "trace_id").unwrap(),
             span_id: text(r, "span_id").unwrap(),
@@ -405,22 +397,14 @@ async fn check(server: &TestServer, when: &str) {
         }
     }
     // The `traces` table of SQL: the same traces.
-    let answer: Value = reqwest::Client::new()
-        .post(server.url("/apis/intake/v2/workspaces/default/sql"))
-        .json(
-            &json!({"query": "SELECT id, root_span_id, CAST(started_at AS BIGINT) AS started, \
+    let rows = sql_rows(
+        server.http,
+        "default",
+        "SELECT id, root_span_id, CAST(started_at AS BIGINT) AS started, \
             CAST(ended_at AS BIGINT) AS ended, status, span_count, error_count, input_tokens, \
-            cost_usd, input FROM traces ORDER BY id"}),
-        )
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let rows = answer["rows"]
-        .as_array()
-        .unwrap_or_else(|| panic!("{answer}"));
+            cost_usd, input FROM traces ORDER BY id",
+    )
+    .await;
     assert_eq!(rows.len(), expected.len(), "{when}: SQL traces");
     for (r, (id, e)) in rows.iter().zip(&expected) {
         let what = format!("{when}: SQL traces, {id}");
