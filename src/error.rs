@@ -70,10 +70,19 @@ pub enum Error {
     Wal(#[from] WalError),
     /// A bug while building the batch.
     #[error(transparent)]
-    Normalize(#[from] NormalizeError),
+    Normalize(NormalizeError),
     /// Not taken on: too many requests or bytes in flight.
     #[error(transparent)]
     Admission(#[from] AdmissionError),
+}
+
+impl From<NormalizeError> for Error {
+    fn from(e: NormalizeError) -> Self {
+        match e {
+            NormalizeError::Decode(d) => Error::Decode(d),
+            e => Error::Normalize(e),
+        }
+    }
 }
 
 impl Error {

@@ -9,13 +9,35 @@ use std::io;
 use crate::chunk::SpanChunk;
 use crate::decode::DecodedRequest;
 use crate::decode::vendor::decode_span_logs;
-use crate::normalize::{SpanBatchBuilder, normalize};
+use crate::normalize::{SpanBatchBuilder, normalize, normalize_protobuf};
 use crate::wal;
 
 /// A decoded OTLP request normalizes, survives the WAL form and expands.
 pub fn check_request(decoded: DecodedRequest) {
     let normalized = normalize(&decoded).expect("a decoded request always normalizes");
     round_trip(&normalized.chunk);
+}
+
+/// OTLP protobuf bytes: walked straight into Arrow, they are accepted exactly when prost
+/// decodes them, and give the same rows and rejections as the prost messages normalized.
+pub fn check_protobuf(bytes: &[u8]) {
+    let direct = normalize_protobuf(bytes);
+    let decoded = crate::decode::decode_protobuf(bytes);
+    match (direct, decoded) {
+        (Ok(direct), Ok(decoded)) => {
+            let via_prost = normalize(&decoded).expect("a decoded request always normalizes");
+            assert_eq!(direct.rejected, via_prost.rejected);
+            let rows = |c: &SpanChunk| c.to_batch().expect("a chunk always expands");
+            assert_eq!(rows(&direct.chunk), rows(&via_prost.chunk));
+            round_trip(&direct.chunk);
+        }
+        (Err(_), Err(_)) => {}
+        (direct, decoded) => panic!(
+            "the direct walk says {:?}, prost says {:?}",
+            direct.err(),
+            decoded.err()
+        ),
+    }
 }
 
 /// Span logs that decode are stored as a chunk that survives the WAL form and expands.

@@ -12,9 +12,9 @@ use crate::buffer::Buffer;
 use crate::chunk::SpanChunk;
 use crate::decode::{DecodedRequest, SpanRejection};
 use crate::error::Error;
-use crate::normalize::normalize;
+use crate::normalize::{normalize, normalize_protobuf};
 use crate::proto::ExportTracePartialSuccess;
-use crate::wal::Wal;
+use crate::wal::{Source, Wal};
 use crate::workspace::Workspace;
 
 /// At most this many rejection reasons are spelled out in one `error_message`.
@@ -101,6 +101,24 @@ impl Ingester {
         Ok(wal)
     }
 
+    /// Stores the valid spans of an OTLP protobuf request durably, normalized straight
+    /// from its bytes, which are also its WAL record; returns once they are acknowledged.
+    pub async fn ingest_protobuf(
+        &self,
+        workspace: &Workspace,
+        body: bytes::Bytes,
+    ) -> Result<IngestOutcome, Error> {
+        self.admit()?;
+        let normalized = normalize_protobuf(&body)?;
+        let accepted = normalized.chunk.num_rows();
+        self.store(workspace, normalized.chunk, Source::Otlp(body))
+            .await?;
+        Ok(IngestOutcome {
+            accepted,
+            rejected: normalized.rejected,
+        })
+    }
+
     /// Stores the valid spans of `decoded` durably; returns once they are acknowledged.
     pub async fn ingest(
         &self,
@@ -120,9 +138,18 @@ impl Ingester {
 
     /// Stores an already normalized chunk durably; returns once it is acknowledged.
     pub async fn ingest_chunk(&self, workspace: &Workspace, chunk: SpanChunk) -> Result<(), Error> {
+        self.store(workspace, chunk, Source::Chunk).await
+    }
+
+    async fn store(
+        &self,
+        workspace: &Workspace,
+        chunk: SpanChunk,
+        source: Source,
+    ) -> Result<(), Error> {
         let wal = self.admit()?;
         if chunk.num_rows() > 0 {
-            wal.append(workspace.clone(), chunk).await?;
+            wal.append(workspace.clone(), chunk, source).await?;
         }
         Ok(())
     }

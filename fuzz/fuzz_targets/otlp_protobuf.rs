@@ -1,4 +1,5 @@
-//! OTLP protobuf bytes → decode → normalize → WAL form → back → spans rows.
+//! OTLP protobuf bytes → decode → normalize → WAL form → back → spans rows; and the walk
+//! straight into Arrow agrees with prost on every input.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 
@@ -6,4 +7,5 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(decoded) = spanlake::decode::decode_protobuf(data) {
         spanlake::fuzzing::check_request(decoded);
     }
+    spanlake::fuzzing::check_protobuf(data);
 });

@@ -10,6 +10,8 @@
 pub mod footprint;
 mod json;
 pub mod vendor;
+pub mod view;
+pub mod wire;
 
 use prost::Message;
 
@@ -95,6 +97,9 @@ pub enum DecodeError {
     /// Not a valid protobuf `ExportTraceServiceRequest`.
     #[error("invalid OTLP protobuf: {0}")]
     Protobuf(#[source] prost::DecodeError),
+    /// Not a valid protobuf `ExportTraceServiceRequest`, found walking its bytes.
+    #[error("invalid OTLP protobuf: {0}")]
+    Wire(#[from] wire::WireError),
     /// Not a valid OTLP JSON `ExportTraceServiceRequest`.
     #[error("invalid OTLP JSON: {0}")]
     Json(#[source] serde_json::Error),

@@ -4,9 +4,12 @@
 //! list of spans rejected (bad ids, out-of-range times), each with a message naming the
 //! span and the reason. Invariants: a span is either appended whole (one row in every
 //! column) or rejected whole; well-known attributes are lifted into typed columns with the
-//! priority lists of docs/schema.md (span attributes first, then resource attributes),
-//! and every attribute is also kept in `attributes`. Per span, attribute lookup is one
-//! pass with a `match` on the key and no allocation beyond the builders' own buffers.
+//! priority lists of docs/schema.md (span attributes first, then resource attributes);
+//! a span attribute whose value its typed column holds (the column reads back as the same
+//! text) is stored there only, its key in `attributes` with a null value (the query layer
+//! puts the value back); every other attribute goes to `attributes` whole. Per span,
+//! attribute lookup is one pass with a `match` on the key and no allocation beyond the
+//! builders' own buffers.
 
 mod values;
 
@@ -21,8 +24,8 @@ use arrow::error::ArrowError;
 
 use crate::chunk::{self, SpanChunk};
 use crate::decode::vendor::LogSpan;
-use crate::decode::{DecodedRequest, RejectedField, SpanRejection};
-use crate::proto::{AnyValue, InstrumentationScope, KeyValue, Resource, Span};
+use crate::decode::view::{Attr, Parts, SpanRef, SpanVisitor, ValueRef, walk_request};
+use crate::decode::{DecodeError, DecodedRequest, RejectedField, SpanRejection, wire};
 use crate::schema;
 use crate::time::{duration_ns, hour_bucket};
 
@@ -37,12 +40,19 @@ pub struct Normalized {
     pub rejected: Vec<SpanRejection>,
 }
 
-/// An Arrow failure while assembling a batch: a bug, never bad input.
+/// Why a request could not be normalized.
 #[derive(Debug, thiserror::Error)]
-#[error("building the spans batch failed: {0}")]
-pub struct NormalizeError(#[from] ArrowError);
+pub enum NormalizeError {
+    /// An Arrow failure while assembling a batch: a bug, never bad input.
+    #[error("building the spans batch failed: {0}")]
+    Arrow(#[from] ArrowError),
+    /// The body is not a valid request (nothing of it is kept).
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+}
 
-/// Normalizes every span of a decoded OTLP request.
+/// Normalizes every span of a decoded OTLP request (the prost form, as OTLP JSON is
+/// decoded).
 pub fn normalize(decoded: &DecodedRequest) -> Result<Normalized, NormalizeError> {
     let spans: usize = decoded
         .request
@@ -51,35 +61,76 @@ pub fn normalize(decoded: &DecodedRequest) -> Result<Normalized, NormalizeError>
         .flat_map(|rs| &rs.scope_spans)
         .map(|ss| ss.spans.len())
         .sum();
-    let mut builder = SpanBatchBuilder::with_capacity(spans);
-    let mut rejected = Vec::new();
-    let mut pre_rejected = decoded.rejected.iter().peekable();
-    let mut index = 0usize;
-    for rs in &decoded.request.resource_spans {
-        let resource = ResourceContext::new(rs.resource.as_ref());
-        builder.start_resource();
-        for ss in &rs.scope_spans {
-            builder.start_scope();
-            for span in &ss.spans {
-                if let Some(r) = pre_rejected.next_if(|r| r.index == index) {
-                    rejected.push(r.clone());
-                } else if let Err((field, reason)) =
-                    builder.append_otlp(&resource, ss.scope.as_ref(), span)
-                {
-                    rejected.push(SpanRejection {
-                        index,
-                        field,
-                        reason: format!("span {index} ({:?}): {reason}", span.name),
-                    });
-                }
-                index += 1;
-            }
+    let mut normalizer = Normalizer::new(spans, &decoded.rejected);
+    walk_request(&decoded.request, &mut normalizer);
+    normalizer.finish()
+}
+
+/// Normalizes a protobuf request straight from its bytes: every value goes from the body
+/// into the builders, with no message decoded in between.
+pub fn normalize_protobuf(body: &[u8]) -> Result<Normalized, NormalizeError> {
+    let mut normalizer = Normalizer::new(wire::count_spans(body), &[]);
+    wire::walk(body, &mut normalizer).map_err(DecodeError::from)?;
+    normalizer.finish()
+}
+
+/// Appends walked spans to a [`SpanBatchBuilder`], counting their positions.
+struct Normalizer<'a, 'r> {
+    builder: SpanBatchBuilder,
+    resource: ResourceContext<'a>,
+    scope: (&'a str, &'a str),
+    pre_rejected: std::iter::Peekable<std::slice::Iter<'r, SpanRejection>>,
+    rejected: Vec<SpanRejection>,
+    index: usize,
+}
+
+impl<'a, 'r> Normalizer<'a, 'r> {
+    fn new(capacity: usize, pre_rejected: &'r [SpanRejection]) -> Self {
+        Self {
+            builder: SpanBatchBuilder::with_capacity(capacity),
+            resource: ResourceContext::new(&[]),
+            scope: ("", ""),
+            pre_rejected: pre_rejected.iter().peekable(),
+            rejected: Vec::new(),
+            index: 0,
         }
     }
-    Ok(Normalized {
-        chunk: builder.finish()?,
-        rejected,
-    })
+
+    fn finish(mut self) -> Result<Normalized, NormalizeError> {
+        Ok(Normalized {
+            chunk: self.builder.finish()?,
+            rejected: self.rejected,
+        })
+    }
+}
+
+impl<'a> SpanVisitor<'a> for Normalizer<'a, '_> {
+    fn resource(&mut self, attributes: &[Attr<'a>]) {
+        self.resource = ResourceContext::new(attributes);
+        self.builder.start_resource();
+    }
+
+    fn scope(&mut self, name: &'a str, version: &'a str) {
+        self.scope = (name, version);
+        self.builder.start_scope();
+    }
+
+    fn span(&mut self, span: &SpanRef<'a>, parts: &Parts<'a>) {
+        let index = self.index;
+        self.index += 1;
+        if let Some(r) = self.pre_rejected.next_if(|r| r.index == index) {
+            self.rejected.push(r.clone());
+        } else if let Err((field, reason)) =
+            self.builder
+                .append_otlp(&self.resource, self.scope, span, parts)
+        {
+            self.rejected.push(SpanRejection {
+                index,
+                field,
+                reason: format!("span {index} ({:?}): {reason}", span.name),
+            });
+        }
+    }
 }
 
 /// The typed columns filled from attributes, in the order of [`LIFT_COUNT`] slots.
@@ -105,6 +156,30 @@ enum Lift {
 }
 
 const LIFT_COUNT: usize = Lift::ErrorType as usize + 1;
+
+/// Every [`Lift`], in slot order.
+const ALL_LIFTS: [Lift; LIFT_COUNT] = {
+    use Lift::*;
+    [
+        SpanKindLlm,
+        SessionId,
+        UserId,
+        Model,
+        Provider,
+        InputTokens,
+        OutputTokens,
+        CachedTokens,
+        TotalTokens,
+        Cost,
+        CostInput,
+        CostOutput,
+        Input,
+        Output,
+        ExperimentId,
+        TestCaseId,
+        ErrorType,
+    ]
+};
 
 /// Which typed column an attribute key feeds, and its rank there (0 wins).
 fn lift_of(key: &str) -> Option<(Lift, u8)> {
@@ -158,20 +233,110 @@ fn lift_of(key: &str) -> Option<(Lift, u8)> {
     })
 }
 
-/// The winning attribute value of each lifted column.
-type Lifted<'a> = [Option<(u8, &'a AnyValue)>; LIFT_COUNT];
+/// The attribute that fills a lifted column: its rank, value and position.
+#[derive(Clone, Copy)]
+struct Won<'a> {
+    rank: u8,
+    value: ValueRef<'a>,
+    at: usize,
+}
 
-fn lift<'a>(attributes: &'a [KeyValue]) -> Lifted<'a> {
+/// The winning attribute of each lifted column.
+type Lifted<'a> = [Option<Won<'a>>; LIFT_COUNT];
+
+fn lift<'a>(attributes: &[Attr<'a>]) -> Lifted<'a> {
     let mut lifted: Lifted<'a> = [None; LIFT_COUNT];
-    for kv in attributes {
-        if let (Some((slot, rank)), Some(value)) = (lift_of(&kv.key), kv.value.as_ref()) {
+    for (at, kv) in attributes.iter().enumerate() {
+        if let (Some((slot, rank)), Some(value)) = (lift_of(kv.key), kv.value) {
             let entry = &mut lifted[slot as usize];
-            if entry.is_none_or(|(best, _)| rank < best) {
-                *entry = Some((rank, value));
+            if entry.is_none_or(|best| rank < best.rank) {
+                *entry = Some(Won { rank, value, at });
             }
         }
     }
     lifted
+}
+
+impl Lift {
+    /// The `spans` column this lift fills (`error.type` only sets `status`).
+    fn column(self) -> Option<&'static str> {
+        use crate::schema::col::*;
+        use Lift::*;
+        Some(match self {
+            SpanKindLlm => SPAN_KIND_LLM,
+            SessionId => SESSION_ID,
+            UserId => USER_ID,
+            Model => MODEL,
+            Provider => PROVIDER,
+            InputTokens => INPUT_TOKENS,
+            OutputTokens => OUTPUT_TOKENS,
+            CachedTokens => CACHED_TOKENS,
+            TotalTokens => TOTAL_TOKENS,
+            Cost => COST_USD,
+            CostInput => COST_INPUT_USD,
+            CostOutput => COST_OUTPUT_USD,
+            Input => INPUT,
+            Output => OUTPUT,
+            ExperimentId => EXPERIMENT_ID,
+            TestCaseId => TEST_CASE_ID,
+            ErrorType => return None,
+        })
+    }
+}
+
+/// The lifted columns an attribute may be stored in instead of `attributes`, in slot order
+/// (the order [`stored_column`] indexes).
+pub fn lifted_columns() -> Vec<&'static str> {
+    ALL_LIFTS.iter().filter_map(|l| l.column()).collect()
+}
+
+/// For a span attribute key whose value may be held by a lifted column: that column's
+/// position in [`lifted_columns`]. In a stored `attributes` map such a key with a null
+/// value means "the value is the column's, as text" (see [`column_text_i64`] and
+/// [`column_text_f64`] for the numeric columns).
+pub fn stored_column(key: &str) -> Option<usize> {
+    let (lift, _) = lift_of(key)?;
+    lift.column()?;
+    // Every slot before `ErrorType` has a column, so the slot is the position.
+    Some(lift as usize)
+}
+
+/// The text of a token column's value, as `attributes` held it.
+pub fn column_text_i64(i: i64) -> String {
+    i.to_string()
+}
+
+/// The text of a cost column's value, as `attributes` held it.
+pub fn column_text_f64(f: f64) -> String {
+    let mut text = String::new();
+    values::write_json(&mut text, ValueRef::Double(f));
+    text
+}
+
+/// Whether lifted column `slot` holds attribute value `v` so that it reads back as the
+/// same text the `attributes` map would hold: then the value is stored in the column only.
+/// Text columns always do (they hold the map's text); numeric columns do for numbers and
+/// for strings that are the number's own spelling; `error.type` has no column.
+fn stored_in_column(slot: Lift, v: ValueRef<'_>, scratch: &mut String) -> bool {
+    use Lift::*;
+    let column = match slot {
+        ErrorType => return false,
+        InputTokens | OutputTokens | CachedTokens | TotalTokens => match v {
+            ValueRef::Int(_) => return true,
+            _ => match values::as_i64(v) {
+                Some(i) => column_text_i64(i),
+                None => return false,
+            },
+        },
+        Cost | CostInput | CostOutput => match values::as_f64(v) {
+            Some(f) if f.is_finite() => column_text_f64(f),
+            _ => return false,
+        },
+        _ => return true,
+    };
+    scratch.clear();
+    write_text(scratch, v);
+    *scratch == column
 }
 
 /// What every span of one resource shares: its attributes rendered once, and its lifted
@@ -183,20 +348,19 @@ struct ResourceContext<'a> {
 }
 
 impl<'a> ResourceContext<'a> {
-    fn new(resource: Option<&'a Resource>) -> Self {
-        let attrs: &'a [KeyValue] = resource.map(|r| r.attributes.as_slice()).unwrap_or(&[]);
+    fn new(attrs: &[Attr<'a>]) -> Self {
         let mut service_name = None;
         let attributes = attrs
             .iter()
             .map(|kv| {
                 let mut text = String::new();
-                if let Some(v) = &kv.value {
+                if let Some(v) = kv.value {
                     write_text(&mut text, v);
                 }
                 if kv.key == "service.name" {
                     service_name = Some(text.clone());
                 }
-                (kv.key.as_str(), text)
+                (kv.key, text)
             })
             .collect();
         Self {
@@ -218,11 +382,11 @@ fn finish_map(builder: &mut StringMapBuilder) -> ArrayRef {
 }
 
 /// Appends one map row of OTLP attributes, rendering values with `scratch`.
-fn append_attributes(map: &mut StringMapBuilder, attributes: &[KeyValue], scratch: &mut String) {
+fn append_attributes(map: &mut StringMapBuilder, attributes: &[Attr<'_>], scratch: &mut String) {
     for kv in attributes {
-        map.keys().append_value(&kv.key);
+        map.keys().append_value(kv.key);
         scratch.clear();
-        if let Some(v) = &kv.value {
+        if let Some(v) = kv.value {
             write_text(scratch, v);
         }
         map.values().append_value(scratch.as_str());
@@ -338,7 +502,7 @@ pub fn nemo_status(
     }
 }
 
-fn validate(span: &Span) -> Result<(), (RejectedField, String)> {
+fn validate(span: &SpanRef<'_>) -> Result<(), (RejectedField, String)> {
     use RejectedField::*;
     fn all_zero(b: &[u8]) -> bool {
         b.iter().all(|&x| x == 0)
@@ -371,8 +535,8 @@ fn validate(span: &Span) -> Result<(), (RejectedField, String)> {
         ));
     }
     for (what, t) in [
-        ("start_time_unix_nano", span.start_time_unix_nano),
-        ("end_time_unix_nano", span.end_time_unix_nano),
+        ("start_time_unix_nano", span.start),
+        ("end_time_unix_nano", span.end),
     ] {
         if t > i64::MAX as u64 {
             return Err((Other, format!("{what} {t} is beyond the year 2262")));
@@ -563,7 +727,7 @@ impl SpanBatchBuilder {
         close_map_row(&mut r.attributes);
         for (builder, slot) in r.text.iter_mut().zip(FALLBACK_SLOTS) {
             match resource.and_then(|c| c.lifted[slot as usize]) {
-                Some((_, v)) => {
+                Some(Won { value: v, .. }) => {
                     self.scratch.clear();
                     write_text(&mut self.scratch, v);
                     builder.append_value(self.scratch.as_str());
@@ -578,11 +742,10 @@ impl SpanBatchBuilder {
     }
 
     /// The current scope's row, appended on first use.
-    fn scope_row(&mut self, scope: Option<&InstrumentationScope>) -> u32 {
+    fn scope_row(&mut self, (name, version): (&str, &str)) -> u32 {
         if let Some(row) = self.current_scope {
             return row;
         }
-        let (name, version) = scope.map_or(("", ""), |s| (s.name.as_str(), s.version.as_str()));
         opt_str(&mut self.scopes.name, name);
         opt_str(&mut self.scopes.version, version);
         let row = self.scopes.rows;
@@ -614,11 +777,12 @@ impl SpanBatchBuilder {
     fn append_otlp(
         &mut self,
         resource: &ResourceContext<'_>,
-        scope: Option<&InstrumentationScope>,
-        span: &Span,
+        scope: (&str, &str),
+        span: &SpanRef<'_>,
+        parts: &Parts<'_>,
     ) -> Result<(), (RejectedField, String)> {
         validate(span)?;
-        let start = span.start_time_unix_nano as i64;
+        let start = span.start as i64;
         self.check_hour(start)
             .map_err(|reason| (RejectedField::Other, reason))?;
         let resource_row = self.resource_row(Some(resource));
@@ -626,17 +790,17 @@ impl SpanBatchBuilder {
         self.resource_index.append_value(resource_row);
         self.scope_index.append_value(scope_row);
         let mut buf = [0u8; 64];
-        self.trace_id.append_value(hex(&span.trace_id, &mut buf));
-        self.span_id.append_value(hex(&span.span_id, &mut buf));
+        self.trace_id.append_value(hex(span.trace_id, &mut buf));
+        self.span_id.append_value(hex(span.span_id, &mut buf));
         if span.parent_span_id.is_empty() || span.parent_span_id.iter().all(|&b| b == 0) {
             self.parent_span_id.append_null();
         } else {
             self.parent_span_id
-                .append_value(hex(&span.parent_span_id, &mut buf));
+                .append_value(hex(span.parent_span_id, &mut buf));
         }
-        self.name.append_value(&span.name);
+        self.name.append_value(span.name);
         self.kind.append_value(kind_name(span.kind));
-        let end = span.end_time_unix_nano as i64;
+        let end = span.end as i64;
         self.start_time.append_value(start);
         let ended = end != 0;
         if ended {
@@ -646,21 +810,18 @@ impl SpanBatchBuilder {
         }
         self.duration_ns
             .append_option(duration_ns(start, ended.then_some(end)));
-        let (code, message) = span
-            .status
-            .as_ref()
-            .map_or((0, ""), |s| (s.code, s.message.as_str()));
+        let (code, message) = (span.status_code, span.status_message);
         self.status_code.append_value(status_code_name(code));
         opt_str(&mut self.status_message, message);
 
-        let own = lift(&span.attributes);
+        let own = lift(&parts.attributes);
         let get = |slot: Lift| {
             own[slot as usize]
                 .or(resource.lifted[slot as usize])
-                .map(|(_, v)| v)
+                .map(|w| w.value)
         };
-        let error_type = match get(Lift::ErrorType).and_then(|v| v.value.as_ref()) {
-            Some(crate::proto::any_value::Value::StringValue(s)) => Some(s.as_str()),
+        let error_type = match get(Lift::ErrorType) {
+            Some(ValueRef::Str(s)) => Some(s),
             _ => None,
         };
         self.status
@@ -669,7 +830,7 @@ impl SpanBatchBuilder {
         // Text values of the resource are stored once in its row, not copied per span.
         for (builder, slot) in self.own_text.iter_mut().zip(LIFTED_TEXT) {
             match own[slot as usize] {
-                Some((_, v)) => {
+                Some(Won { value: v, .. }) => {
                     self.scratch.clear();
                     write_text(&mut self.scratch, v);
                     builder.append_value(self.scratch.as_str());
@@ -697,25 +858,48 @@ impl SpanBatchBuilder {
         self.cost_input_usd.append_option(cost_input);
         self.cost_output_usd.append_option(cost_output);
 
-        append_attributes(&mut self.attributes, &span.attributes, &mut self.scratch);
+        // A lifted value lives in its column, not again in `attributes`.
+        let mut in_columns = [usize::MAX; LIFT_COUNT];
+        for (i, won) in own.iter().enumerate() {
+            if let Some(w) = won
+                && stored_in_column(ALL_LIFTS[i], w.value, &mut self.scratch)
+            {
+                in_columns[i] = w.at;
+            }
+        }
+        for (at, kv) in parts.attributes.iter().enumerate() {
+            self.attributes.keys().append_value(kv.key);
+            if in_columns.contains(&at) {
+                // The key stays, so the value is found again under it (see
+                // `stored_column`).
+                self.attributes.values().append_null();
+                continue;
+            }
+            self.scratch.clear();
+            if let Some(v) = kv.value {
+                write_text(&mut self.scratch, v);
+            }
+            self.attributes.values().append_value(self.scratch.as_str());
+        }
+        close_map_row(&mut self.attributes);
 
         let events = &mut self.events;
-        for e in &span.events {
-            events
-                .time
-                .append_value(e.time_unix_nano.min(i64::MAX as u64) as i64);
-            events.name.append_value(&e.name);
-            append_attributes(&mut events.attributes, &e.attributes, &mut self.scratch);
+        for e in &parts.events {
+            events.time.append_value(e.time.min(i64::MAX as u64) as i64);
+            events.name.append_value(e.name);
+            let attributes = &parts.nested[e.attributes.clone()];
+            append_attributes(&mut events.attributes, attributes, &mut self.scratch);
         }
-        push_offset(&mut events.offsets, span.events.len());
+        push_offset(&mut events.offsets, parts.events.len());
         let links = &mut self.links;
-        for l in &span.links {
-            links.trace_id.append_value(hex(&l.trace_id, &mut buf));
-            links.span_id.append_value(hex(&l.span_id, &mut buf));
-            opt_str(&mut links.trace_state, &l.trace_state);
-            append_attributes(&mut links.attributes, &l.attributes, &mut self.scratch);
+        for l in &parts.links {
+            links.trace_id.append_value(hex(l.trace_id, &mut buf));
+            links.span_id.append_value(hex(l.span_id, &mut buf));
+            opt_str(&mut links.trace_state, l.trace_state);
+            let attributes = &parts.nested[l.attributes.clone()];
+            append_attributes(&mut links.attributes, attributes, &mut self.scratch);
         }
-        push_offset(&mut links.offsets, span.links.len());
+        push_offset(&mut links.offsets, parts.links.len());
         Ok(())
     }
 
@@ -724,7 +908,7 @@ impl SpanBatchBuilder {
     pub fn append_log(&mut self, log: &LogSpan) -> Result<(), String> {
         self.check_hour(log.start_ns)?;
         let resource_row = self.resource_row(None);
-        let scope_row = self.scope_row(None);
+        let scope_row = self.scope_row(("", ""));
         self.resource_index.append_value(resource_row);
         self.scope_index.append_value(scope_row);
         self.trace_id.append_value(&log.trace_id);

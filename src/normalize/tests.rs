@@ -3,7 +3,8 @@ use arrow::array::{Array, AsArray, Float64Array, Int64Array};
 use super::*;
 use crate::decode::DecodedRequest;
 use crate::proto::{
-    ExportTraceServiceRequest, ResourceSpans, ScopeSpans, Status, any_value::Value,
+    AnyValue, ExportTraceServiceRequest, KeyValue, Resource, ResourceSpans, ScopeSpans, Span,
+    Status, any_value::Value,
 };
 
 fn kv(key: &str, value: Value) -> KeyValue {

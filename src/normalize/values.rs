@@ -5,62 +5,81 @@ use std::fmt::Write as _;
 
 use base64::Engine as _;
 
-use crate::proto::{AnyValue, any_value::Value};
+use crate::decode::view::{Nested, ValueRef};
+use crate::decode::wire;
 
 /// Appends `v` as map-value text: a string as itself, any other value JSON-encoded
 /// (bytes as base64 text, an absent value as the empty string).
-pub fn write_text(out: &mut String, v: &AnyValue) {
-    match &v.value {
-        None => {}
-        Some(Value::StringValue(s)) => out.push_str(s),
-        Some(Value::BytesValue(b)) => {
-            base64::engine::general_purpose::STANDARD.encode_string(b, out)
-        }
-        Some(_) => write_json(out, v),
+pub fn write_text(out: &mut String, v: ValueRef<'_>) {
+    match v {
+        ValueRef::Empty => {}
+        ValueRef::Str(s) => out.push_str(s),
+        ValueRef::Bytes(b) => base64::engine::general_purpose::STANDARD.encode_string(b, out),
+        _ => write_json(out, v),
     }
 }
 
 /// Appends `v` as a JSON value.
-pub fn write_json(out: &mut String, v: &AnyValue) {
-    match &v.value {
-        None => out.push_str("null"),
-        Some(Value::StringValue(s)) => write_json_string(out, s),
-        Some(Value::BoolValue(b)) => out.push_str(if *b { "true" } else { "false" }),
-        Some(Value::IntValue(i)) => {
+pub fn write_json(out: &mut String, v: ValueRef<'_>) {
+    match v {
+        ValueRef::Empty => out.push_str("null"),
+        ValueRef::Str(s) => write_json_string(out, s),
+        ValueRef::Bool(b) => out.push_str(if b { "true" } else { "false" }),
+        ValueRef::Int(i) => {
             let _ = write!(out, "{i}");
         }
         // A dictionary index (profiles only); traces never use it.
-        Some(Value::StringValueStrindex(i)) => {
+        ValueRef::Strindex(i) => {
             let _ = write!(out, "{i}");
         }
-        Some(Value::DoubleValue(d)) => write_json_double(out, *d),
-        Some(Value::BytesValue(b)) => {
+        ValueRef::Double(d) => write_json_double(out, d),
+        ValueRef::Bytes(b) => {
             out.push('"');
             base64::engine::general_purpose::STANDARD.encode_string(b, out);
             out.push('"');
         }
-        Some(Value::ArrayValue(a)) => {
+        ValueRef::Array(items) => {
             out.push('[');
-            for (i, item) in a.values.iter().enumerate() {
+            let mut item = |i: usize, v: ValueRef<'_>| {
                 if i > 0 {
                     out.push(',');
                 }
-                write_json(out, item);
+                write_json(out, v);
+            };
+            match items {
+                Nested::Wire(bytes) => wire::array_items(bytes)
+                    .enumerate()
+                    .for_each(|(i, v)| item(i, v)),
+                Nested::Values(values) => values
+                    .iter()
+                    .enumerate()
+                    .for_each(|(i, v)| item(i, ValueRef::of(v))),
+                Nested::Pairs(_) => {}
             }
             out.push(']');
         }
-        Some(Value::KvlistValue(kv)) => {
+        ValueRef::KvList(pairs) => {
             out.push('{');
-            for (i, item) in kv.values.iter().enumerate() {
+            let mut pair = |i: usize, key: &str, v: Option<ValueRef<'_>>| {
                 if i > 0 {
                     out.push(',');
                 }
-                write_json_string(out, &item.key);
+                write_json_string(out, key);
                 out.push(':');
-                match &item.value {
+                match v {
                     Some(v) => write_json(out, v),
                     None => out.push_str("null"),
                 }
+            };
+            match pairs {
+                Nested::Wire(bytes) => wire::list_pairs(bytes)
+                    .enumerate()
+                    .for_each(|(i, a)| pair(i, a.key, a.value)),
+                Nested::Pairs(kvs) => kvs
+                    .iter()
+                    .enumerate()
+                    .for_each(|(i, kv)| pair(i, &kv.key, kv.value.as_ref().map(ValueRef::of))),
+                Nested::Values(_) => {}
             }
             out.push('}');
         }
@@ -107,11 +126,11 @@ pub fn write_json_string(out: &mut String, s: &str) {
 }
 
 /// An integer from an int, an integral double, or a decimal string.
-pub fn as_i64(v: &AnyValue) -> Option<i64> {
-    match v.value.as_ref()? {
-        Value::IntValue(i) => Some(*i),
-        Value::DoubleValue(d) if d.is_finite() && d.fract() == 0.0 => Some(*d as i64),
-        Value::StringValue(s) => {
+pub fn as_i64(v: ValueRef<'_>) -> Option<i64> {
+    match v {
+        ValueRef::Int(i) => Some(i),
+        ValueRef::Double(d) if d.is_finite() && d.fract() == 0.0 => Some(d as i64),
+        ValueRef::Str(s) => {
             let t = s.trim();
             t.parse::<i64>().ok().or_else(|| {
                 t.parse::<f64>()
@@ -125,11 +144,11 @@ pub fn as_i64(v: &AnyValue) -> Option<i64> {
 }
 
 /// A float from a double, an int, or a decimal string.
-pub fn as_f64(v: &AnyValue) -> Option<f64> {
-    match v.value.as_ref()? {
-        Value::DoubleValue(d) => Some(*d),
-        Value::IntValue(i) => Some(*i as f64),
-        Value::StringValue(s) => s.trim().parse::<f64>().ok(),
+pub fn as_f64(v: ValueRef<'_>) -> Option<f64> {
+    match v {
+        ValueRef::Double(d) => Some(d),
+        ValueRef::Int(i) => Some(i as f64),
+        ValueRef::Str(s) => s.trim().parse::<f64>().ok(),
         _ => None,
     }
 }
@@ -137,7 +156,7 @@ pub fn as_f64(v: &AnyValue) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::{ArrayValue, KeyValue, KeyValueList};
+    use crate::proto::{AnyValue, ArrayValue, KeyValue, KeyValueList, any_value::Value};
 
     fn v(value: Value) -> AnyValue {
         AnyValue { value: Some(value) }
@@ -146,34 +165,44 @@ mod tests {
     #[test]
     fn text_of_values() {
         let mut s = String::new();
-        write_text(&mut s, &v(Value::StringValue("a\"b".into())));
+        write_text(&mut s, ValueRef::of(&v(Value::StringValue("a\"b".into()))));
         assert_eq!(s, "a\"b");
         s.clear();
-        write_text(&mut s, &v(Value::IntValue(200)));
+        write_text(&mut s, ValueRef::of(&v(Value::IntValue(200))));
         assert_eq!(s, "200");
         s.clear();
-        write_text(
-            &mut s,
-            &v(Value::KvlistValue(KeyValueList {
-                values: vec![KeyValue {
-                    key_strindex: 0,
-                    key: "k\n".into(),
-                    value: Some(v(Value::ArrayValue(ArrayValue {
-                        values: vec![v(Value::BoolValue(true)), v(Value::DoubleValue(1.5))],
-                    }))),
-                }],
-            })),
-        );
+        let list = v(Value::KvlistValue(KeyValueList {
+            values: vec![KeyValue {
+                key_strindex: 0,
+                key: "k\n".into(),
+                value: Some(v(Value::ArrayValue(ArrayValue {
+                    values: vec![v(Value::BoolValue(true)), v(Value::DoubleValue(1.5))],
+                }))),
+            }],
+        }));
+        write_text(&mut s, ValueRef::of(&list));
         assert_eq!(s, r#"{"k\n":[true,1.5]}"#);
+        // The same value from its protobuf bytes renders alike.
+        let bytes = prost::Message::encode_to_vec(&list);
+        let mut wire_text = String::new();
+        let walked = crate::decode::wire::value(&bytes).unwrap();
+        write_text(&mut wire_text, walked);
+        assert_eq!(wire_text, s);
         let parsed: serde_json::Value = serde_json::from_str(&s).unwrap();
         assert_eq!(parsed["k\n"][1], 1.5);
     }
 
     #[test]
     fn numbers_from_strings() {
-        assert_eq!(as_i64(&v(Value::StringValue(" 42 ".into()))), Some(42));
-        assert_eq!(as_i64(&v(Value::DoubleValue(3.0))), Some(3));
-        assert_eq!(as_i64(&v(Value::DoubleValue(3.5))), None);
-        assert_eq!(as_f64(&v(Value::StringValue("0.25".into()))), Some(0.25));
+        assert_eq!(
+            as_i64(ValueRef::of(&v(Value::StringValue(" 42 ".into())))),
+            Some(42)
+        );
+        assert_eq!(as_i64(ValueRef::of(&v(Value::DoubleValue(3.0)))), Some(3));
+        assert_eq!(as_i64(ValueRef::of(&v(Value::DoubleValue(3.5)))), None);
+        assert_eq!(
+            as_f64(ValueRef::of(&v(Value::StringValue("0.25".into())))),
+            Some(0.25)
+        );
     }
 }

@@ -1,5 +1,5 @@
 //! Query: DataFusion sessions over one workspace's `spans` (the Delta table's files of one
-//! version ∪ the buffer) and `traces`.
+//! version ∪ the buffer, its attributes restored by [`restore`]) and `traces`.
 //!
 //! Input: a workspace and SQL (from the API, the gRPC query service or `spanlake sql`).
 //! Output: Arrow record batches. Invariants: a session sees exactly one workspace — its
@@ -17,6 +17,7 @@
 mod compact;
 mod decode;
 mod guard;
+mod restore;
 pub mod sandbox;
 mod table;
 mod traces;
@@ -277,7 +278,9 @@ impl QueryEngine {
         let ctx = SessionContext::new_with_state(state);
         ctx.add_analyzer_rule(Arc::new(decode::GuardDecodes::new(pool)));
         sandbox::remove_table_functions(&ctx);
-        ctx.register_table("spans", Arc::new(table.clone()))
+        let spans = restore::spans_view(Arc::new(table.clone()))
+            .map_err(|e| QueryError::Internal(e.to_string()))?;
+        ctx.register_table("spans", Arc::new(spans))
             .map_err(|e| QueryError::Internal(e.to_string()))?;
         let traces = TracesTable::new(self.loader.clone(), workspace.clone(), table.clone());
         ctx.register_table("traces", Arc::new(traces))

@@ -21,7 +21,6 @@ use tonic::{Code, Status};
 use super::admission::{Admission, Admitted, BudgetedBody};
 use super::{API_KEY_HEADER, AUTHORIZATION_HEADER, WORKSPACE_HEADER, ingest_workspace};
 use crate::auth::Auth;
-use crate::decode::decode_protobuf;
 use crate::decode::footprint::Shape;
 use crate::error::Error;
 use crate::ingest::{IngestOutcome, Ingester};
@@ -82,8 +81,8 @@ impl OtlpGrpcReceiver {
             if let Some(admitted) = request.extensions().get::<Arc<Admitted>>() {
                 admitted.reserve_decoding(request.get_ref(), Shape::Protobuf, 0)?;
             }
-            let decoded = decode_protobuf(request.get_ref())?;
-            self.ingester.ingest(&ws, decoded).await
+            let body = request.get_ref().clone();
+            self.ingester.ingest_protobuf(&ws, body).await
         }
         .await;
         self.metrics.record_outcome(

@@ -19,7 +19,7 @@ use super::body::read_body;
 use super::{API_KEY_HEADER, AUTHORIZATION_HEADER, WORKSPACE_HEADER, ingest_workspace};
 use crate::auth::{Auth, credential};
 use crate::decode::footprint::Shape;
-use crate::decode::{Encoding, decode};
+use crate::decode::{Encoding, decode_json};
 use crate::error::Error;
 use crate::ingest::{IngestOutcome, Ingester};
 use crate::metrics::{Metrics, Protocol};
@@ -128,8 +128,13 @@ pub(super) async fn otlp_traces(
             ingest_request(&state, &headers, WORKSPACE_HEADER, body, encoding.shape()).await?;
         let ws = request.workspace.clone();
         workspace = Some(ws.clone());
-        let decoded = decode(encoding, &request.body)?;
-        state.ingester.ingest(&ws, decoded).await
+        match encoding {
+            Encoding::Protobuf => state.ingester.ingest_protobuf(&ws, request.body).await,
+            Encoding::Json => {
+                let decoded = decode_json(&request.body)?;
+                state.ingester.ingest(&ws, decoded).await
+            }
+        }
     }
     .await;
     state.metrics.record_outcome(

@@ -17,9 +17,7 @@ use super::{API_KEY_HEADER, AUTHORIZATION_HEADER, WORKSPACE_HEADER};
 use crate::auth::{Scope, credential};
 use crate::decode::footprint::Shape;
 use crate::decode::vendor::{decode_nemo_json, decode_span_logs};
-use crate::decode::{
-    DecodedRequest, Encoding, RejectedField, SpanRejection, decode, decode_protobuf,
-};
+use crate::decode::{DecodedRequest, Encoding, RejectedField, SpanRejection, decode};
 use crate::error::Error;
 use crate::metrics::Protocol;
 use crate::normalize::SpanBatchBuilder;
@@ -72,12 +70,12 @@ pub async fn nemo_ingest(
             Shape::NemoJson
         };
         let (bytes, _admitted) = read_admitted(&state, &headers, body, shape).await?;
-        let decoded = if protobuf {
-            decode_protobuf(&bytes)?
+        if protobuf {
+            state.ingester.ingest_protobuf(&w, bytes).await
         } else {
-            decode_nemo_json(&bytes)?
-        };
-        state.ingester.ingest(&w, decoded).await
+            let decoded = decode_nemo_json(&bytes)?;
+            state.ingester.ingest(&w, decoded).await
+        }
     }
     .await;
     match result {

@@ -2,9 +2,12 @@
 //!
 //! A segment is `wal/<id:020>.wal`: the 8-byte magic `SPLKWAL1`, then records. A record is
 //! `len: u32 LE | crc32: u32 LE | payload` with the CRC over the payload; the payload is
-//! `kind: u8 | workspace length: u8 | workspace | body`; kind 2 (spans) has a
-//! [`SpanChunk`] body (three Arrow IPC streams, see [`SpanChunk::write_ipc`]); kind 1, written
-//! by earlier versions, one Arrow IPC stream of a batch in the `spans` schema.
+//! `kind: u8 | workspace length: u8 | workspace | body`; kind 3 (OTLP) has the request's
+//! own protobuf bytes, which replay normalizes again into exactly the chunk that was
+//! acknowledged (the same code, deterministic, rejecting the same spans); kind 2 (spans) a
+//! [`SpanChunk`] body (three Arrow IPC streams, see [`SpanChunk::write_ipc`]), written for
+//! requests that did not arrive as OTLP protobuf; kind 1, written by earlier versions, one
+//! Arrow IPC stream of a batch in the `spans` schema.
 //! The checkpoint `wal/checkpoint` holds `<segment> <offset>`: every record before that
 //! position is in durable Parquet files.
 
@@ -27,6 +30,8 @@ pub const FRAME_LEN: usize = 8;
 pub const KIND_SPANS_BATCH: u8 = 1;
 /// Payload kind: a [`SpanChunk`].
 pub const KIND_SPANS: u8 = 2;
+/// Payload kind: an OTLP protobuf `ExportTraceServiceRequest`, as received.
+pub const KIND_OTLP: u8 = 3;
 /// The largest record accepted on replay; anything claiming more is a torn or corrupt frame.
 pub const MAX_RECORD_LEN: u32 = 1 << 30;
 
@@ -143,6 +148,49 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
+/// A framed record: its head (frame, kind, workspace and, for a chunk, its IPC body) and
+/// the request bytes that follow it for an OTLP record, written together.
+pub struct Frame {
+    /// Everything but the request bytes.
+    pub head: Vec<u8>,
+    /// The OTLP request bytes (empty for a chunk record).
+    pub body: bytes::Bytes,
+}
+
+impl Frame {
+    /// The record's payload length (what the frame's length field holds).
+    pub fn payload_len(&self) -> usize {
+        self.head.len() + self.body.len() - FRAME_LEN
+    }
+
+    /// The whole record's length in the file.
+    pub fn len(&self) -> usize {
+        self.head.len() + self.body.len()
+    }
+}
+
+/// Encodes one framed record holding the OTLP protobuf `request` for `workspace`; the
+/// request's bytes are not copied.
+pub fn encode_otlp_record(workspace: &Workspace, request: bytes::Bytes) -> Frame {
+    let ws = workspace.as_str().as_bytes();
+    let mut head = Vec::with_capacity(FRAME_LEN + 2 + ws.len());
+    head.extend_from_slice(&[0u8; FRAME_LEN]);
+    head.push(KIND_OTLP);
+    // Workspace names are at most 63 bytes (validated by `Workspace::new`).
+    head.push(ws.len() as u8);
+    head.extend_from_slice(ws);
+    let payload_len = (head.len() - FRAME_LEN + request.len()) as u32;
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&head[FRAME_LEN..]);
+    crc.update(&request);
+    head[0..4].copy_from_slice(&payload_len.to_le_bytes());
+    head[4..8].copy_from_slice(&crc.finalize().to_le_bytes());
+    Frame {
+        head,
+        body: request,
+    }
+}
+
 /// Encodes one framed record holding `chunk` for `workspace`.
 pub fn encode_record(workspace: &Workspace, chunk: &SpanChunk) -> Result<Vec<u8>, ArrowError> {
     let ws = workspace.as_str().as_bytes();
@@ -193,7 +241,8 @@ pub fn frame_checks_out(bytes: &[u8]) -> bool {
         return false;
     }
     let payload = &rest[..len as usize];
-    matches!(payload[0], KIND_SPANS | KIND_SPANS_BATCH) && crc32fast::hash(payload) == crc
+    matches!(payload[0], KIND_OTLP | KIND_SPANS | KIND_SPANS_BATCH)
+        && crc32fast::hash(payload) == crc
 }
 
 /// Reads the next record; `Ok(None)` at a clean end of file.
@@ -226,23 +275,24 @@ fn parse_payload(payload: &[u8]) -> Result<Record, BadRecord> {
     let (&kind, rest) = payload
         .split_first()
         .ok_or_else(|| corrupt("empty payload"))?;
-    if kind != KIND_SPANS && kind != KIND_SPANS_BATCH {
+    if !matches!(kind, KIND_OTLP | KIND_SPANS | KIND_SPANS_BATCH) {
         return Err(corrupt(&format!("unknown record kind {kind}")));
     }
     let (&ws_len, rest) = rest.split_first().ok_or_else(|| corrupt("no workspace"))?;
-    let (ws, ipc) = rest
+    let (ws, body) = rest
         .split_at_checked(ws_len as usize)
         .ok_or_else(|| corrupt("workspace cut short"))?;
     let workspace = std::str::from_utf8(ws)
         .ok()
         .and_then(|w| Workspace::new(w).ok())
         .ok_or_else(|| corrupt("invalid workspace name"))?;
-    let chunk = if kind == KIND_SPANS {
-        SpanChunk::read_ipc(ipc)
-    } else {
-        read_batch_record(ipc)
-    }
-    .map_err(|e| corrupt(&e.to_string()))?;
+    let chunk = match kind {
+        KIND_OTLP => crate::normalize::normalize_protobuf(body)
+            .map(|n| n.chunk)
+            .map_err(|e| corrupt(&e.to_string()))?,
+        KIND_SPANS => SpanChunk::read_ipc(body).map_err(|e| corrupt(&e.to_string()))?,
+        _ => read_batch_record(body).map_err(|e| corrupt(&e.to_string()))?,
+    };
     Ok(Record { workspace, chunk })
 }
 

@@ -40,8 +40,8 @@ use crate::chunk::SpanChunk;
 use crate::workspace::Workspace;
 
 pub use format::{
-    HEADER_LEN, MAGIC, MAX_RECORD_LEN, SegmentId, WalPosition, encode_record, list_segments,
-    read_checkpoint, segment_path, sync_dir, write_checkpoint,
+    Frame, HEADER_LEN, MAGIC, MAX_RECORD_LEN, SegmentId, WalPosition, encode_otlp_record,
+    encode_record, list_segments, read_checkpoint, segment_path, sync_dir, write_checkpoint,
 };
 
 /// When an append is acknowledged.
@@ -123,10 +123,19 @@ enum Command {
     Stop,
 }
 
+/// What a record stores for a chunk.
+pub enum Source {
+    /// The chunk itself (Arrow IPC).
+    Chunk,
+    /// The OTLP protobuf request the chunk was normalized from, by
+    /// [`crate::normalize::normalize_protobuf`]: replay normalizes it again.
+    Otlp(bytes::Bytes),
+}
+
 struct Append {
     workspace: Workspace,
     chunk: SpanChunk,
-    frame: Vec<u8>,
+    frame: Frame,
     reply: oneshot::Sender<Result<(), WalError>>,
 }
 
@@ -184,12 +193,24 @@ impl Wal {
         Ok(())
     }
 
-    /// Appends `batch`; returns once it is durable (per [`WalSync`]) and in the sink.
-    pub async fn append(&self, workspace: Workspace, chunk: SpanChunk) -> Result<(), WalError> {
+    /// Appends `chunk`, stored as `source` says; returns once it is durable (per
+    /// [`WalSync`]) and in the sink.
+    pub async fn append(
+        &self,
+        workspace: Workspace,
+        chunk: SpanChunk,
+        source: Source,
+    ) -> Result<(), WalError> {
         self.check_capacity()?;
-        let frame =
-            encode_record(&workspace, &chunk).map_err(|e| WalError::Encode(e.to_string()))?;
-        let len = frame.len() - format::FRAME_LEN;
+        let frame = match source {
+            Source::Otlp(request) => encode_otlp_record(&workspace, request),
+            Source::Chunk => Frame {
+                head: encode_record(&workspace, &chunk)
+                    .map_err(|e| WalError::Encode(e.to_string()))?,
+                body: bytes::Bytes::new(),
+            },
+        };
+        let len = frame.payload_len();
         let limit = self.config.max_record_len.min(MAX_RECORD_LEN);
         if len > limit as usize {
             return Err(WalError::RecordTooLarge { len, limit });
@@ -318,7 +339,10 @@ impl Writer {
     /// fsyncs; returns the bytes written.
     fn write_group(&mut self, pending: &[Append]) -> io::Result<u64> {
         fault::hit(fault::WAL_WRITE)?;
-        let mut slices: Vec<IoSlice<'_>> = pending.iter().map(|a| IoSlice::new(&a.frame)).collect();
+        let mut slices: Vec<IoSlice<'_>> = pending
+            .iter()
+            .flat_map(|a| [IoSlice::new(&a.frame.head), IoSlice::new(&a.frame.body)])
+            .collect();
         let bytes: u64 = pending.iter().map(|a| a.frame.len() as u64).sum();
         let mut rest = &mut slices[..];
         while !rest.is_empty() {
@@ -610,15 +634,55 @@ mod tests {
     use super::*;
     use std::sync::Mutex;
 
-    fn chunk(spans: usize, seed: u64) -> SpanChunk {
-        let bytes = prost::Message::encode_to_vec(&crate::fake::request(
+    fn request(spans: usize, seed: u64) -> Vec<u8> {
+        prost::Message::encode_to_vec(&crate::fake::request(
             spans,
             seed,
             1_763_000_000_000_000_000,
-        ));
-        crate::normalize::normalize(&crate::decode::decode_protobuf(&bytes).unwrap())
+        ))
+    }
+
+    fn chunk(spans: usize, seed: u64) -> SpanChunk {
+        crate::normalize::normalize_protobuf(&request(spans, seed))
             .unwrap()
             .chunk
+    }
+
+    #[test]
+    fn an_otlp_record_replays_to_the_chunk_it_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut request = crate::fake::request(6, 9, 1_763_000_000_000_000_000);
+        // One span is rejected: replay rejects it again.
+        request.resource_spans[0].scope_spans[0].spans[2].trace_id = vec![0; 16];
+        let bytes = prost::Message::encode_to_vec(&request);
+        let normalized = crate::normalize::normalize_protobuf(&bytes).unwrap();
+        assert_eq!(normalized.rejected.len(), 1);
+        let acked = normalized.chunk.to_batch().unwrap();
+        let wal = Wal::start(
+            config(dir.path(), MAX_RECORD_LEN),
+            SegmentId(1),
+            Arc::default(),
+            Box::new(|_, _, _| {}),
+        )
+        .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let ws = Workspace::new("w").unwrap();
+        rt.block_on(wal.append(ws, normalized.chunk, Source::Otlp(bytes.clone().into())))
+            .unwrap();
+        wal.stop();
+        // The record is the request's bytes, not a copy in another form.
+        let segment = std::fs::read(segment_path(dir.path(), SegmentId(1))).unwrap();
+        assert!(segment.ends_with(&bytes));
+        let replayed = Mutex::new(Vec::new());
+        replay(dir.path(), false, None, |_, _, w, c| {
+            assert_eq!(w.as_str(), "w");
+            replayed.lock().unwrap().push(c.to_batch().unwrap());
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(replayed.into_inner().unwrap(), vec![acked]);
     }
 
     fn config(dir: &Path, max_record_len: u32) -> WalConfig {
@@ -644,8 +708,14 @@ mod tests {
             .build()
             .unwrap();
         let ws = Workspace::new("w").unwrap();
+        // Both record forms: the request's own bytes, and the chunk.
         for seed in 0..3 {
-            rt.block_on(wal.append(ws.clone(), chunk(4, seed))).unwrap();
+            let source = match seed {
+                1 => Source::Otlp(request(4, seed).into()),
+                _ => Source::Chunk,
+            };
+            rt.block_on(wal.append(ws.clone(), chunk(4, seed), source))
+                .unwrap();
         }
         wal.stop();
         segment_path(dir, SegmentId(1))
@@ -692,7 +762,8 @@ mod tests {
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
-        let refused = rt.block_on(wal.append(Workspace::new("w").unwrap(), chunk(64, 1)));
+        let refused =
+            rt.block_on(wal.append(Workspace::new("w").unwrap(), chunk(64, 1), Source::Chunk));
         assert!(
             matches!(refused, Err(WalError::RecordTooLarge { limit: 1000, .. })),
             "{refused:?}"

@@ -4,7 +4,9 @@
 use std::path::Path;
 
 use spanlake::decode::{decode_json, decode_protobuf, vendor::decode_nemo_json};
-use spanlake::fuzzing::{check_footprint, check_request, check_span_logs, check_wal_segment};
+use spanlake::fuzzing::{
+    check_footprint, check_protobuf, check_request, check_span_logs, check_wal_segment,
+};
 
 fn inputs(target: &str) -> Vec<(String, Vec<u8>)> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -29,6 +31,7 @@ fn fuzz_inputs_pass_their_checks() {
         if let Ok(d) = decode_protobuf(&bytes) {
             check_request(d);
         }
+        check_protobuf(&bytes);
         checked += 1;
     }
     for (name, bytes) in inputs("otlp_json") {

@@ -1,11 +1,13 @@
 //! Property: the protobuf and the OTLP JSON encodings of the same request give identical
-//! rows and identical rejections. The JSON is written by the `opentelemetry-proto`
-//! crate's own serde serializer, an encoder independent of our decoder.
+//! rows and identical rejections, and so do the two protobuf decoders: the walk straight
+//! from the bytes into Arrow (what the server runs) and prost messages normalized (the
+//! decoder it replaced, kept for OTLP JSON). The JSON is written by the
+//! `opentelemetry-proto` crate's own serde serializer, an encoder independent of ours.
 
 use proptest::prelude::*;
 use prost::Message;
 use spanlake::decode::{decode_json, decode_protobuf};
-use spanlake::normalize::normalize;
+use spanlake::normalize::{normalize, normalize_protobuf};
 use spanlake::proto::*;
 
 fn any_value(depth: u32) -> BoxedStrategy<AnyValue> {
@@ -168,10 +170,14 @@ fn request() -> impl Strategy<Value = ExportTraceServiceRequest> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(128))]
+    #![proptest_config(ProptestConfig::with_cases(256))]
     #[test]
     fn protobuf_and_json_give_identical_rows(req in request()) {
-        let pb = normalize(&decode_protobuf(&req.encode_to_vec()).unwrap()).unwrap();
+        let bytes = req.encode_to_vec();
+        let pb = normalize(&decode_protobuf(&bytes).unwrap()).unwrap();
+        let direct = normalize_protobuf(&bytes).unwrap();
+        prop_assert_eq!(&direct.rejected, &pb.rejected);
+        prop_assert_eq!(direct.chunk.to_batch().unwrap(), pb.chunk.to_batch().unwrap());
         let json = serde_json::to_vec(&req).unwrap();
         let js = normalize(&decode_json(&json).unwrap()).unwrap();
         let indices = |n: &spanlake::normalize::Normalized| n.rejected.iter().map(|r| r.index).collect::<Vec<_>>();
