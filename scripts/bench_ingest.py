@@ -3,8 +3,10 @@ server over its whole life, final flush included, from wait4), the bare protobuf
 of the same requests measured in the same run and the ratio, bytes on disk per span next
 to OTLP bytes per span, and the server's peak RSS.
 
-Usage: bench_ingest.py BINARY [--spans N] [--shapes microservice,llm-agent]
-       [--concurrency 4] [--batch 512]. Standard library only.
+Usage: bench_ingest.py BINARY [--spans N] [--runs PROTOCOL:SHAPE:CLIENTS,...]
+       [--batch 512]. Standard library only. The default runs cover every target of the
+ingest work: both shapes over gRPC with 4 clients, HTTP protobuf against HTTP JSON, and
+32 clients sending LLM spans (peak RSS under saturating load).
 """
 
 import argparse
@@ -55,7 +57,7 @@ def files_bytes(root, hidden):
     return total
 
 
-def one(binary, shape, args):
+def one(binary, protocol, shape, clients, args):
     with tempfile.TemporaryDirectory() as data:
         grpc, http = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
         log = os.path.join(data, "server.log")
@@ -67,9 +69,10 @@ def one(binary, shape, args):
         wait_ready(http, server, log)
         common = ["--spans", str(args.spans), "--batch", str(args.batch), "--shape", shape,
                   "--seed", "1", "--json", "--quiet"]
+        endpoint = f"http://{grpc}" if protocol == "grpc" else f"http://{http}"
         load = subprocess.run(
-            [binary, "loadgen", "--endpoint", f"http://{grpc}", "--protocol", "grpc",
-             "--concurrency", str(args.concurrency), *common],
+            [binary, "loadgen", "--endpoint", endpoint, "--protocol", protocol,
+             "--concurrency", str(clients), *common],
             check=True, capture_output=True, text=True,
         )
         summary = json.loads(load.stdout)
@@ -85,6 +88,8 @@ def one(binary, shape, args):
         spans = summary["acked_spans"]
         table = os.path.join(data, "d", "spans")
         return {
+            "protocol": protocol,
+            "clients": clients,
             "shape": shape,
             "spans": spans,
             "errors": summary["errors"],
@@ -105,18 +110,22 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("binary")
     p.add_argument("--spans", type=int, default=2_000_000)
-    p.add_argument("--shapes", default="microservice,llm-agent")
-    p.add_argument("--concurrency", type=int, default=4)
+    p.add_argument("--runs", default="grpc:microservice:4,grpc:llm-agent:4,"
+                   "http-protobuf:microservice:4,http-json:microservice:4,grpc:llm-agent:32")
     p.add_argument("--batch", type=int, default=512)
     args = p.parse_args()
-    rows = [one(args.binary, shape, args) for shape in args.shapes.split(",")]
-    print(f"{os.cpu_count()} cores, {args.spans} spans per shape, gRPC, batches of {args.batch}, "
-          f"{args.concurrency} clients, --wal-sync always")
-    print("| shape | spans per server CPU-second | x bare prost decode | bytes on disk per span "
-          "(+ index) | OTLP bytes per span | peak RSS |")
-    print("|---|---|---|---|---|---|")
+    rows = []
+    for run in args.runs.split(","):
+        protocol, shape, clients = run.split(":")
+        rows.append(one(args.binary, protocol, shape, int(clients), args))
+    print(f"{os.cpu_count()} cores, {args.spans} spans per run, batches of {args.batch}, "
+          "--wal-sync always, default settings otherwise")
+    print("| protocol | clients | shape | spans per server CPU-second | x bare prost decode | "
+          "bytes on disk per span (+ index) | OTLP bytes per span | peak RSS |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['shape']} | {r['spans_per_cpu_s']:,.0f} | {r['x_decode']:.1f}x "
+        print(f"| {r['protocol']} | {r['clients']} | {r['shape']} | "
+              f"{r['spans_per_cpu_s']:,.0f} | {r['x_decode']:.1f}x "
               f"(decode {r['decode_spans_per_s']:,.0f}/s) | {r['disk_bytes_per_span']:.0f} "
               f"(+ {r['index_bytes_per_span']:.1f}) | {r['otlp_bytes_per_span']:.0f} | "
               f"{r['peak_rss_mib']:,.0f} MiB |")
