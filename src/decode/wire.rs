@@ -6,22 +6,31 @@
 //! (wire types of known fields, lengths, varints, UTF-8 of every string field, nesting
 //! depth, unknown fields skipped whole), and every value reads as prost would read it:
 //! the last occurrence of a scalar wins, repeated fields concatenate, the occurrences of
-//! a singular message merge field by field. One exception, never produced by an encoder:
-//! a `KeyValue` whose `value` occurs twice takes the last one whole (prost would merge two
-//! array values). The visitor may have been called before a later part of the body is
-//! found bad; the caller then drops what it built.
+//! a singular message merge field by field. A value given twice in one message where prost
+//! merges the occurrences (a `KeyValue`'s `value`, an `AnyValue`'s `array_value` or
+//! `kvlist_value`; never produced by an encoder) is not walked: [`WireError::Merged`]
+//! sends the body to prost. The visitor may have been called before a later part of the
+//! body is found bad; the caller then drops what it built.
 
 use super::view::{Attr, EventRef, LinkRef, Nested, Parts, SpanRef, SpanVisitor, ValueRef};
 
-/// Why a body is not a valid protobuf request.
+/// Why a body was not walked.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct WireError(String);
+pub enum WireError {
+    /// The body is not a valid protobuf request.
+    #[error("{0}")]
+    Bad(String),
+    /// The body gives a value twice in one message where prost merges the two (a
+    /// `KeyValue`'s `value`, an `AnyValue`'s `array_value` or `kvlist_value`): never
+    /// produced by an encoder; the caller decodes such a body with prost instead.
+    #[error("a value is given twice in one message")]
+    Merged,
+}
 
 type Result<T> = std::result::Result<T, WireError>;
 
 fn bad<T>(what: impl Into<String>) -> Result<T> {
-    Err(WireError(what.into()))
+    Err(WireError::Bad(what.into()))
 }
 
 const VARINT: u8 = 0;
@@ -108,31 +117,30 @@ impl<'a> Reader<'a> {
         Ok(u64::from_le_bytes(b.try_into().unwrap_or_default()))
     }
 
-    /// Skips a field this walker does not read, checking it is whole.
+    /// Skips a field this walker does not read, checking it is whole. Like prost, no field
+    /// is skipped in a message at the nesting limit.
     fn skip(&mut self, field: u32, wire: u8, depth: u32) -> Result<()> {
+        if depth >= MAX_DEPTH {
+            return bad("unknown fields nested too deep");
+        }
         match wire {
             VARINT => self.varint().map(drop),
             FIXED64 => self.take(8, "a fixed64 field").map(drop),
             FIXED32 => self.take(4, "a fixed32 field").map(drop),
             LEN => self.len_delimited("a length-delimited field").map(drop),
-            START_GROUP => {
-                if depth >= MAX_DEPTH {
-                    return bad("groups nested too deep");
+            START_GROUP => loop {
+                if !self.more() {
+                    return bad(format!("group {field} is not closed"));
                 }
-                loop {
-                    if !self.more() {
-                        return bad(format!("group {field} is not closed"));
+                let (f, w) = self.key()?;
+                if w == END_GROUP {
+                    if f != field {
+                        return bad(format!("group {field} is closed as {f}"));
                     }
-                    let (f, w) = self.key()?;
-                    if w == END_GROUP {
-                        if f != field {
-                            return bad(format!("group {field} is closed as {f}"));
-                        }
-                        return Ok(());
-                    }
-                    self.skip(f, w, depth + 1)?;
+                    return Ok(());
                 }
-            }
+                self.skip(f, w, depth + 1)?;
+            },
             _ => bad(format!("an unexpected end of group {field}")),
         }
     }
@@ -209,24 +217,35 @@ pub fn walk<'a>(body: &'a [u8], visitor: &mut impl SpanVisitor<'a>) -> Result<()
 /// is read): what builders for its rows are sized by. A malformed body counts the spans
 /// before the fault ([`walk`] says what is wrong with it).
 pub fn count_spans(body: &[u8]) -> usize {
-    /// The length-delimited fields numbered `number` of a message, until a fault.
-    fn fields(bytes: &[u8], number: u32) -> impl Iterator<Item = &[u8]> {
+    /// Calls `each` on the length-delimited fields numbered `number` of a message; false
+    /// at the first fault (here or in `each`).
+    fn fields(bytes: &[u8], number: u32, mut each: impl FnMut(&[u8]) -> bool) -> bool {
         let mut r = Reader::new(bytes);
-        std::iter::from_fn(move || {
-            while r.more() {
-                let (field, wire) = r.key().ok()?;
-                if field == number && wire == LEN {
-                    return r.len_delimited("").ok();
-                }
-                r.skip(field, wire, 0).ok()?;
+        while r.more() {
+            let Ok((field, wire)) = r.key() else {
+                return false;
+            };
+            let whole = if field == number && wire == LEN {
+                r.len_delimited("").is_ok_and(&mut each)
+            } else {
+                r.skip(field, wire, 0).is_ok()
+            };
+            if !whole {
+                return false;
             }
-            None
-        })
+        }
+        true
     }
-    fields(body, 1)
-        .flat_map(|rs| fields(rs, 2))
-        .map(|ss| fields(ss, 2).count())
-        .sum()
+    let mut spans = 0;
+    fields(body, 1, |rs| {
+        fields(rs, 2, |ss| {
+            fields(ss, 2, |_| {
+                spans += 1;
+                true
+            })
+        })
+    });
+    spans
 }
 
 /// Scratch vectors reused for the whole request.
@@ -318,7 +337,9 @@ impl<'a> Walker<'a> {
                     let kv = message_field(&mut r, w, DEPTH, "Span.attributes")?;
                     parts.attributes.push(key_value(kv, DEPTH + 1)?);
                 }
-                (10 | 12 | 14, w) => drop(varint_field(&mut r, w, "a Span dropped count")?),
+                (10 | 12 | 14, w) => {
+                    varint_field(&mut r, w, "a Span dropped count")?;
+                }
                 (11, w) => {
                     let event = message_field(&mut r, w, DEPTH, "Span.events")?;
                     let at = parts.nested.len();
@@ -337,7 +358,7 @@ impl<'a> Walker<'a> {
                                 parts.nested.push(key_value(kv, DEPTH + 2)?);
                             }
                             (4, w) => {
-                                drop(varint_field(&mut er, w, "Event.dropped_attributes_count")?)
+                                varint_field(&mut er, w, "Event.dropped_attributes_count")?;
                             }
                             (field, w) => er.skip(field, w, DEPTH + 1)?,
                         }
@@ -365,7 +386,7 @@ impl<'a> Walker<'a> {
                                 parts.nested.push(key_value(kv, DEPTH + 2)?);
                             }
                             (5, w) => {
-                                drop(varint_field(&mut lr, w, "Link.dropped_attributes_count")?)
+                                varint_field(&mut lr, w, "Link.dropped_attributes_count")?;
                             }
                             (6, w) => fixed32_field(&mut lr, w, "Link.flags")?,
                             (field, w) => lr.skip(field, w, DEPTH + 1)?,
@@ -406,12 +427,24 @@ fn resource_attributes<'a>(bytes: &'a [u8], out: &mut Vec<Attr<'a>>) -> Result<(
                 let kv = message_field(&mut r, wire, 2, "Resource.attributes")?;
                 out.push(key_value(kv, 3)?);
             }
-            (2, wire) => drop(varint_field(
-                &mut r,
-                wire,
-                "Resource.dropped_attributes_count",
-            )?),
+            (2, wire) => {
+                varint_field(&mut r, wire, "Resource.dropped_attributes_count")?;
+            }
+            (3, wire) => entity_ref(message_field(&mut r, wire, 2, "Resource.entity_refs")?)?,
             (field, wire) => r.skip(field, wire, 2)?,
+        }
+    }
+    Ok(())
+}
+
+/// Checks a resource's `EntityRef` (not stored) as prost would decode it.
+fn entity_ref(bytes: &[u8]) -> Result<()> {
+    const DEPTH: u32 = 3;
+    let mut r = Reader::new(bytes);
+    while r.more() {
+        match r.key()? {
+            (1..=4, wire) => drop(string_field(&mut r, wire, "an EntityRef string")?),
+            (field, wire) => r.skip(field, wire, DEPTH)?,
         }
     }
     Ok(())
@@ -431,11 +464,13 @@ fn instrumentation_scope<'a>(
                 let kv = message_field(&mut r, wire, 3, "InstrumentationScope.attributes")?;
                 key_value(kv, 4)?;
             }
-            (4, wire) => drop(varint_field(
-                &mut r,
-                wire,
-                "InstrumentationScope.dropped_attributes_count",
-            )?),
+            (4, wire) => {
+                varint_field(
+                    &mut r,
+                    wire,
+                    "InstrumentationScope.dropped_attributes_count",
+                )?;
+            }
             (field, wire) => r.skip(field, wire, 3)?,
         }
     }
@@ -454,9 +489,14 @@ fn key_value(bytes: &[u8], depth: u32) -> Result<Attr<'_>> {
             (1, wire) => attr.key = string_field(&mut r, wire, "KeyValue.key")?,
             (2, wire) => {
                 let value = message_field(&mut r, wire, depth, "KeyValue.value")?;
+                if attr.value.is_some() {
+                    return Err(WireError::Merged);
+                }
                 attr.value = Some(any_value(value, depth + 1)?);
             }
-            (3, wire) => drop(varint_field(&mut r, wire, "KeyValue.key_strindex")?),
+            (3, wire) => {
+                varint_field(&mut r, wire, "KeyValue.key_strindex")?;
+            }
             (field, wire) => r.skip(field, wire, depth)?,
         }
     }
@@ -479,11 +519,17 @@ fn any_value(bytes: &[u8], depth: u32) -> Result<ValueRef<'_>> {
             )?)),
             (5, w) => {
                 let array = message_field(&mut r, w, depth, "AnyValue.array_value")?;
+                if matches!(value, ValueRef::Array(_)) {
+                    return Err(WireError::Merged);
+                }
                 check_items(array, depth + 1, false)?;
                 ValueRef::Array(Nested::Wire(array))
             }
             (6, w) => {
                 let list = message_field(&mut r, w, depth, "AnyValue.kvlist_value")?;
+                if matches!(value, ValueRef::KvList(_)) {
+                    return Err(WireError::Merged);
+                }
                 check_items(list, depth + 1, true)?;
                 ValueRef::KvList(Nested::Wire(list))
             }
@@ -664,6 +710,49 @@ mod tests {
         let direct = normalize_protobuf(&body).unwrap().chunk.to_batch().unwrap();
         assert_eq!(direct.num_rows(), 3);
         assert_eq!(count_spans(&body), 3);
+    }
+
+    #[test]
+    fn values_prost_merges_read_as_prost_reads_them() {
+        let array = |items: &[&str]| {
+            let values: Vec<AnyValue> = items
+                .iter()
+                .map(|s| AnyValue {
+                    value: Some(any_value::Value::StringValue(s.to_string())),
+                })
+                .collect();
+            AnyValue {
+                value: Some(any_value::Value::ArrayValue(crate::proto::ArrayValue {
+                    values,
+                })),
+            }
+            .encode_to_vec()
+        };
+        // A KeyValue with two values, an AnyValue with two arrays; an entity ref and an
+        // unknown field at the nesting limit beside them.
+        let mut twice = field(1, b"k");
+        twice.extend(field(2, &array(&["a"])));
+        twice.extend(field(2, &array(&["b", "c"])));
+        let mut two_arrays = field(1, b"k2");
+        let mut value = array(&["x"]);
+        value.extend(array(&["y"]));
+        two_arrays.extend(field(2, &value));
+        let mut span_bytes = span(1).encode_to_vec();
+        span_bytes.extend(field(9, &twice));
+        span_bytes.extend(field(9, &two_arrays));
+        let mut rs = field(1, &field(3, &field(2, b"service")));
+        rs.extend(field(2, &field(2, &span_bytes)));
+        let body = field(1, &rs);
+        assert!(agree(&body));
+        let batch = normalize_protobuf(&body).unwrap().chunk.to_batch().unwrap();
+        let attributes = format!("{:?}", batch.column_by_name("attributes").unwrap());
+        assert!(
+            attributes.contains(r#"[\"a\",\"b\",\"c\"]"#),
+            "{attributes}"
+        );
+        // An EntityRef whose string is not UTF-8, refused by both.
+        let bad_entity = field(1, &field(1, &field(3, &field(2, &[0xff]))));
+        assert!(!agree(&bad_entity));
     }
 
     #[test]

@@ -70,8 +70,12 @@ pub fn normalize(decoded: &DecodedRequest) -> Result<Normalized, NormalizeError>
 /// into the builders, with no message decoded in between.
 pub fn normalize_protobuf(body: &[u8]) -> Result<Normalized, NormalizeError> {
     let mut normalizer = Normalizer::new(wire::count_spans(body), &[]);
-    wire::walk(body, &mut normalizer).map_err(DecodeError::from)?;
-    normalizer.finish()
+    match wire::walk(body, &mut normalizer) {
+        Ok(()) => normalizer.finish(),
+        // A value prost merges from two occurrences: decoded the way it reads it.
+        Err(wire::WireError::Merged) => normalize(&crate::decode::decode_protobuf(body)?),
+        Err(e) => Err(DecodeError::from(e).into()),
+    }
 }
 
 /// Appends walked spans to a [`SpanBatchBuilder`], counting their positions.
@@ -181,7 +185,10 @@ const ALL_LIFTS: [Lift; LIFT_COUNT] = {
     ]
 };
 
-/// Which typed column an attribute key feeds, and its rank there (0 wins).
+/// Which typed column an attribute key feeds, and its rank there (0 wins). Part of the
+/// file format: stored files hold a lifted value's key with a null value and
+/// [`stored_column`] finds the value by this table, so a key may be added but never moved
+/// to another column or removed without a format change.
 fn lift_of(key: &str) -> Option<(Lift, u8)> {
     use Lift::*;
     Some(match key {
@@ -639,9 +646,11 @@ fn opt_str(builder: &mut StringBuilder, s: &str) {
 }
 
 impl SpanBatchBuilder {
-    /// Builders sized for about `capacity` spans.
+    /// Builders sized for about `capacity` spans: offsets and values of the columns every
+    /// span fills; text that may be absent grows as it comes.
     pub fn with_capacity(capacity: usize) -> Self {
-        let s = || StringBuilder::with_capacity(capacity, capacity * 16);
+        let s = || StringBuilder::with_capacity(capacity, capacity * 8);
+        let sparse = || StringBuilder::with_capacity(capacity, 0);
         let i = || Int64Builder::with_capacity(capacity);
         let f = || Float64Builder::with_capacity(capacity);
         Self {
@@ -654,9 +663,9 @@ impl SpanBatchBuilder {
             end_time: timestamp_builder(capacity),
             duration_ns: i(),
             status_code: s(),
-            status_message: s(),
+            status_message: sparse(),
             status: s(),
-            own_text: std::array::from_fn(|_| s()),
+            own_text: std::array::from_fn(|_| sparse()),
             input_tokens: i(),
             output_tokens: i(),
             cached_tokens: i(),

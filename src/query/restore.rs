@@ -7,31 +7,36 @@
 //! [`crate::normalize::stored_column`]). Output: the `spans` table SQL sees, a view whose
 //! `attributes` hold every span attribute as sent, as text. Invariants: a map without null
 //! values is passed through untouched (no copy); a null value is replaced by the text of
-//! its column in the same row, the text the attribute had; projection and filter pushdown
-//! reach the stored table through the view unchanged, and a query that does not read
-//! `attributes` never runs this step.
+//! its column in the same row, the text the attribute had (a dictionary value is looked up
+//! per row, never decoded for the whole column); projection and filter pushdown reach the
+//! stored table through the view unchanged, and a query that does not read `attributes`
+//! never runs this step (one that does also reads the lifted columns).
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, MapArray, StringArray, StringBuilder, StructArray};
 use arrow::compute::cast;
-use arrow::datatypes::{DataType, Float64Type, Int64Type};
+use arrow::datatypes::{DataType, Float64Type, Int32Type, Int64Type, SchemaRef};
 use arrow::error::ArrowError;
-use datafusion::catalog::TableProvider;
+use async_trait::async_trait;
 use datafusion::catalog::view::ViewTable;
+use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::Column;
 use datafusion::datasource::provider_as_source;
 use datafusion::error::Result;
 use datafusion::logical_expr::{
-    ColumnarValue, Expr, LogicalPlanBuilder, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl,
-    Signature, Volatility,
+    ColumnarValue, Expr, LogicalPlan, LogicalPlanBuilder, ScalarFunctionArgs, ScalarUDF,
+    ScalarUDFImpl, Signature, TableProviderFilterPushDown, TableType, Volatility,
 };
+use datafusion::physical_plan::ExecutionPlan;
 
 use crate::normalize::{column_text_f64, column_text_i64, lifted_columns, stored_column};
 use crate::schema::{col, spans_schema};
 
-/// The `spans` view over `stored`: every column as stored, `attributes` restored.
-pub fn spans_view(stored: Arc<dyn TableProvider>) -> Result<ViewTable> {
+/// The `spans` table over `stored`: every column as stored, `attributes` restored. A view
+/// inlined into each query's plan, shown as the base table it stands for.
+pub fn spans_view(stored: Arc<dyn TableProvider>) -> Result<SpansView> {
     let column = |name: &str| Expr::Column(Column::from_name(name));
     let restore = Arc::new(ScalarUDF::new_from_impl(Restore::new()));
     let schema = spans_schema();
@@ -47,7 +52,43 @@ pub fn spans_view(stored: Arc<dyn TableProvider>) -> Result<ViewTable> {
     let plan = LogicalPlanBuilder::scan("spans", provider_as_source(stored), None)?
         .project(projection)?
         .build()?;
-    Ok(ViewTable::new(plan, None))
+    Ok(SpansView(ViewTable::new(plan, None)))
+}
+
+/// A [`ViewTable`] listed as a base table (`information_schema`, catalog listings).
+#[derive(Debug)]
+pub struct SpansView(ViewTable);
+
+#[async_trait]
+impl TableProvider for SpansView {
+    fn schema(&self) -> SchemaRef {
+        self.0.schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn get_logical_plan(&self) -> Option<Cow<'_, LogicalPlan>> {
+        self.0.get_logical_plan()
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> Result<Vec<TableProviderFilterPushDown>> {
+        self.0.supports_filters_pushdown(filters)
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        self.0.scan(state, projection, filters, limit).await
+    }
 }
 
 /// `restore_attributes(attributes, <lifted columns…>)`.
@@ -142,18 +183,15 @@ pub fn restore(map: &MapArray, columns: &[ArrayRef]) -> Result<MapArray, ArrowEr
     )
 }
 
-/// The lifted columns of a batch, read as text when first needed.
+/// The lifted columns of a batch, read row by row (a dictionary's value is looked up, never
+/// the column decoded).
 struct Texts<'a> {
     columns: &'a [ArrayRef],
-    as_text: Vec<Option<ArrayRef>>,
 }
 
 impl<'a> Texts<'a> {
     fn new(columns: &'a [ArrayRef]) -> Self {
-        Self {
-            columns,
-            as_text: vec![None; columns.len()],
-        }
+        Self { columns }
     }
 
     /// The text of column `c` in `row`, as the attribute it came from held it.
@@ -167,12 +205,18 @@ impl<'a> Texts<'a> {
         Ok(Some(match column.data_type() {
             DataType::Int64 => column_text_i64(column.as_primitive::<Int64Type>().value(row)),
             DataType::Float64 => column_text_f64(column.as_primitive::<Float64Type>().value(row)),
+            DataType::Utf8 => column.as_string::<i32>().value(row).to_string(),
+            DataType::Dictionary(key, value)
+                if **key == DataType::Int32 && **value == DataType::Utf8 =>
+            {
+                let dictionary = column.as_dictionary::<Int32Type>();
+                let at = dictionary.keys().value(row) as usize;
+                dictionary.values().as_string::<i32>().value(at).to_string()
+            }
+            // Any other text type: its one value, read through a one-row slice.
             _ => {
-                if self.as_text[c].is_none() {
-                    self.as_text[c] = Some(cast(column, &DataType::Utf8)?);
-                }
-                let text = self.as_text[c].as_ref().map(|a| a.as_string::<i32>());
-                text.map(|t| t.value(row).to_string()).unwrap_or_default()
+                let one = cast(&column.slice(row, 1), &DataType::Utf8)?;
+                one.as_string::<i32>().value(0).to_string()
             }
         }))
     }

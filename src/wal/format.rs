@@ -2,12 +2,18 @@
 //!
 //! A segment is `wal/<id:020>.wal`: the 8-byte magic `SPLKWAL1`, then records. A record is
 //! `len: u32 LE | crc32: u32 LE | payload` with the CRC over the payload; the payload is
-//! `kind: u8 | workspace length: u8 | workspace | body`; kind 3 (OTLP) has the request's
-//! own protobuf bytes, which replay normalizes again into exactly the chunk that was
-//! acknowledged (the same code, deterministic, rejecting the same spans); kind 2 (spans) a
+//! `kind: u8 | workspace length: u8 | workspace | body`; kind 3 (OTLP) has the number of
+//! spans acknowledged (`u32 LE`) and the request's own protobuf bytes, which replay
+//! normalizes again into the chunk that was acknowledged (deterministic, rejecting the
+//! same spans; a version that reads a different number of spans from them refuses to
+//! start rather than replay something else); kind 2 (spans) a
 //! [`SpanChunk`] body (three Arrow IPC streams, see [`SpanChunk::write_ipc`]), written for
 //! requests that did not arrive as OTLP protobuf; kind 1, written by earlier versions, one
 //! Arrow IPC stream of a batch in the `spans` schema.
+//! Segments are written with the magic `SPLKWAL2`; `SPLKWAL1` segments (no kind 3) are
+//! still read. A version that knows only `SPLKWAL1` refuses a newer segment instead of
+//! taking its records for a torn tail. A record whose checksum matches but whose contents
+//! cannot be read is never a torn tail.
 //! The checkpoint `wal/checkpoint` holds `<segment> <offset>`: every record before that
 //! position is in durable Parquet files.
 
@@ -20,8 +26,10 @@ use arrow::ipc::reader::StreamReader;
 use crate::chunk::SpanChunk;
 use crate::workspace::Workspace;
 
-/// The first bytes of every segment file.
-pub const MAGIC: &[u8; 8] = b"SPLKWAL1";
+/// The first bytes of every segment file written.
+pub const MAGIC: &[u8; 8] = b"SPLKWAL2";
+/// The first bytes of segments written by earlier versions (no kind-3 records), still read.
+pub const MAGIC_V1: &[u8; 8] = b"SPLKWAL1";
 /// Bytes before the first record of a segment.
 pub const HEADER_LEN: u64 = MAGIC.len() as u64;
 /// Bytes of a record's frame before its payload.
@@ -169,16 +177,18 @@ impl Frame {
     }
 }
 
-/// Encodes one framed record holding the OTLP protobuf `request` for `workspace`; the
-/// request's bytes are not copied.
-pub fn encode_otlp_record(workspace: &Workspace, request: bytes::Bytes) -> Frame {
+/// Encodes one framed record holding the OTLP protobuf `request` for `workspace`, from
+/// which `spans` spans were acknowledged; the request's bytes are not copied.
+pub fn encode_otlp_record(workspace: &Workspace, spans: usize, request: bytes::Bytes) -> Frame {
     let ws = workspace.as_str().as_bytes();
-    let mut head = Vec::with_capacity(FRAME_LEN + 2 + ws.len());
+    let mut head = Vec::with_capacity(FRAME_LEN + 6 + ws.len());
     head.extend_from_slice(&[0u8; FRAME_LEN]);
     head.push(KIND_OTLP);
     // Workspace names are at most 63 bytes (validated by `Workspace::new`).
     head.push(ws.len() as u8);
     head.extend_from_slice(ws);
+    // A request of at most 1 GiB (`MAX_RECORD_LEN`) holds fewer than 2^32 spans.
+    head.extend_from_slice(&(spans as u32).to_le_bytes());
     let payload_len = (head.len() - FRAME_LEN + request.len()) as u32;
     let mut crc = crc32fast::Hasher::new();
     crc.update(&head[FRAME_LEN..]);
@@ -222,9 +232,13 @@ pub enum BadRecord {
     /// The file ends inside the record (a torn write).
     #[error("the file ends inside the record (torn write)")]
     Torn,
-    /// The checksum or contents do not match.
+    /// The checksum does not match, or the frame is implausible.
     #[error("corrupt record: {0}")]
     Corrupt(String),
+    /// The checksum matches but the contents cannot be read (by this version): never a
+    /// torn tail.
+    #[error("unreadable record: {0}")]
+    Unreadable(String),
 }
 
 /// Whether `bytes` start with a whole frame whose checksum matches and whose payload
@@ -272,11 +286,15 @@ pub fn read_record(reader: &mut impl Read) -> io::Result<Result<Option<(Record, 
 
 fn parse_payload(payload: &[u8]) -> Result<Record, BadRecord> {
     let corrupt = |what: &str| BadRecord::Corrupt(what.to_string());
+    // The checksum matched: what cannot be read from here on is not a torn write.
+    let unreadable = |what: &str| BadRecord::Unreadable(what.to_string());
     let (&kind, rest) = payload
         .split_first()
         .ok_or_else(|| corrupt("empty payload"))?;
     if !matches!(kind, KIND_OTLP | KIND_SPANS | KIND_SPANS_BATCH) {
-        return Err(corrupt(&format!("unknown record kind {kind}")));
+        return Err(unreadable(&format!(
+            "unknown record kind {kind} (written by a newer version?)"
+        )));
     }
     let (&ws_len, rest) = rest.split_first().ok_or_else(|| corrupt("no workspace"))?;
     let (ws, body) = rest
@@ -287,11 +305,25 @@ fn parse_payload(payload: &[u8]) -> Result<Record, BadRecord> {
         .and_then(|w| Workspace::new(w).ok())
         .ok_or_else(|| corrupt("invalid workspace name"))?;
     let chunk = match kind {
-        KIND_OTLP => crate::normalize::normalize_protobuf(body)
-            .map(|n| n.chunk)
-            .map_err(|e| corrupt(&e.to_string()))?,
-        KIND_SPANS => SpanChunk::read_ipc(body).map_err(|e| corrupt(&e.to_string()))?,
-        _ => read_batch_record(body).map_err(|e| corrupt(&e.to_string()))?,
+        KIND_OTLP => {
+            let (spans, request) = body
+                .split_first_chunk::<4>()
+                .ok_or_else(|| unreadable("no span count"))?;
+            let spans = u32::from_le_bytes(*spans) as usize;
+            let chunk = crate::normalize::normalize_protobuf(request)
+                .map_err(|e| unreadable(&e.to_string()))?
+                .chunk;
+            if chunk.num_rows() != spans {
+                return Err(unreadable(&format!(
+                    "{spans} spans of this OTLP request were acknowledged, but this version \
+                     of spanlake reads {} from it (replay it with the version that wrote it)",
+                    chunk.num_rows()
+                )));
+            }
+            chunk
+        }
+        KIND_SPANS => SpanChunk::read_ipc(body).map_err(|e| unreadable(&e.to_string()))?,
+        _ => read_batch_record(body).map_err(|e| unreadable(&e.to_string()))?,
     };
     Ok(Record { workspace, chunk })
 }

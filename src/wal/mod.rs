@@ -203,7 +203,7 @@ impl Wal {
     ) -> Result<(), WalError> {
         self.check_capacity()?;
         let frame = match source {
-            Source::Otlp(request) => encode_otlp_record(&workspace, request),
+            Source::Otlp(request) => encode_otlp_record(&workspace, chunk.num_rows(), request),
             Source::Chunk => Frame {
                 head: encode_record(&workspace, &chunk)
                     .map_err(|e| WalError::Encode(e.to_string()))?,
@@ -525,7 +525,8 @@ fn replay_segment(
     let file_len = file.metadata()?.len();
     let mut reader = BufReader::with_capacity(1 << 20, file);
     let mut magic = [0u8; 8];
-    let header_ok = reader.read_exact(&mut magic).is_ok() && &magic == format::MAGIC;
+    let header_ok = reader.read_exact(&mut magic).is_ok()
+        && (&magic == format::MAGIC || &magic == format::MAGIC_V1);
     if !header_ok {
         // A segment is created with its header fsynced before any record is written to
         // it, so only the newest can lack one (the crash came while creating it). It holds
@@ -565,7 +566,9 @@ fn replay_segment(
                 offset = end;
             }
             Err(bad) => {
-                let torn = newest && nothing_readable_after(&path, offset)?;
+                let torn = newest
+                    && !matches!(bad, BadRecord::Unreadable(_))
+                    && nothing_readable_after(&path, offset)?;
                 return bad_record(&path, offset, file_len, torn, bad, skip_corrupt, summary);
             }
         }
@@ -683,6 +686,31 @@ mod tests {
         })
         .unwrap();
         assert_eq!(replayed.into_inner().unwrap(), vec![acked]);
+    }
+
+    #[test]
+    fn an_otlp_record_read_differently_is_refused_not_cut_as_a_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let bytes = prost::Message::encode_to_vec(&crate::fake::request(3, 9, 1));
+        let normalized = crate::normalize::normalize_protobuf(&bytes).unwrap();
+        // A record that says 4 spans were acknowledged where this version reads 3: as a
+        // version with other rules would find it. It is the newest segment's last record.
+        let ws = Workspace::new("w").unwrap();
+        let frame = encode_otlp_record(&ws, 4, bytes.into());
+        assert_eq!(normalized.chunk.num_rows(), 3);
+        let mut segment = MAGIC.to_vec();
+        segment.extend_from_slice(&frame.head);
+        segment.extend_from_slice(&frame.body);
+        let path = segment_path(dir.path(), SegmentId(1));
+        std::fs::write(&path, &segment).unwrap();
+        let err = replay(dir.path(), false, None, |_, _, _, _| Ok(())).unwrap_err();
+        let message = err.to_string();
+        assert!(
+            message.contains("4 spans of this OTLP request were acknowledged")
+                && message.contains("reads 3"),
+            "{message}"
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), segment, "nothing is cut");
     }
 
     fn config(dir: &Path, max_record_len: u32) -> WalConfig {
