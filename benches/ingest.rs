@@ -49,7 +49,7 @@ fn bench(c: &mut Criterion) {
         let mut wal = std::fs::File::create(dir.path().join("bench.wal")).unwrap();
         g.bench_function("wal_append_request_bytes", |b| {
             b.iter(|| {
-                let frame = encode_otlp_record(&ws, bytes.clone());
+                let frame = encode_otlp_record(&ws, SPANS, bytes.clone());
                 wal.write_all(&frame.head).unwrap();
                 wal.write_all(&frame.body).unwrap();
             })
