@@ -520,7 +520,7 @@ fn validate(span: &SpanRef<'_>) -> Result<(), (RejectedField, String)> {
             format!("trace_id must be 16 bytes, got {}", span.trace_id.len()),
         ));
     }
-    if all_zero(&span.trace_id) {
+    if all_zero(span.trace_id) {
         return Err((TraceId, "trace_id is all zeros".into()));
     }
     if span.span_id.len() != 8 {
@@ -529,7 +529,7 @@ fn validate(span: &SpanRef<'_>) -> Result<(), (RejectedField, String)> {
             format!("span_id must be 8 bytes, got {}", span.span_id.len()),
         ));
     }
-    if all_zero(&span.span_id) {
+    if all_zero(span.span_id) {
         return Err((SpanId, "span_id is all zeros".into()));
     }
     if !span.parent_span_id.is_empty() && span.parent_span_id.len() != 8 {

@@ -172,7 +172,7 @@ impl Frame {
     }
 
     /// The whole record's length in the file.
-    pub fn len(&self) -> usize {
+    pub fn file_len(&self) -> usize {
         self.head.len() + self.body.len()
     }
 }

@@ -343,7 +343,7 @@ impl Writer {
             .iter()
             .flat_map(|a| [IoSlice::new(&a.frame.head), IoSlice::new(&a.frame.body)])
             .collect();
-        let bytes: u64 = pending.iter().map(|a| a.frame.len() as u64).sum();
+        let bytes: u64 = pending.iter().map(|a| a.frame.file_len() as u64).sum();
         let mut rest = &mut slices[..];
         while !rest.is_empty() {
             match self.file.write_vectored(rest) {
