@@ -775,19 +775,13 @@ mod tests {
     use crate::decode::decode_protobuf;
     use crate::normalize::normalize;
     use crate::proto::{
-        AnyValue, ExportTraceServiceRequest, InstrumentationScope, KeyValue, Resource,
-        ResourceSpans, ScopeSpans, Span, any_value,
+        ExportTraceServiceRequest, InstrumentationScope, KeyValue, Resource, ResourceSpans,
+        ScopeSpans, Span,
     };
     use arrow::array::AsArray;
 
     fn kv(key: &str, value: &str) -> KeyValue {
-        KeyValue {
-            key: key.into(),
-            value: Some(AnyValue {
-                value: Some(any_value::Value::StringValue(value.into())),
-            }),
-            ..Default::default()
-        }
+        crate::fake::kv(key, crate::fake::s(value))
     }
 
     fn span(id: u8, attributes: Vec<KeyValue>) -> Span {

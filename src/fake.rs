@@ -7,7 +7,8 @@ use crate::proto::{
     ScopeSpans, Span, Status, any_value::Value, span,
 };
 
-fn kv(key: &str, value: Value) -> KeyValue {
+/// An attribute.
+pub(crate) fn kv(key: &str, value: Value) -> KeyValue {
     KeyValue {
         key: key.to_string(),
         value: Some(AnyValue { value: Some(value) }),
@@ -15,7 +16,8 @@ fn kv(key: &str, value: Value) -> KeyValue {
     }
 }
 
-fn s(v: impl Into<String>) -> Value {
+/// A string value.
+pub(crate) fn s(v: impl Into<String>) -> Value {
     Value::StringValue(v.into())
 }
 

@@ -626,13 +626,7 @@ mod tests {
     }
 
     fn kv(key: &str, value: &str) -> KeyValue {
-        KeyValue {
-            key: key.into(),
-            value: Some(AnyValue {
-                value: Some(any_value::Value::StringValue(value.into())),
-            }),
-            ..Default::default()
-        }
+        crate::fake::kv(key, crate::fake::s(value))
     }
 
     fn span(id: u8) -> Span {

@@ -161,27 +161,26 @@ enum Lift {
 
 const LIFT_COUNT: usize = Lift::ErrorType as usize + 1;
 
-/// Every [`Lift`], in slot order.
-const ALL_LIFTS: [Lift; LIFT_COUNT] = {
-    use Lift::*;
+/// The column each lift fills, by slot (`ErrorType`, the last, only sets `status`).
+const LIFTED_COLUMNS: [&str; LIFT_COUNT - 1] = {
+    use crate::schema::col::*;
     [
-        SpanKindLlm,
-        SessionId,
-        UserId,
-        Model,
-        Provider,
-        InputTokens,
-        OutputTokens,
-        CachedTokens,
-        TotalTokens,
-        Cost,
-        CostInput,
-        CostOutput,
-        Input,
-        Output,
-        ExperimentId,
-        TestCaseId,
-        ErrorType,
+        SPAN_KIND_LLM,
+        SESSION_ID,
+        USER_ID,
+        MODEL,
+        PROVIDER,
+        INPUT_TOKENS,
+        OUTPUT_TOKENS,
+        CACHED_TOKENS,
+        TOTAL_TOKENS,
+        COST_USD,
+        COST_INPUT_USD,
+        COST_OUTPUT_USD,
+        INPUT,
+        OUTPUT,
+        EXPERIMENT_ID,
+        TEST_CASE_ID,
     ]
 };
 
@@ -240,9 +239,10 @@ fn lift_of(key: &str) -> Option<(Lift, u8)> {
     })
 }
 
-/// The attribute that fills a lifted column: its rank, value and position.
+/// The attribute that fills a lifted column: the column, its rank, value and position.
 #[derive(Clone, Copy)]
 struct Won<'a> {
+    slot: Lift,
     rank: u8,
     value: ValueRef<'a>,
     at: usize,
@@ -257,44 +257,22 @@ fn lift<'a>(attributes: &[Attr<'a>]) -> Lifted<'a> {
         if let (Some((slot, rank)), Some(value)) = (lift_of(kv.key), kv.value) {
             let entry = &mut lifted[slot as usize];
             if entry.is_none_or(|best| rank < best.rank) {
-                *entry = Some(Won { rank, value, at });
+                *entry = Some(Won {
+                    slot,
+                    rank,
+                    value,
+                    at,
+                });
             }
         }
     }
     lifted
 }
 
-impl Lift {
-    /// The `spans` column this lift fills (`error.type` only sets `status`).
-    fn column(self) -> Option<&'static str> {
-        use crate::schema::col::*;
-        use Lift::*;
-        Some(match self {
-            SpanKindLlm => SPAN_KIND_LLM,
-            SessionId => SESSION_ID,
-            UserId => USER_ID,
-            Model => MODEL,
-            Provider => PROVIDER,
-            InputTokens => INPUT_TOKENS,
-            OutputTokens => OUTPUT_TOKENS,
-            CachedTokens => CACHED_TOKENS,
-            TotalTokens => TOTAL_TOKENS,
-            Cost => COST_USD,
-            CostInput => COST_INPUT_USD,
-            CostOutput => COST_OUTPUT_USD,
-            Input => INPUT,
-            Output => OUTPUT,
-            ExperimentId => EXPERIMENT_ID,
-            TestCaseId => TEST_CASE_ID,
-            ErrorType => return None,
-        })
-    }
-}
-
 /// The lifted columns an attribute may be stored in instead of `attributes`, in slot order
 /// (the order [`stored_column`] indexes).
-pub fn lifted_columns() -> Vec<&'static str> {
-    ALL_LIFTS.iter().filter_map(|l| l.column()).collect()
+pub fn lifted_columns() -> &'static [&'static str] {
+    &LIFTED_COLUMNS
 }
 
 /// For a span attribute key whose value may be held by a lifted column: that column's
@@ -303,9 +281,8 @@ pub fn lifted_columns() -> Vec<&'static str> {
 /// [`column_text_f64`] for the numeric columns).
 pub fn stored_column(key: &str) -> Option<usize> {
     let (lift, _) = lift_of(key)?;
-    lift.column()?;
-    // Every slot before `ErrorType` has a column, so the slot is the position.
-    Some(lift as usize)
+    let slot = lift as usize;
+    (slot < LIFTED_COLUMNS.len()).then_some(slot)
 }
 
 /// The text of a token column's value, as `attributes` held it.
@@ -869,11 +846,9 @@ impl SpanBatchBuilder {
 
         // A lifted value lives in its column, not again in `attributes`.
         let mut in_columns = [usize::MAX; LIFT_COUNT];
-        for (i, won) in own.iter().enumerate() {
-            if let Some(w) = won
-                && stored_in_column(ALL_LIFTS[i], w.value, &mut self.scratch)
-            {
-                in_columns[i] = w.at;
+        for w in own.iter().flatten() {
+            if stored_in_column(w.slot, w.value, &mut self.scratch) {
+                in_columns[w.slot as usize] = w.at;
             }
         }
         for (at, kv) in parts.attributes.iter().enumerate() {

@@ -43,7 +43,7 @@ pub fn spans_view(stored: Arc<dyn TableProvider>) -> Result<SpansView> {
     let projection = schema.fields().iter().map(|f| {
         if f.name() == col::ATTRIBUTES {
             let mut args = vec![column(col::ATTRIBUTES)];
-            args.extend(lifted_columns().into_iter().map(column));
+            args.extend(lifted_columns().iter().map(|c| column(c)));
             restore.call(args).alias(col::ATTRIBUTES)
         } else {
             column(f.name())

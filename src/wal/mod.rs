@@ -661,16 +661,7 @@ mod tests {
         let normalized = crate::normalize::normalize_protobuf(&bytes).unwrap();
         assert_eq!(normalized.rejected.len(), 1);
         let acked = normalized.chunk.to_batch().unwrap();
-        let wal = Wal::start(
-            config(dir.path(), MAX_RECORD_LEN),
-            SegmentId(1),
-            Arc::default(),
-            Box::new(|_, _, _| {}),
-        )
-        .unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
+        let (wal, rt) = started(dir.path());
         let ws = Workspace::new("w").unwrap();
         rt.block_on(wal.append(ws, normalized.chunk, Source::Otlp(bytes.clone().into())))
             .unwrap();
@@ -723,8 +714,8 @@ mod tests {
         }
     }
 
-    /// Appends three records of 4 spans (then stops the writer); returns the segment path.
-    fn three_records(dir: &Path) -> PathBuf {
+    /// A writer on segment 1 of `dir` and a runtime to append with.
+    fn started(dir: &Path) -> (Wal, tokio::runtime::Runtime) {
         let wal = Wal::start(
             config(dir, MAX_RECORD_LEN),
             SegmentId(1),
@@ -735,6 +726,12 @@ mod tests {
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
+        (wal, rt)
+    }
+
+    /// Appends three records of 4 spans (then stops the writer); returns the segment path.
+    fn three_records(dir: &Path) -> PathBuf {
+        let (wal, rt) = started(dir);
         let ws = Workspace::new("w").unwrap();
         // Both record forms: the request's own bytes, and the chunk.
         for seed in 0..3 {
