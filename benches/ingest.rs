@@ -66,6 +66,18 @@ fn bench(c: &mut Criterion) {
                 normalize_protobuf(&b).unwrap().chunk
             })
             .collect();
+        let out = tempfile::tempdir().unwrap();
+        let staging = spanlake::flush::Staging {
+            root: out.path().to_path_buf(),
+            upload: false,
+        };
+        let files = spanlake::flush::stage_workspace(&staging, &ws, &chunks).unwrap();
+        let bytes: u64 = files.iter().map(|f| f.size).sum();
+        eprintln!(
+            "flush/{}: {:.1} bytes per span on disk",
+            name(shape),
+            bytes as f64 / (SPANS * 100) as f64
+        );
         let mut g = c.benchmark_group(format!("flush/{}", name(shape)));
         g.throughput(Throughput::Elements((SPANS * 100) as u64));
         g.sample_size(10);
