@@ -6,6 +6,10 @@ use spanlake::app::Server;
 use spanlake::config::{Cli, Command};
 use tokio::net::TcpListener;
 
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() {
     if let Err(e) = run().await {
