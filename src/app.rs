@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::api::ApiState;
+use crate::api::flight::FlightSql;
 use crate::api::grpc::QueryGrpc;
 use crate::auth::Auth;
 use crate::buffer::{Buffer, FlushThresholds};
@@ -38,10 +39,21 @@ use crate::schema::path;
 use crate::storage::{self, Storage};
 use crate::wal::{self, Wal, WalConfig, WalPosition, WalStats};
 
+/// The sockets a server answers on.
+pub struct Listeners {
+    /// OTLP/gRPC and the gRPC query service.
+    pub grpc: TcpListener,
+    /// OTLP/HTTP and every HTTP route.
+    pub http: TcpListener,
+    /// Arrow Flight SQL, if served.
+    pub flight: Option<TcpListener>,
+}
+
 /// A running server.
 pub struct Server {
     grpc_addr: SocketAddr,
     http_addr: SocketAddr,
+    flight_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     ingester: Arc<Ingester>,
     task: JoinHandle<anyhow::Result<()>>,
@@ -55,14 +67,26 @@ impl Server {
         grpc: TcpListener,
         http: TcpListener,
     ) -> anyhow::Result<Self> {
+        let listeners = Listeners {
+            grpc,
+            http,
+            flight: None,
+        };
+        Self::start_on(config, listeners).await
+    }
+
+    /// [`Server::start`] on every listener of `listeners`.
+    pub async fn start_on(config: ServeConfig, listeners: Listeners) -> anyhow::Result<Self> {
+        let Listeners { grpc, http, flight } = listeners;
         let grpc_addr = grpc.local_addr()?;
         let http_addr = http.local_addr()?;
+        let flight_addr = flight.as_ref().map(TcpListener::local_addr).transpose()?;
         let auth = Arc::new(match &config.api_keys {
             Some(path) => Auth::load(path)?,
             None => Auth::open(),
         });
         if auth.is_open() && !config.allow_unauthenticated {
-            for addr in [grpc_addr, http_addr] {
+            for addr in [grpc_addr, http_addr].into_iter().chain(flight_addr) {
                 anyhow::ensure!(
                     addr.ip().is_loopback(),
                     "refusing to listen on {addr} without API keys: anyone who can reach it could \
@@ -135,6 +159,19 @@ impl Server {
                 .with_graceful_shutdown(http_stop.cancelled_owned())
                 .await
         });
+        let flight_server = flight.map(|listener| {
+            let service = FlightSql::new(engine.clone(), auth.clone()).into_server();
+            let stop = stop_accepting.clone();
+            async move {
+                tonic::transport::Server::builder()
+                    .add_service(service)
+                    .serve_with_incoming_shutdown(
+                        tokio_stream::wrappers::TcpListenerStream::new(listener),
+                        stop.cancelled(),
+                    )
+                    .await
+            }
+        });
         let receiver = OtlpGrpcReceiver::new(
             ingester.clone(),
             auth,
@@ -143,15 +180,23 @@ impl Server {
             admission("the OTLP/gRPC front end"),
         );
         let grpc_stop = stop_accepting.clone();
+        // The gRPC listeners (OTLP with the query service, and Flight SQL) in one task.
         let grpc_task = tokio::spawn(async move {
-            tonic::transport::Server::builder()
+            let otlp = tonic::transport::Server::builder()
                 .add_service(receiver)
                 .add_service(query_service)
                 .serve_with_incoming_shutdown(
                     tokio_stream::wrappers::TcpListenerStream::new(grpc),
                     grpc_stop.cancelled(),
-                )
-                .await
+                );
+            let flight = async move {
+                match flight_server {
+                    Some(server) => server.await,
+                    None => Ok(()),
+                }
+            };
+            let (otlp, flight) = tokio::join!(otlp, flight);
+            otlp.and(flight)
         });
 
         let task = tokio::spawn(run(
@@ -171,6 +216,7 @@ impl Server {
         Ok(Self {
             grpc_addr,
             http_addr,
+            flight_addr,
             shutdown,
             ingester,
             task,
@@ -185,6 +231,11 @@ impl Server {
     /// The HTTP listener's address.
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
+    }
+
+    /// The Flight SQL listener's address, if it serves one.
+    pub fn flight_addr(&self) -> Option<SocketAddr> {
+        self.flight_addr
     }
 
     /// Whether the WAL is replayed and ingestion is open.

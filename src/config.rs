@@ -70,6 +70,9 @@ pub struct ServeConfig {
     /// HTTP listen address (OTLP/HTTP and every other route).
     #[arg(long, env = "SPANLAKE_HTTP_ADDR", default_value = "127.0.0.1:4318")]
     pub http_addr: SocketAddr,
+    /// Arrow Flight SQL listen address (analysts' SQL from ADBC, JDBC, DBeaver, …).
+    #[arg(long, env = "SPANLAKE_FLIGHT_ADDR", default_value = "127.0.0.1:4319")]
+    pub flight_addr: SocketAddr,
     /// `always`: acknowledge after fsync (group commit). `none`: acknowledge after the
     /// write reaches the OS, before fsync — a machine crash can lose acknowledged spans.
     #[arg(long, env = "SPANLAKE_WAL_SYNC", value_enum, default_value = "always")]

@@ -274,7 +274,7 @@ impl ApiError {
             ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Auth(e) if e.is_unauthenticated() => StatusCode::UNAUTHORIZED,
-            ApiError::Auth(_) => StatusCode::FORBIDDEN,
+            ApiError::Auth(_) | ApiError::Query(QueryError::Workspace(_)) => StatusCode::FORBIDDEN,
             ApiError::Query(
                 QueryError::NotAllowed(_) | QueryError::Sql(_) | QueryError::Memory { .. },
             )
@@ -296,7 +296,9 @@ impl ApiError {
             ApiError::Validation(_) => tonic::Code::InvalidArgument,
             ApiError::NotFound(_) => tonic::Code::NotFound,
             ApiError::Auth(e) if e.is_unauthenticated() => tonic::Code::Unauthenticated,
-            ApiError::Auth(_) => tonic::Code::PermissionDenied,
+            ApiError::Auth(_) | ApiError::Query(QueryError::Workspace(_)) => {
+                tonic::Code::PermissionDenied
+            }
             ApiError::Query(QueryError::NotAllowed(_) | QueryError::Sql(_)) => {
                 tonic::Code::InvalidArgument
             }

@@ -2,7 +2,7 @@
 
 use anyhow::Context as _;
 use clap::Parser as _;
-use spanlake::app::Server;
+use spanlake::app::{Listeners, Server};
 use spanlake::config::{Cli, Command};
 use tokio::net::TcpListener;
 
@@ -130,13 +130,24 @@ async fn serve(config: spanlake::config::ServeConfig) -> anyhow::Result<()> {
     let http = TcpListener::bind(config.http_addr)
         .await
         .with_context(|| format!("binding the HTTP address {}", config.http_addr))?;
+    let flight = TcpListener::bind(config.flight_addr)
+        .await
+        .with_context(|| format!("binding the Flight SQL address {}", config.flight_addr))?;
     let location = spanlake::config::storage_location(&config.data_dir, config.storage.as_deref());
-    let server = Server::start(config, grpc, http).await?;
+    let listeners = Listeners {
+        grpc,
+        http,
+        flight: Some(flight),
+    };
+    let server = Server::start_on(config, listeners).await?;
     println!("spanlake: OTLP/gRPC listening on {}", server.grpc_addr());
     println!(
         "spanlake: HTTP listening on {} (OTLP/HTTP at /v1/traces)",
         server.http_addr()
     );
+    if let Some(addr) = server.flight_addr() {
+        println!("spanlake: Arrow Flight SQL listening on {addr}");
+    }
     println!("spanlake: storing spans in the Delta table at {location}");
     let token = server.shutdown_token();
     tokio::spawn(async move {

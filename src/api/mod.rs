@@ -9,6 +9,7 @@
 //! page is chosen from root spans first, and rollups are computed for that page's traces
 //! only.
 
+pub mod flight;
 pub mod grpc;
 pub mod json;
 mod nemo;

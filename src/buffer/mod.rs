@@ -188,6 +188,11 @@ impl Buffer {
         read()
     }
 
+    /// The workspaces holding buffered spans.
+    pub fn workspaces(&self) -> Vec<Workspace> {
+        self.lock().workspaces.keys().cloned().collect()
+    }
+
     /// The buffered chunks of one workspace, for queries.
     pub fn snapshot(&self, workspace: &Workspace) -> Vec<SpanChunk> {
         self.lock()

@@ -17,6 +17,7 @@
 mod compact;
 mod decode;
 mod guard;
+pub mod placeholders;
 mod restore;
 pub mod sandbox;
 mod table;
@@ -26,12 +27,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::array::RecordBatch;
-use arrow::datatypes::SchemaRef;
+use arrow::datatypes::{DataType, SchemaRef};
+use datafusion::catalog::MemorySchemaProvider;
+use datafusion::common::TableReference;
 use datafusion::error::DataFusionError;
 use datafusion::execution::memory_pool::GreedyMemoryPool;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::execution::session_state::SessionStateBuilder;
+use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::scalar::ScalarValue;
 use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 
@@ -42,6 +47,12 @@ use crate::workspace::Workspace;
 
 pub use table::SpansTable;
 pub use traces::{TraceLoader, TracesTable, traces_schema};
+
+/// The catalog of every session: one schema per workspace.
+pub const CATALOG: &str = "spanlake";
+
+/// Parameters a prepared statement may have.
+const MAX_PARAMETERS: usize = 1024;
 
 /// Bytes of Parquet metadata kept between queries.
 const METADATA_CACHE_BYTES: usize = 128 << 20;
@@ -77,6 +88,9 @@ pub enum QueryError {
     /// The query ran past its timeout.
     #[error("query timed out after {0:?}")]
     Timeout(Duration),
+    /// The query names a workspace its key may not read.
+    #[error("this API key may not read workspace {0}")]
+    Workspace(Workspace),
     /// The server is replaying its write-ahead log; answers would miss acknowledged spans.
     #[error("starting: the write-ahead log is being replayed; retry shortly")]
     Starting,
@@ -194,6 +208,20 @@ impl QueryEngine {
         self.running.clone()
     }
 
+    /// Every workspace with spans, stored or buffered, by name.
+    pub fn workspaces(&self) -> Vec<Workspace> {
+        let mut all: std::collections::BTreeSet<Workspace> = self
+            .storage
+            .files()
+            .workspaces()
+            .filter_map(|name| Workspace::new(name).ok())
+            .collect();
+        if let Some(buffer) = &self.buffer {
+            all.extend(buffer.workspaces());
+        }
+        all.into_iter().collect()
+    }
+
     /// A session holding only `workspace`'s `spans` table and `traces` view.
     pub async fn session(&self, workspace: &Workspace) -> Result<SessionContext, QueryError> {
         let table = self.snapshot(workspace)?;
@@ -264,10 +292,32 @@ impl QueryEngine {
         workspace: &Workspace,
         table: SpansTable,
     ) -> Result<SessionContext, QueryError> {
+        let ctx = self.empty_session(workspace);
+        self.register(&ctx, workspace, table)?;
+        Ok(ctx)
+    }
+
+    /// A session over several workspaces, each a schema of [`CATALOG`] with its `spans`
+    /// and `traces`; unqualified names resolve in `home`.
+    pub async fn session_of(
+        &self,
+        workspaces: &[Workspace],
+        home: &Workspace,
+    ) -> Result<SessionContext, QueryError> {
+        let ctx = self.empty_session(home);
+        for ws in workspaces.iter().filter(|ws| is_schema_name(ws)) {
+            let table = self.snapshot(ws)?;
+            self.register(&ctx, ws, table)?;
+        }
+        Ok(ctx)
+    }
+
+    /// A sandboxed session without tables whose default schema is `home`.
+    fn empty_session(&self, home: &Workspace) -> SessionContext {
         let config = SessionConfig::new()
             .with_information_schema(true)
             .with_target_partitions(2)
-            .with_default_catalog_and_schema("spanlake", workspace.as_str());
+            .with_default_catalog_and_schema(CATALOG, home.as_str());
         let pool = self.runtime_env.memory_pool.clone();
         let state = SessionStateBuilder::new()
             .with_config(config)
@@ -278,14 +328,34 @@ impl QueryEngine {
         let ctx = SessionContext::new_with_state(state);
         ctx.add_analyzer_rule(Arc::new(decode::GuardDecodes::new(pool)));
         sandbox::remove_table_functions(&ctx);
-        let spans = restore::spans_view(Arc::new(table.clone()))
-            .map_err(|e| QueryError::Internal(e.to_string()))?;
-        ctx.register_table("spans", Arc::new(spans))
-            .map_err(|e| QueryError::Internal(e.to_string()))?;
-        let traces = TracesTable::new(self.loader.clone(), workspace.clone(), table.clone());
-        ctx.register_table("traces", Arc::new(traces))
-            .map_err(|e| QueryError::Internal(e.to_string()))?;
-        Ok(ctx)
+        ctx
+    }
+
+    /// Adds `workspace`'s schema, with the snapshot `table` as its `spans` and the trace
+    /// index's view as its `traces`.
+    fn register(
+        &self,
+        ctx: &SessionContext,
+        workspace: &Workspace,
+        table: SpansTable,
+    ) -> Result<(), QueryError> {
+        let internal = |e: DataFusionError| QueryError::Internal(e.to_string());
+        let catalog = ctx
+            .catalog(CATALOG)
+            .ok_or_else(|| QueryError::Internal("the session has no catalog".into()))?;
+        if catalog.schema(workspace.as_str()).is_none() {
+            catalog
+                .register_schema(workspace.as_str(), Arc::new(MemorySchemaProvider::new()))
+                .map_err(internal)?;
+        }
+        let name = |table: &'static str| TableReference::partial(workspace.as_str(), table);
+        let spans = restore::spans_view(Arc::new(table.clone())).map_err(internal)?;
+        ctx.register_table(name("spans"), Arc::new(spans))
+            .map_err(internal)?;
+        let traces = TracesTable::new(self.loader.clone(), workspace.clone(), table);
+        ctx.register_table(name("traces"), Arc::new(traces))
+            .map_err(internal)?;
+        Ok(())
     }
 
     /// Runs read-only `sql` over `workspace`; the whole answer.
@@ -316,7 +386,21 @@ impl QueryEngine {
         ctx: SessionContext,
         sql: String,
     ) -> Result<QueryStream, QueryError> {
+        self.stream_with(ctx, sql, Vec::new(), None).await
+    }
+
+    /// [`QueryEngine::stream`] with `params` bound to `$1`, `$2`, … (or to the query's `?`
+    /// in order); when `readable` is given, a query naming a workspace outside it is
+    /// refused with [`QueryError::Workspace`].
+    pub async fn stream_with(
+        &self,
+        ctx: SessionContext,
+        sql: String,
+        params: Vec<ScalarValue>,
+        readable: Option<&[Workspace]>,
+    ) -> Result<QueryStream, QueryError> {
         let limits = self.limits;
+        let readable = readable.map(<[Workspace]>::to_vec);
         let deadline = tokio::time::Instant::now() + limits.timeout;
         let runtime = self
             .runtime
@@ -328,12 +412,7 @@ impl QueryEngine {
         let pool = self.runtime_env.memory_pool.clone();
         runtime.spawn(async move {
             let start = async {
-                let plan = ctx
-                    .state()
-                    .create_logical_plan(&sql)
-                    .await
-                    .map_err(|e| classify(e, limits))?;
-                sandbox::check(&plan)?;
+                let plan = plan(&ctx, &sql, params, readable.as_deref(), limits).await?;
                 let plan = guard::guard_plan(plan, &pool).map_err(|e| classify(e, limits))?;
                 let df = ctx
                     .execute_logical_plan(plan)
@@ -361,7 +440,11 @@ impl QueryEngine {
             };
             running.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             loop {
-                let next = tokio::time::timeout_at(deadline, stream.next()).await;
+                let next = tokio::select! {
+                    next = tokio::time::timeout_at(deadline, stream.next()) => next,
+                    // A consumer gone while a batch is being computed ends the query now.
+                    () = tx.closed() => break,
+                };
                 let item = match next {
                     Ok(None) => break,
                     Ok(Some(batch)) => batch.map_err(|e| classify(e, limits)),
@@ -383,6 +466,134 @@ impl QueryEngine {
             .map_err(|_| QueryError::Internal("the query task ended early".into()))??;
         Ok(QueryStream { schema, batches })
     }
+}
+
+impl QueryEngine {
+    /// The schema of `sql`'s answer with `params` bound, planned but not run (refused as
+    /// [`QueryEngine::stream_with`] would refuse it).
+    pub async fn describe(
+        &self,
+        ctx: SessionContext,
+        sql: String,
+        params: Vec<ScalarValue>,
+        readable: Option<&[Workspace]>,
+    ) -> Result<SchemaRef, QueryError> {
+        let (limits, readable) = (self.limits, readable.map(<[Workspace]>::to_vec));
+        let pool = self.runtime_env.memory_pool.clone();
+        self.on_runtime(async move {
+            let plan = plan(&ctx, &sql, params, readable.as_deref(), limits).await?;
+            // Guarded as a run is, so the schema is the one the answer streams with.
+            let plan = guard::guard_plan(plan, &pool).map_err(|e| classify(e, limits))?;
+            Ok(Arc::new(plan.schema().as_arrow().clone()))
+        })
+        .await
+    }
+
+    /// A statement to run later with parameters: its answer's schema (as far as it is
+    /// known before binding) and the type of each parameter, `$1` first (`None` where
+    /// the SQL does not tell).
+    pub async fn prepare(
+        &self,
+        ctx: SessionContext,
+        sql: String,
+        readable: Option<&[Workspace]>,
+    ) -> Result<(SchemaRef, Vec<Option<DataType>>), QueryError> {
+        let (limits, readable) = (self.limits, readable.map(<[Workspace]>::to_vec));
+        let pool = self.runtime_env.memory_pool.clone();
+        self.on_runtime(async move {
+            let plan = plan(&ctx, &sql, Vec::new(), readable.as_deref(), limits).await?;
+            let mut types: Vec<(usize, Option<DataType>)> = plan
+                .get_parameter_types()
+                .map_err(|e| classify(e, limits))?
+                .into_iter()
+                .map(|(id, t)| (id.get(1..).and_then(|n| n.parse().ok()).unwrap_or(0), t))
+                .collect();
+            types.sort_by_key(|(n, _)| *n);
+            // Numbered 1 to n without gaps (the ids are the client's: `$99999999999` must
+            // not size anything).
+            if types.len() > MAX_PARAMETERS
+                || types.iter().enumerate().any(|(i, (n, _))| *n != i + 1)
+            {
+                return Err(QueryError::Sql(format!(
+                    "the query's parameters must be $1, $2, … without gaps, at most \
+                     {MAX_PARAMETERS} of them"
+                )));
+            }
+            let plan = guard::guard_plan(plan, &pool).map_err(|e| classify(e, limits))?;
+            let params = types.into_iter().map(|(_, t)| t).collect();
+            Ok((Arc::new(plan.schema().as_arrow().clone()), params))
+        })
+        .await
+    }
+
+    /// Runs `work` on the query runtime within the query timeout.
+    async fn on_runtime<T: Send + 'static>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, QueryError>> + Send + 'static,
+    ) -> Result<T, QueryError> {
+        let runtime = self
+            .runtime
+            .as_ref()
+            .ok_or_else(|| QueryError::Internal("the query runtime is shut down".into()))?;
+        let timeout = self.limits.timeout;
+        runtime
+            .spawn(tokio::time::timeout(timeout, work))
+            .await
+            .map_err(|e| QueryError::Internal(format!("the query task failed: {e}")))?
+            .map_err(|_| QueryError::Timeout(timeout))?
+    }
+}
+
+/// Whether `workspace` can be a schema of a session: `information_schema`, a valid
+/// workspace name, is DataFusion's own and cannot.
+pub fn is_schema_name(workspace: &Workspace) -> bool {
+    workspace.as_str() != "information_schema"
+}
+
+/// Plans read-only `sql` in `ctx` with `params` bound: refused if it names a workspace
+/// outside `readable` (when given) or is not a query the sandbox allows.
+async fn plan(
+    ctx: &SessionContext,
+    sql: &str,
+    params: Vec<ScalarValue>,
+    readable: Option<&[Workspace]>,
+    limits: QueryLimits,
+) -> Result<LogicalPlan, QueryError> {
+    let state = ctx.state();
+    let sql = placeholders::number(sql)?;
+    let dialect = state.config().options().sql_parser.dialect;
+    let statement = state
+        .sql_to_statement(&sql, &dialect)
+        .map_err(|e| classify(e, limits))?;
+    if let Some(readable) = readable {
+        let references = state
+            .resolve_table_references(&statement)
+            .map_err(|e| classify(e, limits))?;
+        for reference in references {
+            let Some(schema) = reference.schema() else {
+                continue;
+            };
+            let ours = reference.catalog().is_none_or(|c| c == CATALOG);
+            if ours
+                && schema != "information_schema"
+                && !readable.iter().any(|w| w.as_str() == schema)
+                && let Ok(ws) = Workspace::new(schema)
+            {
+                return Err(QueryError::Workspace(ws));
+            }
+        }
+    }
+    let mut plan = state
+        .statement_to_plan(statement)
+        .await
+        .map_err(|e| classify(e, limits))?;
+    if !params.is_empty() {
+        plan = plan
+            .with_param_values(params)
+            .map_err(|e| classify(e, limits))?;
+    }
+    sandbox::check(&plan)?;
+    Ok(plan)
 }
 
 impl Drop for QueryEngine {

@@ -10,9 +10,19 @@ use std::time::{Duration, Instant};
 use arrow::array::{Array, RecordBatch};
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use spanlake::app::Server;
+use spanlake::app::{Listeners, Server};
 use spanlake::config::ServeConfig;
 use tokio::net::TcpListener;
+
+/// Every listener on `127.0.0.1:0`.
+async fn listeners() -> Listeners {
+    let bind = || TcpListener::bind("127.0.0.1:0");
+    Listeners {
+        grpc: bind().await.expect("bind grpc"),
+        http: bind().await.expect("bind http"),
+        flight: Some(bind().await.expect("bind flight")),
+    }
+}
 
 /// A running in-process server and its data directory.
 pub struct TestServer {
@@ -20,6 +30,7 @@ pub struct TestServer {
     pub dir: tempfile::TempDir,
     pub grpc: SocketAddr,
     pub http: SocketAddr,
+    pub flight: SocketAddr,
 }
 
 impl TestServer {
@@ -31,16 +42,18 @@ impl TestServer {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut config = ServeConfig::with_data_dir(dir.path());
         configure(&mut config);
-        let grpc = TcpListener::bind("127.0.0.1:0").await.expect("bind grpc");
-        let http = TcpListener::bind("127.0.0.1:0").await.expect("bind http");
-        let server = Server::start(config, grpc, http).await.expect("start");
+        let server = Server::start_on(config, listeners().await)
+            .await
+            .expect("start");
         let (grpc, http) = (server.grpc_addr(), server.http_addr());
+        let flight = server.flight_addr().expect("a Flight SQL listener");
         wait_until("server ready", || server.is_ready()).await;
         Self {
             server: Some(server),
             dir,
             grpc,
             http,
+            flight,
         }
     }
 
@@ -54,11 +67,12 @@ impl TestServer {
         self.stop().await;
         let mut config = ServeConfig::with_data_dir(self.dir.path());
         configure(&mut config);
-        let grpc = TcpListener::bind("127.0.0.1:0").await.expect("bind grpc");
-        let http = TcpListener::bind("127.0.0.1:0").await.expect("bind http");
-        let server = Server::start(config, grpc, http).await.expect("restart");
+        let server = Server::start_on(config, listeners().await)
+            .await
+            .expect("restart");
         self.grpc = server.grpc_addr();
         self.http = server.http_addr();
+        self.flight = server.flight_addr().expect("a Flight SQL listener");
         wait_until("server ready", || server.is_ready()).await;
         self.server = Some(server);
     }

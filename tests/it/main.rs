@@ -7,6 +7,7 @@ mod crash;
 mod disk_full;
 mod exporters;
 mod faults;
+mod flight;
 mod fuzz_regressions;
 mod grpc;
 mod hostile_ingest;

@@ -1,0 +1,169 @@
+"""Analysts' clients against the real binary (run by scripts/test-delta): the ADBC Flight
+SQL driver from PyPI, as a notebook uses it.
+
+Serve with API keys, send spans into two workspaces over OTLP/HTTP JSON, then with ADBC:
+connect with a key, list catalogs/schemas/tables, run a GROUP BY and a parameterized query
+and compare them with `POST …/sql`; a wrong key, another key's workspace, DDL/DML/COPY and
+a query over the memory pool are refused with clear errors, and the server answers the
+next query after each.
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import tempfile
+import urllib.request
+
+import adbc_driver_flightsql.dbapi as flightsql
+from adbc_driver_manager import Error as AdbcError
+
+KEYS = """
+[[keys]]
+key = "k-alpha"
+workspaces = ["alpha"]
+scopes = ["ingest", "read"]
+
+[[keys]]
+key = "k-beta"
+workspaces = ["beta"]
+scopes = ["ingest", "read"]
+"""
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, binary, data_dir, keys):
+        self.http, self.flight = free_port(), free_port()
+        args = [binary, "serve", "--data-dir", data_dir, "--api-keys", keys,
+                "--grpc-addr", f"127.0.0.1:{free_port()}",
+                "--http-addr", f"127.0.0.1:{self.http}",
+                "--flight-addr", f"127.0.0.1:{self.flight}",
+                "--query-memory-bytes", str(32 << 20)]
+        self.proc = subprocess.Popen(args, env={**os.environ, "RUST_LOG": "warn"},
+                                     stdout=subprocess.PIPE, text=True)
+        for line in self.proc.stdout:
+            if line.startswith("spanlake: ready"):
+                return
+        raise RuntimeError("spanlake did not start")
+
+    def call(self, path, body, key):
+        req = urllib.request.Request(f"http://127.0.0.1:{self.http}{path}",
+                                     data=json.dumps(body).encode(),
+                                     headers={"content-type": "application/json",
+                                              "authorization": f"Bearer {key}"})
+        with urllib.request.urlopen(req) as resp:
+            assert resp.status == 200, resp.status
+            return json.loads(resp.read() or b"{}")
+
+    def ingest(self, workspace, key, names):
+        spans = [{"traceId": "5b8efff798038103d269b633813fc60c", "spanId": f"{i + 1:016x}",
+                  "name": name, "kind": 2,
+                  "startTimeUnixNano": str(1_718_000_000_000_000_000 + i),
+                  "endTimeUnixNano": str(1_718_000_000_500_000_000 + i)}
+                 for i, name in enumerate(names)]
+        body = {"resourceSpans": [{"resource": {"attributes": [
+            {"key": "service.name", "value": {"stringValue": workspace}}]},
+            "scopeSpans": [{"spans": spans}]}]}
+        self.call(f"/apis/intake/v2/workspaces/{workspace}/ingest/otlp/v1/traces", body, key)
+
+    def sql(self, workspace, key, query):
+        return self.call(f"/apis/intake/v2/workspaces/{workspace}/sql", {"query": query},
+                         key)["rows"]
+
+    def connect(self, key):
+        return flightsql.connect(f"grpc://127.0.0.1:{self.flight}",
+                                 db_kwargs={"username": "analyst", "password": key},
+                                 autocommit=True)
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        assert self.proc.wait(60) == 0, "SIGTERM ends in exit 0"
+
+
+def refused(cursor, query, *words):
+    try:
+        cursor.execute(query)
+        cursor.fetchall()
+    except AdbcError as e:
+        text = str(e)
+        assert all(w in text for w in words), f"{query}: {text}"
+        print(f"check_analysts: refused as expected: {query[:60]!r}: {text.splitlines()[0]}")
+        return
+    raise AssertionError(f"{query} was not refused")
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--binary", required=True)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as work:
+        keys = pathlib.Path(work, "keys.toml")
+        keys.write_text(KEYS)
+        server = Server(args.binary, os.path.join(work, "data"), str(keys))
+        try:
+            server.ingest("alpha", "k-alpha", ["checkout", "checkout", "cart"])
+            server.ingest("beta", "k-beta", ["secret"])
+
+            with server.connect("k-alpha") as conn:
+                objects = conn.adbc_get_objects().read_all().to_pylist()
+                schemas = [s["db_schema_name"] for c in objects for s in c["catalog_db_schemas"]]
+                assert schemas == ["alpha"], objects
+                tables = sorted(t["table_name"] for c in objects
+                                for s in c["catalog_db_schemas"] for t in s["db_schema_tables"])
+                assert tables == ["spans", "traces"], tables
+                schema = conn.adbc_get_table_schema("spans", db_schema_filter="alpha")
+                assert "trace_id" in schema.names, schema
+
+                cur = conn.cursor()
+                query = "SELECT name, count(*) AS n FROM spans GROUP BY name ORDER BY name"
+                cur.execute(query)
+                got = [{"name": n, "n": c} for n, c in cur.fetchall()]
+                assert got == server.sql("alpha", "k-alpha", query), got
+                for name, want in [("checkout", 2), ("cart", 1), ("nothing", 0)]:
+                    cur.execute("SELECT count(*) AS n FROM spans WHERE name = ?", (name,))
+                    assert cur.fetchone()[0] == want, name
+                cur.execute("SELECT count(*) FROM spans WHERE service_name = ?", ("alpha",))
+                assert cur.fetchone()[0] == 3
+                # ADBC compares each answer's schema with the announced one.
+                for query in ["SELECT * FROM spans", "SELECT * FROM traces",
+                              "SELECT name || '!' AS shout, service_name FROM spans"]:
+                    cur.execute(query)
+                    assert cur.fetch_arrow_table().num_rows > 0, query
+                print("check_analysts: ADBC lists alpha's tables; GROUP BY and ? parameters "
+                      "match POST …/sql")
+
+                refused(cur, "SELECT count(*) FROM beta.spans", "workspace beta")
+                for write in ["DROP TABLE spans", "INSERT INTO spans SELECT * FROM spans",
+                              "COPY (SELECT 1) TO '/tmp/spanlake-copy.csv'"]:
+                    refused(cur, write, "not allowed")
+                chain = "WITH t0 AS (SELECT 'aaaaaaaaaaaaaaaa' AS s)" + "".join(
+                    f", t{i} AS (SELECT s||s||s||s||s||s||s||s AS s FROM t{i - 1})"
+                    for i in range(1, 15)) + " SELECT length(s) FROM t14"
+                refused(cur, chain, "memory limit")
+                cur.execute("SELECT count(*) FROM spans")
+                assert cur.fetchone()[0] == 3
+                cur.close()
+
+            try:
+                with server.connect("not-a-key") as conn:
+                    conn.cursor().execute("SELECT 1")
+                raise AssertionError("a wrong key was accepted")
+            except AdbcError as e:
+                assert "unknown API key" in str(e), e
+                print("check_analysts: a wrong key is refused: unknown API key")
+        finally:
+            server.stop()
+    print("check_analysts: ok")
+
+
+if __name__ == "__main__":
+    main()
