@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use std::sync::Arc;
 use tonic::transport::Channel;
 
-use crate::common::{TestServer, otlp};
+use crate::common::{TestServer, metric, otlp};
 
 const KEYS: &str = r#"
 [[keys]]
@@ -477,4 +477,56 @@ async fn refusals_are_clear_and_the_server_keeps_answering() {
         .await
         .unwrap();
     assert_eq!(rows(&fetch(&mut alpha, info).await.unwrap())[0]["n"], "3");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_cancels_its_query() {
+    // Open access (no keys): any client may read every workspace.
+    let server = TestServer::start_with(|c| {
+        c.query.query_timeout = std::time::Duration::from_secs(600);
+    })
+    .await;
+    let status = reqwest::Client::new()
+        .post(server.url("/v1/traces"))
+        .header("content-type", "application/x-protobuf")
+        .body(otlp::many(2000, 0x61).encode_to_vec())
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, StatusCode::OK);
+    let mut flight = client(&server).await;
+    // 8·10⁹ rows: the client reads the first batch, then drops the stream.
+    let info = flight
+        .execute(
+            "SELECT a.span_id, b.span_id, c.span_id FROM spans a, spans b, spans c".into(),
+            None,
+        )
+        .await
+        .unwrap();
+    let ticket = info.endpoint[0].ticket.clone().unwrap();
+    let mut stream = flight.do_get(ticket).await.unwrap();
+    assert!(stream.try_next().await.unwrap().is_some());
+    assert_eq!(
+        metric(server.http, "spanlake_queries_running").await,
+        Some(1)
+    );
+    drop(stream);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while metric(server.http, "spanlake_queries_running").await != Some(0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the query kept running"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // And the server answers the next query.
+    let info = flight
+        .execute("SELECT count(*) AS n FROM spans".into(), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        rows(&fetch(&mut flight, info).await.unwrap())[0]["n"],
+        "2000"
+    );
 }
