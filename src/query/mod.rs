@@ -274,10 +274,7 @@ impl QueryEngine {
     ) -> Result<TraceView, QueryError> {
         // On the query runtime: loading and merging rows is CPU work ingestion must not
         // wait for.
-        let runtime = self
-            .runtime
-            .as_ref()
-            .ok_or_else(|| QueryError::Internal("the query runtime is shut down".into()))?;
+        let runtime = self.runtime()?;
         let (loader, workspace, table) = (self.loader.clone(), workspace.clone(), table.clone());
         runtime
             .spawn(async move { loader.view(&workspace, &table).await })
@@ -402,10 +399,7 @@ impl QueryEngine {
         let limits = self.limits;
         let readable = readable.map(<[Workspace]>::to_vec);
         let deadline = tokio::time::Instant::now() + limits.timeout;
-        let runtime = self
-            .runtime
-            .as_ref()
-            .ok_or_else(|| QueryError::Internal("the query runtime is shut down".into()))?;
+        let runtime = self.runtime()?;
         let (planned, schema) = oneshot::channel();
         let (tx, batches) = mpsc::channel(2);
         let running = self.running.clone();
@@ -526,15 +520,19 @@ impl QueryEngine {
         .await
     }
 
+    /// The runtime queries run on (until the engine is dropped).
+    fn runtime(&self) -> Result<&tokio::runtime::Runtime, QueryError> {
+        self.runtime
+            .as_ref()
+            .ok_or_else(|| QueryError::Internal("the query runtime is shut down".into()))
+    }
+
     /// Runs `work` on the query runtime within the query timeout.
     async fn on_runtime<T: Send + 'static>(
         &self,
         work: impl std::future::Future<Output = Result<T, QueryError>> + Send + 'static,
     ) -> Result<T, QueryError> {
-        let runtime = self
-            .runtime
-            .as_ref()
-            .ok_or_else(|| QueryError::Internal("the query runtime is shut down".into()))?;
+        let runtime = self.runtime()?;
         let timeout = self.limits.timeout;
         runtime
             .spawn(tokio::time::timeout(timeout, work))

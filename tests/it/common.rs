@@ -158,6 +158,42 @@ pub async fn metric(http: SocketAddr, name: &str) -> Option<u64> {
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
+/// Sends `spans` spans of trace `trace` over OTLP/HTTP protobuf to the `default`
+/// workspace; they must be acknowledged.
+pub async fn ingest_spans(server: &TestServer, spans: usize, trace: u8) {
+    let status = reqwest::Client::new()
+        .post(server.url("/v1/traces"))
+        .header("content-type", "application/x-protobuf")
+        .body(prost::Message::encode_to_vec(&otlp::many(spans, trace)))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, reqwest::StatusCode::OK, "ingestion is acknowledged");
+}
+
+/// Waits (up to a minute) until `http` reports no query running.
+pub async fn wait_for_no_query(http: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while metric(http, "spanlake_queries_running").await != Some(0) {
+        assert!(Instant::now() < deadline, "the query kept running");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// SQL whose value grows eightfold per subquery through `||` (no function call shows it),
+/// to 16·8¹⁴ bytes: over any memory pool.
+pub fn eightfold_chain() -> String {
+    let mut chain = "WITH t0 AS (SELECT 'aaaaaaaaaaaaaaaa' AS s)".to_string();
+    for i in 1..=14 {
+        chain += &format!(
+            ", t{i} AS (SELECT s||s||s||s||s||s||s||s AS s FROM t{})",
+            i - 1
+        );
+    }
+    chain + " SELECT length(s) FROM t14"
+}
+
 /// Every file under `dir` whose path `keep` accepts, sorted.
 pub fn files_under(dir: &Path, keep: impl Fn(&Path) -> bool) -> Vec<PathBuf> {
     let mut found = Vec::new();

@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 
 use arrow::array::{Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
-use arrow::util::display::{ArrayFormatter, FormatOptions};
 use arrow_flight::FlightInfo;
 use arrow_flight::sql::client::FlightSqlServiceClient;
 use arrow_flight::sql::{CommandGetDbSchemas, CommandGetTables, SqlInfo};
@@ -18,7 +17,9 @@ use serde_json::{Value, json};
 use std::sync::Arc;
 use tonic::transport::Channel;
 
-use crate::common::{TestServer, metric, otlp};
+use crate::common::{
+    TestServer, batch_rows, eightfold_chain, ingest_spans, metric, otlp, wait_for_no_query,
+};
 
 const KEYS: &str = r#"
 [[keys]]
@@ -115,29 +116,17 @@ async fn fetch(
     Ok(batches)
 }
 
-/// Rows as text by column name, the way the SQL route's JSON reads.
+/// Rows as text by column name, the way the SQL route's JSON reads (`null` for a null).
 fn rows(batches: &[RecordBatch]) -> Vec<BTreeMap<String, String>> {
-    let mut out = Vec::new();
-    for batch in batches {
-        let options = FormatOptions::default();
-        let formatters: Vec<_> = batch
-            .columns()
-            .iter()
-            .map(|c| ArrayFormatter::try_new(c.as_ref(), &options).unwrap())
-            .collect();
-        for row in 0..batch.num_rows() {
-            out.push(
-                batch
-                    .schema()
-                    .fields()
-                    .iter()
-                    .zip(&formatters)
-                    .map(|(f, fmt)| (f.name().clone(), fmt.value(row).to_string()))
-                    .collect(),
-            );
-        }
-    }
-    out
+    batches
+        .iter()
+        .flat_map(batch_rows)
+        .map(|row| {
+            row.into_iter()
+                .map(|(k, v)| (k, v.unwrap_or_else(|| "null".into())))
+                .collect()
+        })
+        .collect()
 }
 
 /// The same rows through `POST …/sql`.
@@ -458,15 +447,7 @@ async fn refusals_are_clear_and_the_server_keeps_answering() {
     assert_eq!(code(&err), tonic::Code::PermissionDenied, "{err}");
     // Over the memory pool (a value growing eightfold per subquery): a clean error, then
     // the next query is answered.
-    let mut chain = "WITH t0 AS (SELECT 'aaaaaaaaaaaaaaaa' AS s)".to_string();
-    for i in 1..=14 {
-        chain += &format!(
-            ", t{i} AS (SELECT s||s||s||s||s||s||s||s AS s FROM t{})",
-            i - 1
-        );
-    }
-    chain += " SELECT length(s) FROM t14";
-    let err = match alpha.execute(chain, None).await {
+    let err = match alpha.execute(eightfold_chain(), None).await {
         Ok(info) => fetch(&mut alpha, info).await.unwrap_err(),
         Err(e) => e,
     };
@@ -486,15 +467,7 @@ async fn a_client_that_stops_reading_cancels_its_query() {
         c.query.query_timeout = std::time::Duration::from_secs(600);
     })
     .await;
-    let status = reqwest::Client::new()
-        .post(server.url("/v1/traces"))
-        .header("content-type", "application/x-protobuf")
-        .body(otlp::many(2000, 0x61).encode_to_vec())
-        .send()
-        .await
-        .unwrap()
-        .status();
-    assert_eq!(status, StatusCode::OK);
+    ingest_spans(&server, 2000, 0x61).await;
     let mut flight = client(&server).await;
     // 8·10⁹ rows: the client reads the first batch, then drops the stream.
     let info = flight
@@ -512,14 +485,7 @@ async fn a_client_that_stops_reading_cancels_its_query() {
         Some(1)
     );
     drop(stream);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while metric(server.http, "spanlake_queries_running").await != Some(0) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the query kept running"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    wait_for_no_query(server.http).await;
     // And the server answers the next query.
     let info = flight
         .execute("SELECT count(*) AS n FROM spans".into(), None)

@@ -6,7 +6,7 @@ use prost::Message;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::common::{TestServer, metric, otlp};
+use crate::common::{TestServer, eightfold_chain, ingest_spans, metric, wait_for_no_query};
 
 async fn sql(server: &TestServer, query: &str, accept: &str) -> reqwest::Response {
     reqwest::Client::new()
@@ -16,18 +16,6 @@ async fn sql(server: &TestServer, query: &str, accept: &str) -> reqwest::Respons
         .send()
         .await
         .unwrap()
-}
-
-async fn ingest(server: &TestServer, spans: usize, trace: u8) {
-    let status = reqwest::Client::new()
-        .post(server.url("/v1/traces"))
-        .header("content-type", "application/x-protobuf")
-        .body(otlp::many(spans, trace).encode_to_vec())
-        .send()
-        .await
-        .unwrap()
-        .status();
-    assert_eq!(status, StatusCode::OK, "ingestion is acknowledged");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -63,7 +51,7 @@ async fn unbounded_generators_are_refused_and_ingestion_goes_on() {
             body.contains("not allowed") && body.contains(refused),
             "{query}: {body}"
         );
-        ingest(&server, 5, 0x21).await;
+        ingest_spans(&server, 5, 0x21).await;
     }
 }
 
@@ -71,7 +59,7 @@ async fn unbounded_generators_are_refused_and_ingestion_goes_on() {
 async fn csv_and_arrow_answers_stream_every_row() {
     let server = TestServer::start().await;
     for trace in 0..5u8 {
-        ingest(&server, 1000, 0x30 + trace).await;
+        ingest_spans(&server, 1000, 0x30 + trace).await;
     }
     let query = "SELECT trace_id, span_id, name FROM spans";
     let csv = sql(&server, query, "text/csv").await;
@@ -98,7 +86,7 @@ async fn csv_and_arrow_answers_stream_every_row() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_json_answer_over_the_cap_is_cut_and_says_so() {
     let server = TestServer::start_with(|c| c.query.sql_max_json_bytes = 20_000).await;
-    ingest(&server, 1000, 0x41).await;
+    ingest_spans(&server, 1000, 0x41).await;
     let resp = sql(
         &server,
         "SELECT span_id, name FROM spans",
@@ -135,7 +123,7 @@ async fn a_client_that_goes_away_cancels_its_query() {
         c.query.query_timeout = std::time::Duration::from_secs(600);
     })
     .await;
-    ingest(&server, 2000, 0x51).await;
+    ingest_spans(&server, 2000, 0x51).await;
     let http = server.http;
     assert_eq!(metric(http, "spanlake_queries_running").await, Some(0));
     // 8·10⁹ rows streamed as CSV: the client reads the first bytes, then hangs up.
@@ -149,15 +137,8 @@ async fn a_client_that_goes_away_cancels_its_query() {
     assert!(resp.chunk().await.unwrap().is_some());
     assert_eq!(metric(http, "spanlake_queries_running").await, Some(1));
     drop(resp);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while metric(http, "spanlake_queries_running").await != Some(0) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the query kept running"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    ingest(&server, 5, 0x52).await;
+    wait_for_no_query(http).await;
+    ingest_spans(&server, 5, 0x52).await;
 }
 
 /// `f(f(f(…)))` nested `depth` times around `seed`: `f` is `replace` or another function
@@ -173,7 +154,7 @@ fn nested(depth: usize, seed: &str, before: &str, after: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn functions_that_grow_their_input_are_bounded_by_the_memory_pool() {
     let server = TestServer::start().await;
-    ingest(&server, 50, 0x71).await;
+    ingest_spans(&server, 50, 0x71).await;
     // Each query would build a value of 10¹³ bytes or more: tenfold per level.
     let tenfold = nested(13, "'aaaaaaaaaa'", "replace(", ", 'a', 'aaaaaaaaaa')");
     let regexp = nested(
@@ -184,14 +165,7 @@ async fn functions_that_grow_their_input_are_bounded_by_the_memory_pool() {
     );
     let runtime = nested(14, "name", "replace(", ", 'o', 'oooooooooo')");
     // Eightfold per subquery through `||`, which no function call shows.
-    let mut chain = "WITH t0 AS (SELECT 'aaaaaaaaaaaaaaaa' AS s)".to_string();
-    for i in 1..=14 {
-        chain += &format!(
-            ", t{i} AS (SELECT s||s||s||s||s||s||s||s AS s FROM t{})",
-            i - 1
-        );
-    }
-    chain += " SELECT length(s) FROM t14";
+    let chain = eightfold_chain();
     // Doubling a list per subquery: `list || list` is planned as array_concat.
     let mut lists = "WITH t0 AS (SELECT [name] AS l FROM spans)".to_string();
     for i in 1..=40 {
@@ -210,7 +184,7 @@ async fn functions_that_grow_their_input_are_bounded_by_the_memory_pool() {
         assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{query}");
         let body = resp.text().await.unwrap();
         assert!(body.contains("memory limit"), "{query}: {body}");
-        ingest(&server, 5, 0x72).await;
+        ingest_spans(&server, 5, 0x72).await;
     }
 
     // Within bounds the functions answer as before, and `||` keeps its name and nulls.
