@@ -63,7 +63,7 @@ def one(binary, protocol, shape, clients, args):
         log = os.path.join(data, "server.log")
         server = subprocess.Popen(
             [binary, "serve", "--data-dir", os.path.join(data, "d"), "--grpc-addr", grpc,
-             "--http-addr", http, "--flight-addr", "127.0.0.1:0", "--wal-sync", "always"],
+             "--http-addr", http, "--flight-addr", "127.0.0.1:0", "--pg-addr", "127.0.0.1:0", "--wal-sync", "always"],
             stdout=subprocess.DEVNULL, stderr=open(log, "w"),
         )
         wait_ready(http, server, log)

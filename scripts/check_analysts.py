@@ -1,10 +1,10 @@
 """Analysts' clients against the real binary (run by scripts/test-delta): the ADBC Flight
-SQL driver from PyPI, as a notebook uses it.
+SQL driver and psycopg (the PostgreSQL wire protocol) from PyPI, as a notebook uses them.
 
-Serve with API keys, send spans into two workspaces over OTLP/HTTP JSON, then with ADBC:
-connect with a key, list catalogs/schemas/tables, run a GROUP BY and a parameterized query
-and compare them with `POST …/sql`; a wrong key, another key's workspace, DDL/DML/COPY and
-a query over the memory pool are refused with clear errors, and the server answers the
+Serve with API keys, send spans into two workspaces over OTLP/HTTP JSON, then with each
+client: connect with a key, list workspaces and tables, run a GROUP BY and a parameterized
+query and compare them with `POST …/sql`; a wrong key, another key's workspace, DDL/DML/COPY
+and a query over the memory pool are refused with clear errors, and the server answers the
 next query after each.
 """
 
@@ -18,7 +18,10 @@ import subprocess
 import tempfile
 import urllib.request
 
+import datetime
+
 import adbc_driver_flightsql.dbapi as flightsql
+import psycopg
 from adbc_driver_manager import Error as AdbcError
 
 KEYS = """
@@ -42,11 +45,12 @@ def free_port():
 
 class Server:
     def __init__(self, binary, data_dir, keys):
-        self.http, self.flight = free_port(), free_port()
+        self.http, self.flight, self.pg = free_port(), free_port(), free_port()
         args = [binary, "serve", "--data-dir", data_dir, "--api-keys", keys,
                 "--grpc-addr", f"127.0.0.1:{free_port()}",
                 "--http-addr", f"127.0.0.1:{self.http}",
                 "--flight-addr", f"127.0.0.1:{self.flight}",
+                "--pg-addr", f"127.0.0.1:{self.pg}",
                 "--query-memory-bytes", str(32 << 20)]
         self.proc = subprocess.Popen(args, env={**os.environ, "RUST_LOG": "warn"},
                                      stdout=subprocess.PIPE, text=True)
@@ -84,6 +88,10 @@ class Server:
                                  db_kwargs={"username": "analyst", "password": key},
                                  autocommit=True)
 
+    def pg_connect(self, key, workspace="alpha", **kwargs):
+        return psycopg.connect(host="127.0.0.1", port=self.pg, dbname=workspace,
+                               user="analyst", password=key, **kwargs)
+
     def stop(self):
         self.proc.send_signal(signal.SIGTERM)
         assert self.proc.wait(60) == 0, "SIGTERM ends in exit 0"
@@ -99,6 +107,66 @@ def refused(cursor, query, *words):
         print(f"check_analysts: refused as expected: {query[:60]!r}: {text.splitlines()[0]}")
         return
     raise AssertionError(f"{query} was not refused")
+
+
+def pg_refused(conn, query, sqlstate, *words):
+    try:
+        conn.execute(query).fetchall()
+    except psycopg.Error as e:
+        text = str(e)
+        assert e.sqlstate == sqlstate, f"{query}: {e.sqlstate} {text}"
+        assert all(w in text for w in words), f"{query}: {text}"
+        print(f"check_analysts: psycopg refused as expected: {query[:60]!r}: {sqlstate} "
+              f"{text.splitlines()[0]}")
+        return
+    raise AssertionError(f"{query} was not refused")
+
+
+def check_psycopg(server):
+    """The PostgreSQL wire protocol with psycopg 3: server-side binding, binary and text
+    results, a transaction opened by the driver, refusals with their SQLSTATE."""
+    query = "SELECT name, count(*) AS n FROM spans GROUP BY name ORDER BY name"
+    expected = server.sql("alpha", "k-alpha", query)
+    # psycopg opens a transaction before the first statement unless autocommit is on.
+    with server.pg_connect("k-alpha") as conn:
+        rows = conn.execute(query).fetchall()
+        assert [{"name": n, "n": c} for n, c in rows] == expected, rows
+        conn.commit()
+    with server.pg_connect("k-alpha", autocommit=True) as conn:
+        tables = conn.execute(
+            "SELECT table_schema, table_name FROM information_schema.tables "
+            "WHERE table_schema = %s ORDER BY table_name", ("alpha",)).fetchall()
+        assert tables == [("alpha", "spans"), ("alpha", "traces")], tables
+        epoch = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+        for name, want in [("checkout", 2), ("cart", 1), ("nothing", 0)]:
+            n = conn.execute("SELECT count(*) FROM spans WHERE name = %s AND start_time > %s",
+                             (name, epoch)).fetchone()[0]
+            assert n == want, (name, n)
+        # Binary results: timestamps as aware datetimes, maps as dicts.
+        with conn.cursor(binary=True) as cur:
+            start, attrs = cur.execute(
+                "SELECT start_time, resource_attributes FROM spans WHERE name = %s",
+                ("cart",)).fetchone()
+            assert start.tzinfo is not None and start.year == 2024, start
+            assert attrs["service.name"] == "alpha", attrs
+        print("check_analysts: psycopg lists alpha's tables; GROUP BY and %s parameters "
+              "match POST …/sql; timestamptz and jsonb arrive typed")
+
+        pg_refused(conn, "SELECT count(*) FROM beta.spans", "42501", "workspace beta")
+        for write in ["DROP TABLE spans", "INSERT INTO spans SELECT * FROM spans",
+                      "COPY (SELECT 1) TO '/tmp/spanlake-copy.csv'"]:
+            pg_refused(conn, write, "25006", "not allowed")
+        chain = "WITH t0 AS (SELECT 'aaaaaaaaaaaaaaaa' AS s)" + "".join(
+            f", t{i} AS (SELECT s||s||s||s||s||s||s||s AS s FROM t{i - 1})"
+            for i in range(1, 15)) + " SELECT length(s) FROM t14"
+        pg_refused(conn, chain, "53200", "memory limit")
+        assert conn.execute("SELECT count(*) FROM spans").fetchone()[0] == 3
+    try:
+        server.pg_connect("not-a-key").close()
+        raise AssertionError("a wrong key was accepted")
+    except psycopg.OperationalError as e:
+        assert "password authentication failed" in str(e), e
+        print("check_analysts: psycopg: a wrong key is refused: password authentication failed")
 
 
 def main():
@@ -160,6 +228,8 @@ def main():
             except AdbcError as e:
                 assert "unknown API key" in str(e), e
                 print("check_analysts: a wrong key is refused: unknown API key")
+
+            check_psycopg(server)
         finally:
             server.stop()
     print("check_analysts: ok")

@@ -41,7 +41,7 @@ class Server:
         args = [binary, "serve", "--data-dir", data_dir,
                 "--grpc-addr", f"127.0.0.1:{free_port()}",
                 "--http-addr", f"127.0.0.1:{self.http}",
-                "--flight-addr", "127.0.0.1:0",
+                "--flight-addr", "127.0.0.1:0", "--pg-addr", "127.0.0.1:0",
                 "--flush-interval", "100ms", *extra]
         if storage:
             args += ["--storage", storage]

@@ -22,6 +22,7 @@ use tracing::{info, warn};
 use crate::api::ApiState;
 use crate::api::flight::FlightSql;
 use crate::api::grpc::QueryGrpc;
+use crate::api::pg::PgWire;
 use crate::auth::Auth;
 use crate::buffer::{Buffer, FlushThresholds};
 use crate::catalog::Catalog;
@@ -47,6 +48,8 @@ pub struct Listeners {
     pub http: TcpListener,
     /// Arrow Flight SQL, if served.
     pub flight: Option<TcpListener>,
+    /// The PostgreSQL wire protocol, if served.
+    pub pg: Option<TcpListener>,
 }
 
 /// A running server.
@@ -54,6 +57,7 @@ pub struct Server {
     grpc_addr: SocketAddr,
     http_addr: SocketAddr,
     flight_addr: Option<SocketAddr>,
+    pg_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     ingester: Arc<Ingester>,
     task: JoinHandle<anyhow::Result<()>>,
@@ -71,22 +75,33 @@ impl Server {
             grpc,
             http,
             flight: None,
+            pg: None,
         };
         Self::start_on(config, listeners).await
     }
 
     /// [`Server::start`] on every listener of `listeners`.
     pub async fn start_on(config: ServeConfig, listeners: Listeners) -> anyhow::Result<Self> {
-        let Listeners { grpc, http, flight } = listeners;
+        let Listeners {
+            grpc,
+            http,
+            flight,
+            pg,
+        } = listeners;
         let grpc_addr = grpc.local_addr()?;
         let http_addr = http.local_addr()?;
         let flight_addr = flight.as_ref().map(TcpListener::local_addr).transpose()?;
+        let pg_addr = pg.as_ref().map(TcpListener::local_addr).transpose()?;
         let auth = Arc::new(match &config.api_keys {
             Some(path) => Auth::load(path)?,
             None => Auth::open(),
         });
         if auth.is_open() && !config.allow_unauthenticated {
-            for addr in [grpc_addr, http_addr].into_iter().chain(flight_addr) {
+            for addr in [grpc_addr, http_addr]
+                .into_iter()
+                .chain(flight_addr)
+                .chain(pg_addr)
+            {
                 anyhow::ensure!(
                     addr.ip().is_loopback(),
                     "refusing to listen on {addr} without API keys: anyone who can reach it could \
@@ -172,6 +187,18 @@ impl Server {
                     .await
             }
         });
+        let pg_server = match pg {
+            Some(listener) => {
+                let tls = config
+                    .pg_tls_cert
+                    .as_deref()
+                    .zip(config.pg_tls_key.as_deref());
+                let server = PgWire::new(engine.clone(), auth.clone(), tls)
+                    .context("starting the PostgreSQL front end")?;
+                Some(server.serve(listener, stop_accepting.clone()))
+            }
+            None => None,
+        };
         let receiver = OtlpGrpcReceiver::new(
             ingester.clone(),
             auth,
@@ -180,7 +207,8 @@ impl Server {
             admission("the OTLP/gRPC front end"),
         );
         let grpc_stop = stop_accepting.clone();
-        // The gRPC listeners (OTLP with the query service, and Flight SQL) in one task.
+        // The gRPC listeners (OTLP with the query service, and Flight SQL) and the
+        // PostgreSQL one in one task.
         let grpc_task = tokio::spawn(async move {
             let otlp = tonic::transport::Server::builder()
                 .add_service(receiver)
@@ -195,7 +223,12 @@ impl Server {
                     None => Ok(()),
                 }
             };
-            let (otlp, flight) = tokio::join!(otlp, flight);
+            let pg = async move {
+                if let Some(server) = pg_server {
+                    server.await;
+                }
+            };
+            let (otlp, flight, ()) = tokio::join!(otlp, flight, pg);
             otlp.and(flight)
         });
 
@@ -217,6 +250,7 @@ impl Server {
             grpc_addr,
             http_addr,
             flight_addr,
+            pg_addr,
             shutdown,
             ingester,
             task,
@@ -236,6 +270,11 @@ impl Server {
     /// The Flight SQL listener's address, if it serves one.
     pub fn flight_addr(&self) -> Option<SocketAddr> {
         self.flight_addr
+    }
+
+    /// The PostgreSQL listener's address, if it serves one.
+    pub fn pg_addr(&self) -> Option<SocketAddr> {
+        self.pg_addr
     }
 
     /// Whether the WAL is replayed and ingestion is open.

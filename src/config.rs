@@ -21,7 +21,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Receive OTLP traces and store them as Parquet.
-    Serve(ServeConfig),
+    Serve(Box<ServeConfig>),
     /// Run read-only SQL over a workspace's spans in the table, without a server.
     Sql(SqlArgs),
     /// Adopt a data dir written by an earlier version (loose Parquet tree) into the table;
@@ -73,6 +73,18 @@ pub struct ServeConfig {
     /// Arrow Flight SQL listen address (analysts' SQL from ADBC, JDBC, DBeaver, …).
     #[arg(long, env = "SPANLAKE_FLIGHT_ADDR", default_value = "127.0.0.1:4319")]
     pub flight_addr: SocketAddr,
+    /// PostgreSQL wire protocol listen address (psql, psycopg, Grafana, Metabase, …; the
+    /// password is an API key).
+    #[arg(long, env = "SPANLAKE_PG_ADDR", default_value = "127.0.0.1:5433")]
+    pub pg_addr: SocketAddr,
+    /// PEM certificate chain for TLS on the PostgreSQL port (with `--pg-tls-key`); clients
+    /// may then ask for `sslmode=require`, so passwords (API keys) do not cross the wire in
+    /// clear.
+    #[arg(long, env = "SPANLAKE_PG_TLS_CERT", requires = "pg_tls_key")]
+    pub pg_tls_cert: Option<PathBuf>,
+    /// PEM private key of `--pg-tls-cert`.
+    #[arg(long, env = "SPANLAKE_PG_TLS_KEY", requires = "pg_tls_cert")]
+    pub pg_tls_key: Option<PathBuf>,
     /// `always`: acknowledge after fsync (group commit). `none`: acknowledge after the
     /// write reaches the OS, before fsync — a machine crash can lose acknowledged spans.
     #[arg(long, env = "SPANLAKE_WAL_SYNC", value_enum, default_value = "always")]

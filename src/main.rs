@@ -42,7 +42,7 @@ async fn run() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Command::Serve(config) => serve(config).await,
+        Command::Serve(config) => serve(*config).await,
         Command::Sql(args) => sql(args).await,
         Command::Migrate(args) => migrate(args).await,
         Command::Loadgen(args) if args.decode_only => {
@@ -133,11 +133,15 @@ async fn serve(config: spanlake::config::ServeConfig) -> anyhow::Result<()> {
     let flight = TcpListener::bind(config.flight_addr)
         .await
         .with_context(|| format!("binding the Flight SQL address {}", config.flight_addr))?;
+    let pg = TcpListener::bind(config.pg_addr)
+        .await
+        .with_context(|| format!("binding the PostgreSQL address {}", config.pg_addr))?;
     let location = spanlake::config::storage_location(&config.data_dir, config.storage.as_deref());
     let listeners = Listeners {
         grpc,
         http,
         flight: Some(flight),
+        pg: Some(pg),
     };
     let server = Server::start_on(config, listeners).await?;
     println!("spanlake: OTLP/gRPC listening on {}", server.grpc_addr());
@@ -147,6 +151,9 @@ async fn serve(config: spanlake::config::ServeConfig) -> anyhow::Result<()> {
     );
     if let Some(addr) = server.flight_addr() {
         println!("spanlake: Arrow Flight SQL listening on {addr}");
+    }
+    if let Some(addr) = server.pg_addr() {
+        println!("spanlake: PostgreSQL wire protocol listening on {addr}");
     }
     println!("spanlake: storing spans in the Delta table at {location}");
     let token = server.shutdown_token();

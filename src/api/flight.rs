@@ -49,11 +49,11 @@ use prost::Message;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::auth::{Auth, AuthError, Scope};
+use super::access::Access;
+use crate::auth::{Auth, AuthError};
 use crate::error::ApiError;
-use crate::query::{CATALOG, QueryEngine, QueryError, QueryStream, is_schema_name};
+use crate::query::{CATALOG, QueryEngine, QueryError, QueryStream};
 use crate::receive::{API_KEY_HEADER, AUTHORIZATION_HEADER};
-use crate::workspace::Workspace;
 
 /// Bytes of one Flight message the service accepts.
 const MAX_MESSAGE_BYTES: usize = 4 << 20;
@@ -86,60 +86,16 @@ impl FlightSql {
     /// why it may read none.
     fn readable(&self, metadata: &MetadataMap) -> Result<Access, Status> {
         let credential = credential(metadata);
-        let credential = credential.as_deref();
-        self.auth.authenticate(credential).map_err(denied)?;
-        let candidates = match self.auth.visible_workspaces(credential).map_err(denied)? {
-            Some(keys) => keys,
-            None => {
-                let mut all = self.engine.workspaces();
-                let default = Workspace::default_workspace();
-                if !all.contains(&default) {
-                    all.insert(0, default);
-                }
-                all
-            }
-        };
-        let mut refusal = None;
-        let readable: Vec<Workspace> = candidates
-            .into_iter()
-            .filter(is_schema_name)
-            .filter(|ws| {
-                match self
-                    .auth
-                    .authorize(credential, Some(ws.clone()), Scope::Read)
-                {
-                    Ok(_) => true,
-                    Err(e) => {
-                        refusal.get_or_insert(e);
-                        false
-                    }
-                }
-            })
-            .collect();
-        if readable.is_empty() {
-            return Err(denied(refusal.unwrap_or(AuthError::Scope("read"))));
-        }
-        Ok(Access {
-            workspaces: readable,
-            restricted: !self.auth.is_open(),
-        })
+        Access::of(&self.auth, &self.engine, credential.as_deref()).map_err(denied)
     }
 
-    /// A session over the workspaces of `access`; unqualified names resolve in the key's
-    /// only workspace, else in `default` when it may read it, else in the first.
+    /// A session over the workspaces of `access` (unqualified names resolve in its home).
     async fn session(
         &self,
         access: &Access,
     ) -> Result<datafusion::prelude::SessionContext, Status> {
-        let workspaces = &access.workspaces;
-        let default = Workspace::default_workspace();
-        let home = if workspaces.len() != 1 && workspaces.contains(&default) {
-            default
-        } else {
-            workspaces[0].clone()
-        };
-        self.engine
-            .session_of(workspaces, &home)
+        access
+            .session(&self.engine, &[])
             .await
             .map_err(query_status)
     }
@@ -215,22 +171,6 @@ impl FlightSql {
             }
         }
         builder.build().map_err(Status::from)
-    }
-}
-
-/// What a call's key may read.
-struct Access {
-    /// The workspaces, each a schema.
-    workspaces: Vec<Workspace>,
-    /// Whether keys restrict access (a query naming another workspace is then refused as
-    /// such; with open access that workspace simply does not exist).
-    restricted: bool,
-}
-
-impl Access {
-    /// The workspaces a query may name, when keys restrict them.
-    fn checked(&self) -> Option<&[Workspace]> {
-        self.restricted.then_some(&self.workspaces[..])
     }
 }
 

@@ -9,11 +9,13 @@
 //! page is chosen from root spans first, and rollups are computed for that page's traces
 //! only.
 
+mod access;
 pub mod flight;
 pub mod grpc;
 pub mod json;
 mod nemo;
 pub mod params;
+pub mod pg;
 mod read;
 pub mod render;
 mod sql_text;

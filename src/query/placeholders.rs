@@ -1,10 +1,13 @@
-//! Positional parameters: the `?` that JDBC, ODBC and ADBC clients write, numbered as the
-//! `$1`, `$2`, … that DataFusion binds.
+//! SQL text as clients send it: the `?` placeholders that JDBC, ODBC and ADBC clients
+//! write, numbered as the `$1`, `$2`, … that DataFusion binds; and several statements in
+//! one text, as the PostgreSQL simple query protocol sends them.
 //!
 //! Input: SQL text. Output: the same text with each bare `?` placeholder replaced by the
-//! next `$n`, spliced in where the tokenizer found it (nothing else changes: literals,
-//! comments and quoted names are kept byte for byte). Invariants: text without a bare `?` is returned as it is; text mixing `?` with
-//! numbered placeholders is refused, since their order would be ambiguous.
+//! next `$n`, or the text's statements, each cut where the tokenizer found its `;` (nothing
+//! else changes: literals, comments and quoted names are kept byte for byte). Invariants:
+//! text without a bare `?` is returned as it is; text mixing `?` with numbered placeholders
+//! is refused, since their order would be ambiguous; a statement of only comments and
+//! whitespace is no statement.
 
 use std::borrow::Cow;
 
@@ -33,20 +36,12 @@ pub fn number(sql: &str) -> Result<Cow<'_, str>, QueryError> {
             "the query mixes `?` with numbered placeholders ($1, ?1, …); use one kind".into(),
         ));
     }
-    // The tokenizer gives lines (split at `\n`) and columns (in characters), from 1.
-    let line_starts: Vec<usize> = std::iter::once(0)
-        .chain(sql.match_indices('\n').map(|(i, _)| i + 1))
-        .collect();
-    let offset = |line: u64, column: u64| -> Option<usize> {
-        let start = *line_starts.get(usize::try_from(line).ok()?.checked_sub(1)?)?;
-        let skip = usize::try_from(column).ok()?.checked_sub(1)?;
-        let within = sql[start..].char_indices().nth(skip)?.0;
-        Some(start + within)
-    };
+    let offset = Offsets::of(sql);
     let mut out = String::with_capacity(sql.len() + 8);
     let (mut copied, mut n) = (0, 0);
     for t in tokens.iter().filter(|t| bare(&t.token)) {
-        let at = offset(t.span.start.line, t.span.start.column)
+        let at = offset
+            .at(t.span.start.line, t.span.start.column)
             .filter(|&at| sql.as_bytes().get(at) == Some(&b'?'))
             .ok_or_else(|| QueryError::Internal("locating a `?` placeholder failed".into()))?;
         n += 1;
@@ -57,6 +52,63 @@ pub fn number(sql: &str) -> Result<Cow<'_, str>, QueryError> {
     }
     out.push_str(&sql[copied..]);
     Ok(Cow::Owned(out))
+}
+
+/// The statements of `sql`, split at its top-level `;` (none for text of only comments and
+/// whitespace). Text the tokenizer cannot read is one statement, for the planner to refuse.
+pub fn statements(sql: &str) -> Vec<&str> {
+    use datafusion::sql::sqlparser::tokenizer::Whitespace;
+    let Ok(tokens) = Tokenizer::new(&GenericDialect {}, sql).tokenize_with_location() else {
+        return vec![sql];
+    };
+    let offset = Offsets::of(sql);
+    let (mut out, mut start, mut empty) = (Vec::new(), 0, true);
+    for t in &tokens {
+        match &t.token {
+            Token::SemiColon => {
+                let Some(at) = offset.at(t.span.start.line, t.span.start.column) else {
+                    return vec![sql];
+                };
+                if !empty {
+                    out.push(sql[start..at].trim());
+                }
+                (start, empty) = (at + 1, true);
+            }
+            Token::Whitespace(Whitespace::Space | Whitespace::Newline | Whitespace::Tab)
+            | Token::Whitespace(Whitespace::SingleLineComment { .. })
+            | Token::Whitespace(Whitespace::MultiLineComment(_)) => {}
+            _ => empty = false,
+        }
+    }
+    if !empty {
+        out.push(sql[start..].trim());
+    }
+    out
+}
+
+/// Byte offsets of the tokenizer's locations (lines split at `\n`, columns in characters,
+/// both from 1).
+struct Offsets<'a> {
+    sql: &'a str,
+    line_starts: Vec<usize>,
+}
+
+impl<'a> Offsets<'a> {
+    fn of(sql: &'a str) -> Self {
+        let line_starts = std::iter::once(0)
+            .chain(sql.match_indices('\n').map(|(i, _)| i + 1))
+            .collect();
+        Self { sql, line_starts }
+    }
+
+    fn at(&self, line: u64, column: u64) -> Option<usize> {
+        let start = *self
+            .line_starts
+            .get(usize::try_from(line).ok()?.checked_sub(1)?)?;
+        let skip = usize::try_from(column).ok()?.checked_sub(1)?;
+        let within = self.sql[start..].char_indices().nth(skip)?.0;
+        Some(start + within)
+    }
 }
 
 #[cfg(test)]
@@ -79,5 +131,13 @@ mod tests {
         let plain = "SELECT 'it''s ? here' FROM spans WHERE a = $1";
         assert!(matches!(number(plain).unwrap(), Cow::Borrowed(_)));
         assert!(number("SELECT ? + $1").is_err());
+    }
+
+    #[test]
+    fn statements_split_at_top_level_semicolons() {
+        let sql = "SELECT ';' AS a; -- only a comment;\n;SELECT 2 /* ; */ ;  ";
+        assert_eq!(statements(sql), ["SELECT ';' AS a", "SELECT 2 /* ; */"]);
+        assert!(statements("-- ping").is_empty());
+        assert_eq!(statements("SELECT 'unterminated"), ["SELECT 'unterminated"]);
     }
 }

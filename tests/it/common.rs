@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use arrow::array::{Array, RecordBatch};
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use serde_json::{Value, json};
 use spanlake::app::{Listeners, Server};
 use spanlake::config::ServeConfig;
 use tokio::net::TcpListener;
@@ -21,6 +22,7 @@ async fn listeners() -> Listeners {
         grpc: bind().await.expect("bind grpc"),
         http: bind().await.expect("bind http"),
         flight: Some(bind().await.expect("bind flight")),
+        pg: Some(bind().await.expect("bind pg")),
     }
 }
 
@@ -31,6 +33,7 @@ pub struct TestServer {
     pub grpc: SocketAddr,
     pub http: SocketAddr,
     pub flight: SocketAddr,
+    pub pg: SocketAddr,
 }
 
 impl TestServer {
@@ -47,6 +50,7 @@ impl TestServer {
             .expect("start");
         let (grpc, http) = (server.grpc_addr(), server.http_addr());
         let flight = server.flight_addr().expect("a Flight SQL listener");
+        let pg = server.pg_addr().expect("a PostgreSQL listener");
         wait_until("server ready", || server.is_ready()).await;
         Self {
             server: Some(server),
@@ -54,6 +58,7 @@ impl TestServer {
             grpc,
             http,
             flight,
+            pg,
         }
     }
 
@@ -73,6 +78,7 @@ impl TestServer {
         self.grpc = server.grpc_addr();
         self.http = server.http_addr();
         self.flight = server.flight_addr().expect("a Flight SQL listener");
+        self.pg = server.pg_addr().expect("a PostgreSQL listener");
         wait_until("server ready", || server.is_ready()).await;
         self.server = Some(server);
     }
@@ -455,4 +461,99 @@ pub mod otlp {
             .collect();
         request(spans)
     }
+}
+
+/// The same rows through `POST …/sql`.
+pub async fn route_rows(
+    server: &TestServer,
+    key: &str,
+    ws: &str,
+    query: &str,
+) -> Vec<BTreeMap<String, String>> {
+    let answer: Value = reqwest::Client::new()
+        .post(server.url(&format!("/apis/intake/v2/workspaces/{ws}/sql")))
+        .bearer_auth(key)
+        .json(&json!({ "query": query }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    answer["rows"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{answer}"))
+        .iter()
+        .map(|row| {
+            row.as_object()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| {
+                    let text = match v {
+                        Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    };
+                    (k.clone(), text)
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// The keys of [`analyst_server`].
+const ANALYST_KEYS: &str = r#"
+[[keys]]
+key = "k-alpha"
+workspaces = ["alpha"]
+scopes = ["ingest", "read"]
+
+[[keys]]
+key = "k-beta"
+workspaces = ["beta"]
+scopes = ["ingest", "read"]
+
+[[keys]]
+key = "k-ingest"
+workspaces = ["alpha"]
+scopes = ["ingest"]
+"#;
+
+/// A server with API keys (`k-alpha` reads and writes `alpha`, `k-beta` `beta`, `k-ingest`
+/// only writes `alpha`), a 32 MiB query pool, and three spans in each workspace: `alpha`
+/// has `checkout` twice and `cart`, `beta` has `secret` three times.
+pub async fn analyst_server() -> (TestServer, tempfile::TempDir) {
+    let keys_dir = tempfile::tempdir().unwrap();
+    let path = keys_dir.path().join("keys.toml");
+    std::fs::write(&path, ANALYST_KEYS).unwrap();
+    let server = TestServer::start_with(|c| {
+        c.api_keys = Some(path);
+        c.query.query_memory_bytes = 32 << 20;
+    })
+    .await;
+    for (ws, key, names) in [
+        ("alpha", "k-alpha", ["checkout", "checkout", "cart"]),
+        ("beta", "k-beta", ["secret", "secret", "secret"]),
+    ] {
+        let spans = names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let mut span = otlp::span(0x10, i as u8 + 1, name);
+                span.attributes.push(otlp::kv("http.route", otlp::s(name)));
+                span
+            })
+            .collect();
+        let status = reqwest::Client::new()
+            .post(server.url("/v1/traces"))
+            .header("content-type", "application/x-protobuf")
+            .header("x-workspace", ws)
+            .bearer_auth(key)
+            .body(prost::Message::encode_to_vec(&otlp::request(spans)))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, reqwest::StatusCode::OK);
+    }
+    (server, keys_dir)
 }

@@ -31,7 +31,7 @@ impl Spanlake {
             .args(["serve", "--data-dir"])
             .arg(dir)
             .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
-            .args(["--flight-addr", "127.0.0.1:0"])
+            .args(["--flight-addr", "127.0.0.1:0", "--pg-addr", "127.0.0.1:0"])
             .args(extra)
             .env("RUST_LOG", "warn")
             .envs(env.iter().copied())

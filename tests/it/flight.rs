@@ -12,68 +12,13 @@ use arrow_flight::sql::client::FlightSqlServiceClient;
 use arrow_flight::sql::{CommandGetDbSchemas, CommandGetTables, SqlInfo};
 use futures::TryStreamExt;
 use prost::Message;
-use reqwest::StatusCode;
-use serde_json::{Value, json};
 use std::sync::Arc;
 use tonic::transport::Channel;
 
 use crate::common::{
-    TestServer, batch_rows, eightfold_chain, ingest_spans, metric, otlp, wait_for_no_query,
+    TestServer, analyst_server, batch_rows, eightfold_chain, ingest_spans, metric, route_rows,
+    wait_for_no_query,
 };
-
-const KEYS: &str = r#"
-[[keys]]
-key = "k-alpha"
-workspaces = ["alpha"]
-scopes = ["ingest", "read"]
-
-[[keys]]
-key = "k-beta"
-workspaces = ["beta"]
-scopes = ["ingest", "read"]
-
-[[keys]]
-key = "k-ingest"
-workspaces = ["alpha"]
-scopes = ["ingest"]
-"#;
-
-async fn server_with_spans() -> (TestServer, tempfile::TempDir) {
-    let keys_dir = tempfile::tempdir().unwrap();
-    let path = keys_dir.path().join("keys.toml");
-    std::fs::write(&path, KEYS).unwrap();
-    let server = TestServer::start_with(|c| {
-        c.api_keys = Some(path);
-        c.query.query_memory_bytes = 32 << 20;
-    })
-    .await;
-    for (ws, key, names) in [
-        ("alpha", "k-alpha", ["checkout", "checkout", "cart"]),
-        ("beta", "k-beta", ["secret", "secret", "secret"]),
-    ] {
-        let spans = names
-            .iter()
-            .enumerate()
-            .map(|(i, name)| {
-                let mut span = otlp::span(0x10, i as u8 + 1, name);
-                span.attributes.push(otlp::kv("http.route", otlp::s(name)));
-                span
-            })
-            .collect();
-        let status = reqwest::Client::new()
-            .post(server.url("/v1/traces"))
-            .header("content-type", "application/x-protobuf")
-            .header("x-workspace", ws)
-            .bearer_auth(key)
-            .body(otlp::request(spans).encode_to_vec())
-            .send()
-            .await
-            .unwrap()
-            .status();
-        assert_eq!(status, StatusCode::OK);
-    }
-    (server, keys_dir)
-}
 
 async fn client(server: &TestServer) -> FlightSqlServiceClient<Channel> {
     let channel = Channel::from_shared(format!("http://{}", server.flight))
@@ -129,43 +74,6 @@ fn rows(batches: &[RecordBatch]) -> Vec<BTreeMap<String, String>> {
         .collect()
 }
 
-/// The same rows through `POST …/sql`.
-async fn route_rows(
-    server: &TestServer,
-    key: &str,
-    ws: &str,
-    query: &str,
-) -> Vec<BTreeMap<String, String>> {
-    let answer: Value = reqwest::Client::new()
-        .post(server.url(&format!("/apis/intake/v2/workspaces/{ws}/sql")))
-        .bearer_auth(key)
-        .json(&json!({ "query": query }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    answer["rows"]
-        .as_array()
-        .unwrap_or_else(|| panic!("{answer}"))
-        .iter()
-        .map(|row| {
-            row.as_object()
-                .unwrap()
-                .iter()
-                .map(|(k, v)| {
-                    let text = match v {
-                        Value::String(s) => s.clone(),
-                        other => other.to_string(),
-                    };
-                    (k.clone(), text)
-                })
-                .collect()
-        })
-        .collect()
-}
-
 fn code(e: &arrow_flight::error::FlightError) -> tonic::Code {
     match e {
         arrow_flight::error::FlightError::Tonic(status) => status.code(),
@@ -175,7 +83,7 @@ fn code(e: &arrow_flight::error::FlightError) -> tonic::Code {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn analysts_list_their_workspaces_and_query_them() {
-    let (server, _keys) = server_with_spans().await;
+    let (server, _keys) = analyst_server().await;
     let mut alpha = signed_in(&server, "k-alpha").await;
 
     let info = alpha.get_catalogs().await.unwrap();
@@ -368,7 +276,7 @@ async fn analysts_list_their_workspaces_and_query_them() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_are_clear_and_the_server_keeps_answering() {
-    let (server, _keys) = server_with_spans().await;
+    let (server, _keys) = analyst_server().await;
 
     // Wrong key, no key, a key without the read scope.
     let err = client(&server)

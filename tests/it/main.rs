@@ -16,6 +16,7 @@ mod http;
 mod index;
 mod json_equivalence;
 mod loadgen;
+mod pg;
 mod query;
 mod s3;
 mod table;

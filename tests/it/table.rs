@@ -101,7 +101,7 @@ fn serve_until_exit(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> std::pro
         .args(["serve", "--data-dir"])
         .arg(dir)
         .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
-        .args(["--flight-addr", "127.0.0.1:0"])
+        .args(["--flight-addr", "127.0.0.1:0", "--pg-addr", "127.0.0.1:0"])
         .args(args)
         .env("RUST_LOG", "warn")
         .envs(env.iter().copied())
