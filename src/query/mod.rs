@@ -121,12 +121,23 @@ pub struct QueryStream {
     /// The answer's schema.
     pub schema: SchemaRef,
     batches: mpsc::Receiver<Result<RecordBatch, QueryError>>,
+    /// Set when the timeout ended the answer while the consumer was not taking batches
+    /// (the channel was full, so the error could not be queued).
+    cut: Arc<std::sync::atomic::AtomicBool>,
+    timeout: Duration,
 }
 
 impl QueryStream {
-    /// The next batch; `None` at the end.
+    /// The next batch; `None` at the end, an error when the answer ended early (an answer
+    /// cut by its timeout never looks complete).
     pub async fn next(&mut self) -> Option<Result<RecordBatch, QueryError>> {
-        self.batches.recv().await
+        match self.batches.recv().await {
+            Some(item) => Some(item),
+            None if self.cut.swap(false, std::sync::atomic::Ordering::Relaxed) => {
+                Some(Err(QueryError::Timeout(self.timeout)))
+            }
+            None => None,
+        }
     }
 
     /// Every batch (for answers bounded by their SQL, like a page of a listing).
@@ -404,6 +415,8 @@ impl QueryEngine {
         let (tx, batches) = mpsc::channel(2);
         let running = self.running.clone();
         let pool = self.runtime_env.memory_pool.clone();
+        let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let cut_by_timeout = cut.clone();
         runtime.spawn(async move {
             let start = async {
                 let plan = plan(&ctx, &sql, params, readable.as_deref(), limits).await?;
@@ -446,6 +459,10 @@ impl QueryEngine {
                 };
                 let last = item.is_err();
                 let sent = tokio::time::timeout_at(deadline, tx.send(item)).await;
+                if sent.is_err() {
+                    // The consumer took too long: the answer ends cut, and says so.
+                    cut_by_timeout.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
                 if last || !matches!(sent, Ok(Ok(()))) {
                     // An error ends the answer; a consumer gone (or too slow) ends the query.
                     break;
@@ -458,7 +475,12 @@ impl QueryEngine {
         let schema = schema
             .await
             .map_err(|_| QueryError::Internal("the query task ended early".into()))??;
-        Ok(QueryStream { schema, batches })
+        Ok(QueryStream {
+            schema,
+            batches,
+            cut,
+            timeout: limits.timeout,
+        })
     }
 }
 

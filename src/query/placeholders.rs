@@ -36,7 +36,7 @@ pub fn number(sql: &str) -> Result<Cow<'_, str>, QueryError> {
             "the query mixes `?` with numbered placeholders ($1, ?1, …); use one kind".into(),
         ));
     }
-    let offset = Offsets::of(sql);
+    let mut offset = Offsets::of(sql);
     let mut out = String::with_capacity(sql.len() + 8);
     let (mut copied, mut n) = (0, 0);
     for t in tokens.iter().filter(|t| bare(&t.token)) {
@@ -61,7 +61,7 @@ pub fn statements(sql: &str) -> Vec<&str> {
     let Ok(tokens) = Tokenizer::new(&GenericDialect {}, sql).tokenize_with_location() else {
         return vec![sql];
     };
-    let offset = Offsets::of(sql);
+    let mut offset = Offsets::of(sql);
     let (mut out, mut start, mut empty) = (Vec::new(), 0, true);
     for t in &tokens {
         match &t.token {
@@ -87,10 +87,13 @@ pub fn statements(sql: &str) -> Vec<&str> {
 }
 
 /// Byte offsets of the tokenizer's locations (lines split at `\n`, columns in characters,
-/// both from 1).
+/// both from 1), asked in increasing order: each is found from the one before it, so a
+/// long line of many statements is walked once, not once per statement.
 struct Offsets<'a> {
     sql: &'a str,
     line_starts: Vec<usize>,
+    /// The last location found: line, column, byte.
+    last: (u64, u64, usize),
 }
 
 impl<'a> Offsets<'a> {
@@ -98,16 +101,26 @@ impl<'a> Offsets<'a> {
         let line_starts = std::iter::once(0)
             .chain(sql.match_indices('\n').map(|(i, _)| i + 1))
             .collect();
-        Self { sql, line_starts }
+        Self {
+            sql,
+            line_starts,
+            last: (0, 0, 0),
+        }
     }
 
-    fn at(&self, line: u64, column: u64) -> Option<usize> {
-        let start = *self
-            .line_starts
-            .get(usize::try_from(line).ok()?.checked_sub(1)?)?;
-        let skip = usize::try_from(column).ok()?.checked_sub(1)?;
-        let within = self.sql[start..].char_indices().nth(skip)?.0;
-        Some(start + within)
+    fn at(&mut self, line: u64, column: u64) -> Option<usize> {
+        let (last_line, last_column, last_byte) = self.last;
+        let (from_column, from_byte) = if line == last_line && column >= last_column {
+            (last_column, last_byte)
+        } else {
+            let index = usize::try_from(line).ok()?.checked_sub(1)?;
+            (1, *self.line_starts.get(index)?)
+        };
+        let skip = usize::try_from(column.checked_sub(from_column)?).ok()?;
+        let within = self.sql.get(from_byte..)?.char_indices().nth(skip)?.0;
+        let at = from_byte + within;
+        self.last = (line, column, at);
+        Some(at)
     }
 }
 
@@ -139,5 +152,10 @@ mod tests {
         assert_eq!(statements(sql), ["SELECT ';' AS a", "SELECT 2 /* ; */"]);
         assert!(statements("-- ping").is_empty());
         assert_eq!(statements("SELECT 'unterminated"), ["SELECT 'unterminated"]);
+        // Many statements on one line, and characters of several bytes before them.
+        let line = "SELECT 'é';".repeat(20_000);
+        let found = statements(&line);
+        assert_eq!(found.len(), 20_000);
+        assert!(found.iter().all(|s| *s == "SELECT 'é'"));
     }
 }

@@ -16,12 +16,21 @@ use crate::common::{
     wait_for_no_query,
 };
 
-/// A client logged in as `user` to database `db` with `key` as the password.
+/// A client logged in to database `db` with `key` as the password.
 async fn connect(
     server: &TestServer,
     db: &str,
     key: Option<&str>,
 ) -> Result<Client, tokio_postgres::Error> {
+    Ok(connect_with_task(server, db, key).await?.0)
+}
+
+/// [`connect`], and the task that holds the connection's socket.
+async fn connect_with_task(
+    server: &TestServer,
+    db: &str,
+    key: Option<&str>,
+) -> Result<(Client, tokio::task::JoinHandle<()>), tokio_postgres::Error> {
     let mut config = tokio_postgres::Config::new();
     config
         .host("127.0.0.1")
@@ -32,8 +41,10 @@ async fn connect(
         config.password(key);
     }
     let (client, connection) = config.connect(NoTls).await?;
-    tokio::spawn(connection);
-    Ok(client)
+    let task = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok((client, task))
 }
 
 /// The error's SQLSTATE.
@@ -275,10 +286,31 @@ async fn cancelled_and_abandoned_queries_end() {
         .get(0);
     assert_eq!(n, 2000);
 
-    // A client that goes away mid-query ends it too.
-    let gone = connect(&server, "default", None).await.unwrap();
+    // The extended protocol streams rows too (no gathering of 8·10⁹ rows before the
+    // first): the first row arrives, then a cancel request ends the query.
+    let wide = "SELECT a.span_id, b.span_id, c.span_id FROM spans a, spans b, spans c";
+    let rows = client.query_raw(wide, Vec::<String>::new()).await.unwrap();
+    let mut rows = std::pin::pin!(rows);
+    let first = futures::StreamExt::next(&mut rows).await.unwrap().unwrap();
+    assert_eq!(first.len(), 3);
+    cancel.cancel_query(NoTls).await.unwrap();
+    let mut ended = None;
+    while let Some(row) = futures::StreamExt::next(&mut rows).await {
+        if let Err(e) = row {
+            ended = Some(e);
+            break;
+        }
+    }
+    let e = ended.expect("the cancel ends the rows with an error");
+    assert_eq!(state(&e), &SqlState::QUERY_CANCELED);
+    wait_for_no_query(server.http).await;
+
+    // A client that closes its connection while its query computes (no row written yet)
+    // ends it too.
+    let (gone, socket) = connect_with_task(&server, "default", None).await.unwrap();
     let abandoned = tokio::spawn(async move { gone.simple_query(long).await });
     wait_for_running(&server).await;
+    socket.abort();
     abandoned.abort();
     wait_for_no_query(server.http).await;
 }
@@ -419,4 +451,41 @@ async fn tls_carries_the_password() {
     // Clients that do not ask for TLS still connect.
     let plain = connect(&server, "default", None).await.unwrap();
     assert_eq!(simple_rows(&plain, "SELECT 1 AS one").await[0]["one"], "1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_past_its_timeout_ends_with_an_error_not_a_short_answer() {
+    let server = TestServer::start_with(|c| {
+        c.query.query_timeout = std::time::Duration::from_secs(2);
+    })
+    .await;
+    ingest_spans(&server, 2000, 0x63).await;
+    let mut client = connect(&server, "default", None).await.unwrap();
+    // A cursor fetching one row, then waiting past the query timeout before the next
+    // fetch: the answer must end in an error, never look complete.
+    let transaction = client.transaction().await.unwrap();
+    let portal = transaction
+        .bind("SELECT a.span_id, b.span_id FROM spans a, spans b", &[])
+        .await
+        .unwrap();
+    let first = transaction.query_portal(&portal, 1).await.unwrap();
+    assert_eq!(first.len(), 1);
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let e = match transaction.query_portal(&portal, 10_000_000).await {
+        Ok(rows) => panic!(
+            "an answer cut by its timeout looked complete: {} rows",
+            rows.len()
+        ),
+        Err(e) => e,
+    };
+    assert_eq!(state(&e), &SqlState::QUERY_CANCELED, "{e:?}");
+    assert!(message(&e).contains("timed out"), "{e:?}");
+    drop(transaction);
+    wait_for_no_query(server.http).await;
+    let n: i64 = client
+        .query_one("SELECT count(*) FROM spans", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 2000);
 }

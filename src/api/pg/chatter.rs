@@ -25,6 +25,9 @@ use crate::workspace::Workspace;
 /// The owner every relation is listed with.
 const OWNER: &str = "spanlake";
 
+/// The PostgreSQL version clients are told (what they may send is that version's SQL).
+pub const SERVER_VERSION: &str = "16.6";
+
 /// A statement answered without the engine.
 #[derive(Debug, Clone)]
 pub enum Native {
@@ -77,12 +80,32 @@ pub fn relations(workspaces: &[Workspace], spans: &SchemaRef, traces: &SchemaRef
 
 /// Whether `sql` reads the system catalog (its answer needs the relations).
 pub fn reads_catalog(sql: &str) -> bool {
-    is_catalog_query(&collapse(sql).to_ascii_lowercase())
+    is_catalog_query(&normalize(sql).to_ascii_lowercase())
 }
 
-/// [`reads_catalog`] of collapsed, lowercased text.
+/// [`reads_catalog`] of normalized, lowercased text: a catalog table or function named
+/// outside string literals (`pg_prod.spans`, a workspace's table, is not one).
 fn is_catalog_query(lower: &str) -> bool {
-    lower.starts_with("select ") && PG_CATALOG.is_match(lower)
+    let shape = blank_literals(lower);
+    shape.starts_with("select ")
+        && PG_CATALOG
+            .captures_iter(&shape)
+            .any(|c| c.get(1).is_none_or(|dot| dot.is_empty()))
+}
+
+/// `text` with the inside of its string literals blanked (same length).
+fn blank_literals(text: &str) -> String {
+    let mut quoted = false;
+    text.chars()
+        .map(|c| match c {
+            '\'' => {
+                quoted = !quoted;
+                c
+            }
+            _ if quoted => ' ',
+            _ => c,
+        })
+        .collect()
 }
 
 /// What a connection's catalog holds.
@@ -93,11 +116,13 @@ pub struct Scope<'a> {
     pub home: &'a Workspace,
     /// The relations of `workspaces` (needed only when [`reads_catalog`]).
     pub relations: &'a [Relation],
+    /// The user name the client logged in with.
+    pub user: &'a str,
 }
 
 /// The native answer to `sql`, if it is not for the engine.
 pub fn answer(sql: &str, scope: &Scope) -> Option<Native> {
-    let text = collapse(sql);
+    let text = normalize(sql);
     let lower = text.to_ascii_lowercase();
     let words: Vec<&str> = lower.split(' ').take(2).collect();
     match words.as_slice() {
@@ -112,7 +137,10 @@ pub fn answer(sql: &str, scope: &Scope) -> Option<Native> {
         ["copy", ..] => return Some(Native::NotAllowed("COPY".into())),
         ["commit" | "end", ..] => return Some(Native::End("COMMIT")),
         ["rollback" | "abort", ..] => return Some(Native::End("ROLLBACK")),
-        ["show", name] => return show(name).map(Native::Rows),
+        ["show", _] if lower == "show transaction isolation level" => {
+            return show("transaction_isolation", scope).map(Native::Rows);
+        }
+        ["show", name] => return show(name, scope).map(Native::Rows),
         _ => {}
     }
     if !is_catalog_query(&lower) {
@@ -121,30 +149,36 @@ pub fn answer(sql: &str, scope: &Scope) -> Option<Native> {
     Some(Native::Rows(catalog(&text, &lower, scope)))
 }
 
-/// Tables of `pg_catalog` (named with or without their schema), its functions, and the
+/// Tables of `pg_catalog` (named with or without their schema; group 1 is a `.` after
+/// the name, which makes it a workspace rather than a table), its functions, and the
 /// session functions of PostgreSQL that DataFusion lacks.
 static PG_CATALOG: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(
-        r"\b(from|join) (pg_catalog\.)?pg_[a-z_]+\b|\bpg_catalog\.[a-z_]+\(|\b(current_database|current_schema|pg_backend_pid)\(",
+        r"\b(?:from|join) (?:pg_catalog\.)?pg_[a-z_]+\b(\.?)|\bpg_catalog\.[a-z_]+\(|\b(?:current_database|current_schema|pg_backend_pid)\(",
     )
     .unwrap()
 });
 
-/// `sql` on one line: runs of whitespace as one space, no trailing `;`.
-fn collapse(sql: &str) -> String {
+/// A double-quoted identifier that needs no quotes (`"pg_catalog"`, `"c"`).
+static QUOTED_NAME: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r#""([a-z_][a-z0-9_]*)""#).unwrap());
+
+/// `sql` on one line: runs of whitespace as one space, plain names unquoted, no trailing
+/// `;`.
+fn normalize(sql: &str) -> String {
     let mut out = sql.split_whitespace().collect::<Vec<_>>().join(" ");
     while out.ends_with(';') {
         out.pop();
         out.truncate(out.trim_end().len());
     }
-    out
+    QUOTED_NAME.replace_all(&out, "$1").into_owned()
 }
 
 /// `SHOW name` of a server parameter clients ask for; other `SHOW`s go to the engine.
-fn show(name: &str) -> Option<RecordBatch> {
+fn show(name: &str, scope: &Scope) -> Option<RecordBatch> {
     let name = name.trim_matches('"');
     let value = match name {
-        "server_version" => "16.6",
+        "server_version" => SERVER_VERSION,
         "server_version_num" => "160006",
         "server_encoding" | "client_encoding" => "UTF8",
         "timezone" => "UTC",
@@ -153,7 +187,7 @@ fn show(name: &str) -> Option<RecordBatch> {
         "standard_conforming_strings" | "integer_datetimes" => "on",
         "transaction_isolation" | "default_transaction_isolation" => "serializable",
         "transaction_read_only" | "default_transaction_read_only" => "on",
-        "search_path" => "\"$user\", public",
+        "search_path" => scope.home.as_str(),
         "max_identifier_length" => "63",
         "lc_collate" | "lc_ctype" => "C",
         "statement_timeout" | "lock_timeout" => "0",
@@ -169,18 +203,39 @@ fn show(name: &str) -> Option<RecordBatch> {
 /// A catalog query's answer: the rows of its main `pg_catalog` table that its filters on
 /// OID, name pattern and relation kind keep, each item of its select list valued.
 fn catalog(text: &str, lower: &str, scope: &Scope) -> RecordBatch {
-    let (items, main, empty) = select_list(text, lower);
+    let (items, main, mut empty) = select_list(text, lower);
+    // `WHERE 1<>1`: a client asking for the columns only.
+    empty |= lower.contains(" where 1<>1") || lower.contains(" where false");
     let names: Vec<String> = items.iter().map(|i| item_name(i)).collect();
     let lowered: Vec<String> = items.iter().map(|i| i.to_ascii_lowercase()).collect();
     let oid = OID_FILTER
         .captures(lower)
         .and_then(|c| c[1].parse::<i64>().ok());
+    let schemas_in = NAMESPACES_IN.captures(lower).map(|c| {
+        c[1].split(',')
+            .map(|n| n.trim().trim_matches('\'').to_string())
+            .collect::<Vec<_>>()
+    });
+    let schemas_like = pattern(text, "n.nspname");
+    let schema_kept = |schema: &str| {
+        schemas_in
+            .as_ref()
+            .is_none_or(|listed| listed.iter().any(|n| n == schema))
+            && schemas_like.as_ref().is_none_or(|re| re.is_match(schema))
+    };
+    // Each item's value, else what a function it calls returns here.
+    let row = |value: &dyn Fn(&str, &str) -> Option<String>| -> Vec<Option<String>> {
+        items
+            .iter()
+            .zip(&lowered)
+            .map(|(item, i)| value(item, i).or_else(|| function_value(i, scope)))
+            .collect()
+    };
     let rows: Vec<Vec<Option<String>>> = match main.as_str() {
         _ if empty => Vec::new(),
         "pg_class" => {
             let kinds = RELKINDS.captures(lower).map(|c| c[1].to_string());
             let names_like = pattern(text, "c.relname");
-            let schemas_like = pattern(text, "n.nspname");
             // Without a schema pattern psql lists what the search path shows: the home.
             let visible_only = lower.contains("pg_table_is_visible(");
             scope
@@ -193,12 +248,8 @@ fn catalog(text: &str, lower: &str, scope: &Scope) -> RecordBatch {
                     kinds.as_deref().is_none_or(|k| k.contains(kind))
                 })
                 .filter(|r| names_like.as_ref().is_none_or(|re| re.is_match(r.name)))
-                .filter(|r| {
-                    schemas_like
-                        .as_ref()
-                        .is_none_or(|re| re.is_match(&r.schema))
-                })
-                .map(|r| lowered.iter().map(|i| relation_value(i, r)).collect())
+                .filter(|r| schema_kept(&r.schema))
+                .map(|r| row(&|item, i| relation_value(item, i, r)))
                 .collect()
         }
         "pg_attribute" => scope
@@ -210,37 +261,20 @@ fn catalog(text: &str, lower: &str, scope: &Scope) -> RecordBatch {
                     .fields()
                     .iter()
                     .enumerate()
-                    .map(|(n, f)| lowered.iter().map(|i| column_value(i, f, n + 1)).collect())
+                    .map(|(n, f)| row(&|_, i| column_value(i, f, n + 1)))
                     .collect::<Vec<_>>()
             })
             .collect(),
-        "pg_namespace" => {
-            let schemas_like = pattern(text, "n.nspname");
-            scope
-                .workspaces
-                .iter()
-                .enumerate()
-                .filter(|(_, ws)| {
-                    schemas_like
-                        .as_ref()
-                        .is_none_or(|re| re.is_match(ws.as_str()))
-                })
-                .map(|(n, ws)| {
-                    lowered
-                        .iter()
-                        .map(|i| namespace_value(i, ws, 1_000_000 + n as i64))
-                        .collect()
-                })
-                .collect()
-        }
-        "pg_database" => vec![lowered.iter().map(|i| database_value(i)).collect()],
+        "pg_namespace" => scope
+            .workspaces
+            .iter()
+            .enumerate()
+            .filter(|(_, ws)| schema_kept(ws.as_str()))
+            .map(|(n, ws)| row(&|_, i| namespace_value(i, ws, 1_000_000 + n as i64)))
+            .collect(),
+        "pg_database" => vec![row(&|_, i| database_value(i))],
         // No FROM: catalog functions (`SELECT pg_catalog.pg_get_viewdef(…)`, …).
-        "" => vec![
-            lowered
-                .iter()
-                .map(|i| function_value(i, scope.home))
-                .collect(),
-        ],
+        "" => vec![row(&|_, _| None)],
         _ => Vec::new(),
     };
     text_batch(&names, rows)
@@ -249,6 +283,10 @@ fn catalog(text: &str, lower: &str, scope: &Scope) -> RecordBatch {
 /// `WHERE c.oid = '16384'` (psql's `\d` details) or `a.attrelid = '16384'`.
 static OID_FILTER: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"\b(?:c\.oid|a\.attrelid|oid) = '?(\d+)'?").unwrap());
+
+/// `n.nspname IN ('alpha', 'beta')` (Metabase lists the schemas it synchronizes).
+static NAMESPACES_IN: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"n\.nspname in \(([^)]*)\)").unwrap());
 
 /// `c.relkind IN ('r','p','')`.
 static RELKINDS: LazyLock<Regex> =
@@ -361,11 +399,15 @@ fn text(s: impl Into<String>) -> Option<String> {
 
 const FALSE: &str = "f";
 
-/// What `item` reads of the `pg_class` row of `r`.
-fn relation_value(item: &str, r: &Relation) -> Option<String> {
+/// What `item` (`original` as sent) reads of the `pg_class` row of `r`.
+fn relation_value(original: &str, item: &str, r: &Relation) -> Option<String> {
     let kind = if r.view { "v" } else { "r" };
     if item.starts_with("case c.relkind") {
-        text(if r.view { "view" } else { "table" })
+        // The client's own names for the kinds (`WHEN 'r' THEN 'TABLE'`), else psql's.
+        let named = Regex::new(&format!(r"(?i)when '{kind}' then '([^']*)'"))
+            .ok()
+            .and_then(|re| re.captures(original).map(|c| c[1].to_string()));
+        named.or_else(|| text(if r.view { "view" } else { "table" }))
     } else if item.contains("nspname") {
         text(&r.schema)
     } else if item.contains("relname") {
@@ -470,16 +512,18 @@ fn database_value(item: &str) -> Option<String> {
 }
 
 /// What a catalog function returns here.
-fn function_value(item: &str, home: &Workspace) -> Option<String> {
+fn function_value(item: &str, scope: &Scope) -> Option<String> {
     if item.contains("version(") {
         text(format!(
-            "PostgreSQL 16.6 (spanlake {})",
+            "PostgreSQL {SERVER_VERSION} (spanlake {})",
             env!("CARGO_PKG_VERSION")
         ))
     } else if item.contains("current_database(") {
         text("spanlake")
     } else if item.contains("current_schema(") {
-        text(home.as_str())
+        text(scope.home.as_str())
+    } else if item.contains("current_user") || item.contains("session_user") {
+        text(scope.user)
     } else if item.contains("pg_backend_pid(") {
         text("0")
     } else {
@@ -528,6 +572,7 @@ mod tests {
             workspaces,
             home: &home,
             relations,
+            user: "analyst",
         };
         super::answer(sql, &scope)
     }
@@ -630,6 +675,28 @@ ORDER BY a.attnum;"#;
         assert!(rows(answer(inherits, &workspaces(), &rels())).is_empty());
         let viewdef = "SELECT pg_catalog.pg_get_viewdef('16387'::pg_catalog.oid, true);";
         assert_eq!(rows(answer(viewdef, &workspaces(), &rels())), [["NULL"]]);
+        // What JDBC tools send on connect (Metabase, DBeaver): quoted names, their own
+        // kind names, a schema list, a column probe.
+        let metabase = r#"SELECT "n"."nspname" AS "schema", "c"."relname" AS "name", CASE "c"."relkind" WHEN 'r' THEN 'TABLE' WHEN 'v' THEN 'VIEW' ELSE NULL END AS "type", "d"."description" AS "description" FROM "pg_catalog"."pg_class" AS "c" INNER JOIN "pg_catalog"."pg_namespace" AS "n" ON "c"."relnamespace" = "n"."oid" LEFT JOIN "pg_catalog"."pg_description" AS "d" ON ("c"."oid" = "d"."objoid") WHERE ("n"."nspname" !~ '^pg_') AND c.relkind in ('r', 'p', 'v') AND ("n"."nspname" IN ('shop')) ORDER BY "type" ASC"#;
+        assert_eq!(
+            rows(answer(metabase, &workspaces(), &rels())),
+            [
+                ["shop", "spans", "TABLE", "NULL"],
+                ["shop", "traces", "VIEW", "NULL"]
+            ]
+        );
+        let schemas = r#"SELECT nspname AS "TABLE_SCHEM", current_database() AS "TABLE_CATALOG" FROM pg_catalog.pg_namespace WHERE nspname <> 'pg_toast' ORDER BY "TABLE_SCHEM""#;
+        assert_eq!(
+            rows(answer(schemas, &workspaces(), &rels())),
+            [["default", "spanlake"], ["shop", "spanlake"]]
+        );
+        let probe = "SELECT reltype FROM pg_catalog.pg_class WHERE 1<>1 LIMIT 1";
+        assert!(rows(answer(probe, &workspaces(), &rels())).is_empty());
+        let who = "SELECT current_schema(),session_user";
+        assert_eq!(
+            rows(answer(who, &workspaces(), &rels())),
+            [["default", "analyst"]]
+        );
         let database = "select current_database()";
         let Some(Native::Rows(batch)) = answer(database, &workspaces(), &rels()) else {
             panic!("no rows");
@@ -652,6 +719,20 @@ ORDER BY a.attnum;"#;
             Some(Native::End("ROLLBACK"))
         ));
         assert_eq!(rows(answer("show TimeZone", &[], &[])), [["UTC"]]);
+        assert_eq!(
+            rows(answer("SHOW TRANSACTION ISOLATION LEVEL", &[], &[])),
+            [["serializable"]]
+        );
+        // A workspace named pg_… is not the catalog, nor is a literal that names it.
+        assert!(answer("SELECT count(*) FROM pg_prod.spans", &[], &[]).is_none());
+        assert!(
+            answer(
+                "SELECT 1 FROM spans WHERE name = 'x from pg_class'",
+                &[],
+                &[]
+            )
+            .is_none()
+        );
         assert!(answer("SELECT count(*) FROM spans", &[], &[]).is_none());
         assert!(answer("SHOW TABLES", &[], &[]).is_none());
         assert!(matches!(

@@ -10,9 +10,13 @@
 //! Invariants: the key is checked at login and again for every statement; only reads run
 //! (the engine's sandbox refuses anything else; `SET`, transactions and catalog queries are
 //! answered without it, see [`chatter`]); queries run in the engine's memory pool and
-//! timeout; a client that goes away, or cancels, ends its query while rows still stream.
+//! timeout; rows are written as the query makes them, never gathered (a fetch of `n` rows
+//! holds `n`); a client that cancels, or closes its connection, ends its query, while it
+//! computes or while its rows stream; the statements of a simple query run one after the
+//! other; at most [`MAX_CONNECTIONS`] connections are open at once.
 
 mod chatter;
+mod errors;
 mod types;
 
 use std::collections::HashMap;
@@ -26,7 +30,7 @@ use async_trait::async_trait;
 use datafusion::common::TableReference;
 use datafusion::prelude::SessionContext;
 use datafusion::scalar::ScalarValue;
-use futures::{Sink, StreamExt};
+use futures::{Sink, SinkExt, StreamExt};
 use pgwire::api::auth::cleartext::CleartextPasswordAuth;
 use pgwire::api::auth::mechanism::AuthMechanismFactory;
 use pgwire::api::auth::{
@@ -34,31 +38,47 @@ use pgwire::api::auth::{
     StartupHandler, protocol_negotiation, save_startup_parameters_to_metadata,
 };
 use pgwire::api::cancel::CancelHandler;
-use pgwire::api::portal::{Format, Portal};
-use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
+use pgwire::api::portal::{Format, Portal, PortalExecutionState};
+use pgwire::api::query::{
+    ExtendedQueryHandler, SimpleQueryHandler, send_execution_response, send_partial_query_response,
+    send_query_response, send_ready_for_query,
+};
 use pgwire::api::results::{FieldInfo, QueryResponse, Response, Tag};
 use pgwire::api::stmt::QueryParser;
-use pgwire::api::store::PortalStore;
+use pgwire::api::store::{Entry, PortalStore};
 use pgwire::api::{
-    ClientInfo, ClientPortalStore, METADATA_DATABASE, METADATA_USER, PgWireServerHandlers, Type,
+    ClientInfo, ClientPortalStore, DEFAULT_NAME, METADATA_DATABASE, METADATA_USER,
+    PgWireConnectionState, PgWireServerHandlers, Type,
 };
-use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::error::{PgWireError, PgWireResult};
 use pgwire::messages::cancel::CancelRequest;
+use pgwire::messages::extendedquery::Execute;
+use pgwire::messages::response::EmptyQueryResponse;
+use pgwire::messages::simplequery::Query;
 use pgwire::messages::startup::SecretKey;
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use pgwire::tokio::TlsAcceptor;
 use pgwire::tokio::tokio_rustls::rustls;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::access::Access;
 use crate::auth::{Auth, AuthError};
 use crate::query::{CATALOG, QueryEngine, QueryError, QueryStream, placeholders};
 use chatter::Native;
+use errors::{bad_password, canceled, error, fatal, gone, query_error};
+
+/// Connections open at once (PostgreSQL's default `max_connections`); more are closed as
+/// they arrive.
+pub const MAX_CONNECTIONS: usize = 100;
 
 /// The PostgreSQL front end.
 pub struct PgWire {
-    handlers: Arc<Handlers>,
+    engine: Arc<QueryEngine>,
+    auth: Arc<Auth>,
+    startup: Arc<Startup>,
+    cancels: Arc<Cancels>,
     tls: Option<TlsAcceptor>,
 }
 
@@ -72,31 +92,28 @@ impl PgWire {
     ) -> anyhow::Result<Self> {
         let tls = tls.map(|(cert, key)| tls_acceptor(cert, key)).transpose()?;
         let cancels = Arc::new(Cancels::default());
-        let queries = Arc::new(Queries {
-            engine: engine.clone(),
-            auth: auth.clone(),
-        });
         let startup = Arc::new(Startup {
             driver: AuthDriver::new(server_parameters()),
             keys: CleartextPasswordAuth::new(Arc::new(Keys {
                 auth: auth.clone(),
-                engine,
+                engine: engine.clone(),
             })),
             open: auth.is_open(),
             cancels: cancels.clone(),
         });
         Ok(Self {
-            handlers: Arc::new(Handlers {
-                queries,
-                startup,
-                cancels,
-            }),
+            engine,
+            auth,
+            startup,
+            cancels,
             tls,
         })
     }
 
-    /// Serves connections from `listener` until `stop`; each connection is its own task.
+    /// Serves connections from `listener` until `stop` (which also ends the open ones);
+    /// each connection is its own task.
     pub async fn serve(self, listener: TcpListener, stop: CancellationToken) {
+        let open = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         loop {
             let socket = tokio::select! {
                 () = stop.cancelled() => return,
@@ -109,14 +126,63 @@ impl PgWire {
                     }
                 },
             };
+            let Ok(permit) = open.clone().try_acquire_owned() else {
+                tracing::warn!(
+                    "Refused a PostgreSQL connection: {MAX_CONNECTIONS} connections are open."
+                );
+                continue;
+            };
             let _ = socket.set_nodelay(true);
-            let (tls, handlers) = (self.tls.clone(), self.handlers.clone());
-            tokio::spawn(async move {
-                if let Err(e) = pgwire::tokio::process_socket(socket, tls, handlers).await {
-                    tracing::debug!(error = %e, "A PostgreSQL connection ended with an error.");
+            let (socket, peer) = match watched(socket) {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!(error = %e, "Watching a PostgreSQL connection failed.");
+                    continue;
                 }
+            };
+            let handlers = Handlers {
+                queries: Arc::new(Queries {
+                    engine: self.engine.clone(),
+                    auth: self.auth.clone(),
+                    peer: Some(Arc::new(peer)),
+                }),
+                startup: self.startup.clone(),
+                cancels: self.cancels.clone(),
+            };
+            let (tls, stop) = (self.tls.clone(), stop.clone());
+            tokio::spawn(async move {
+                let served = pgwire::tokio::process_socket(socket, tls, handlers);
+                tokio::select! {
+                    served = served => if let Err(e) = served {
+                        tracing::debug!(error = %e, "A PostgreSQL connection ended with an error.");
+                    },
+                    () = stop.cancelled() => {}
+                }
+                drop(permit);
             });
         }
+    }
+}
+
+/// `socket`, and a second handle on it that watches for the client closing it while a
+/// statement runs (the protocol reads nothing from the client then).
+fn watched(socket: TcpStream) -> std::io::Result<(TcpStream, TcpStream)> {
+    let socket = socket.into_std()?;
+    let peer = socket.try_clone()?;
+    Ok((TcpStream::from_std(socket)?, TcpStream::from_std(peer)?))
+}
+
+/// Resolves when the client behind `peer` has closed its connection. Bytes waiting from it
+/// (a message sent ahead, as the extended protocol does) show it is there; then nothing
+/// more can be told before they are read, and this never resolves.
+async fn closed(peer: Option<Arc<TcpStream>>) {
+    let mut byte = [0u8; 1];
+    match peer {
+        Some(peer) => match peer.peek(&mut byte).await {
+            Ok(0) | Err(_) => {}
+            Ok(_) => std::future::pending().await,
+        },
+        None => std::future::pending().await,
     }
 }
 
@@ -145,57 +211,14 @@ fn tls_acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
 /// What clients are told at login: a read-only PostgreSQL 16 in UTC.
 fn server_parameters() -> DefaultServerParameterProvider {
     let mut p = DefaultServerParameterProvider::default();
-    p.server_version = "16.6 (spanlake)".into();
+    p.server_version = format!("{} (spanlake)", chatter::SERVER_VERSION);
     p.is_superuser = false;
     p.default_transaction_read_only = true;
     p.time_zone = "UTC".into();
     p
 }
 
-/// An error of SQLSTATE `code`.
-fn error(code: &str, message: impl Into<String>) -> PgWireError {
-    PgWireError::UserError(Box::new(ErrorInfo::new(
-        "ERROR".into(),
-        code.into(),
-        message.into(),
-    )))
-}
-
-/// A query failure as PostgreSQL's error class for it.
-fn query_error(e: QueryError) -> PgWireError {
-    let code = match &e {
-        QueryError::NotAllowed(_) => "25006",
-        QueryError::Sql(m) if m.contains("ParserError") => "42601",
-        QueryError::Sql(m) if m.contains("not found") => "42P01",
-        QueryError::Sql(m) if m.contains("No field named") => "42703",
-        QueryError::Sql(_) => "42000",
-        QueryError::Memory { .. } => "53200",
-        QueryError::Timeout(_) => "57014",
-        QueryError::Workspace(_) => "42501",
-        QueryError::Starting => "57P03",
-        QueryError::Internal(_) => "XX000",
-    };
-    error(code, e.to_string())
-}
-
-/// A failed login, worded as PostgreSQL words it (clients and people look for this text).
-fn bad_password(user: Option<&str>) -> PgWireError {
-    PgWireError::UserError(Box::new(ErrorInfo::new(
-        "FATAL".into(),
-        "28P01".into(),
-        format!(
-            "password authentication failed for user \"{}\": the password must be an API key \
-             with the read scope",
-            user.unwrap_or_default()
-        ),
-    )))
-}
-
-fn canceled() -> PgWireError {
-    error("57014", "canceling statement due to user request")
-}
-
-/// The handlers of every connection.
+/// The handlers of one connection.
 struct Handlers {
     queries: Arc<Queries>,
     startup: Arc<Startup>,
@@ -227,6 +250,8 @@ struct Connection {
     /// The workspaces unqualified names should resolve in, if readable: the database
     /// name, then the user name.
     wanted: Vec<String>,
+    /// The user name it logged in with.
+    user: String,
     /// Cancels the statement running now.
     current: Mutex<CancellationToken>,
 }
@@ -294,11 +319,7 @@ impl AuthSource<Principal> for Keys {
         match Access::of(&self.auth, &self.engine, Some(presented)) {
             Ok(_) => Ok(Some(Principal(presented.to_vec()))),
             Err(e) if e.is_unauthenticated() => Err(bad_password(login.user())),
-            Err(e) => Err(PgWireError::UserError(Box::new(ErrorInfo::new(
-                "FATAL".into(),
-                "28000".into(),
-                e.to_string(),
-            )))),
+            Err(e) => Err(fatal("28000", e.to_string())),
         }
     }
 }
@@ -328,9 +349,11 @@ impl Startup {
             .iter()
             .filter_map(|k| metadata.get(*k).cloned())
             .collect();
+        let user = metadata.get(METADATA_USER).cloned().unwrap_or_default();
         let connection = Arc::new(Connection {
             key,
             wanted,
+            user,
             current: Mutex::default(),
         });
         client
@@ -462,11 +485,13 @@ enum Planned {
     },
 }
 
-/// Answers queries, simple and extended.
+/// Answers queries, simple and extended, for one connection.
 #[derive(Clone)]
 struct Queries {
     engine: Arc<QueryEngine>,
     auth: Arc<Auth>,
+    /// The client's socket, watched while a statement runs.
+    peer: Option<Arc<TcpStream>>,
 }
 
 impl Queries {
@@ -518,12 +543,14 @@ impl Queries {
             workspaces: &access.workspaces,
             home: access.home(&connection.wanted()),
             relations: &relations,
+            user: &connection.user,
         };
         Ok(chatter::answer(sql, &scope))
     }
 
     /// Runs `sql` with `params`, its rows described by `fields` (those of its answer's
-    /// schema in text when `None`); ends early when `token` is cancelled.
+    /// schema in text when `None`); ends early when `token` is cancelled or the client
+    /// closes its connection.
     async fn run(
         &self,
         ctx: SessionContext,
@@ -539,12 +566,14 @@ impl Queries {
         let answer = tokio::select! {
             answer = started => answer.map_err(query_error)?,
             () = token.cancelled() => return Err(canceled()),
+            () = closed(self.peer.clone()) => return Err(gone()),
         };
-        let fields = fields.unwrap_or_else(|| Arc::new(types::fields(&answer.schema, None)));
-        Ok(Response::Query(QueryResponse::new(
-            fields.clone(),
-            rows(answer, fields, token),
-        )))
+        let fields = match fields {
+            Some(fields) => fields,
+            None => Arc::new(types::fields(&answer.schema, None)?),
+        };
+        let rows = rows(answer, fields.clone(), token, self.peer.clone());
+        Ok(Response::Query(QueryResponse::new(fields, rows)))
     }
 
     /// The response to one statement of a simple query.
@@ -556,7 +585,7 @@ impl Queries {
     ) -> PgWireResult<Response> {
         let access = self.access(connection)?;
         if let Some(native) = self.native(connection, sql, &access).await? {
-            return Ok(respond(&native, None));
+            return respond(&native, None);
         }
         let ctx = self.session(connection, &access).await?;
         self.run(ctx, &access, sql, Vec::new(), None, token.clone())
@@ -564,46 +593,46 @@ impl Queries {
     }
 }
 
-/// The response of a native answer, its rows in `format` (text when `None`).
-fn respond(native: &Native, format: Option<&Format>) -> Response {
-    match native {
+/// The response of a native answer, its rows in `format` (text when `None`); a refusal is
+/// an error.
+fn respond(native: &Native, format: Option<&Format>) -> PgWireResult<Response> {
+    Ok(match native {
         Native::Command(tag) => Response::Execution(Tag::new(tag)),
         Native::Begin => Response::TransactionStart(Tag::new("BEGIN")),
-        Native::NotAllowed(what) => Response::Error(Box::new(
-            query_error(QueryError::NotAllowed(what.clone())).into(),
-        )),
+        Native::NotAllowed(what) => return Err(query_error(QueryError::NotAllowed(what.clone()))),
         Native::End(tag) => Response::TransactionEnd(Tag::new(tag)),
         Native::Rows(batch) => {
-            let fields = Arc::new(types::fields(&batch.schema(), format));
-            let rows = types::RowEncoder::new(fields.clone()).rows(batch);
-            let rows = match rows {
-                Ok(rows) => rows.into_iter().map(Ok).collect(),
-                Err(e) => vec![Err(e)],
-            };
-            Response::Query(QueryResponse::new(fields, futures::stream::iter(rows)))
+            let fields = Arc::new(types::fields(&batch.schema(), format)?);
+            let rows = types::RowEncoder::new(fields.clone()).rows(batch)?;
+            Response::Query(QueryResponse::new(
+                fields,
+                futures::stream::iter(rows.into_iter().map(Ok)),
+            ))
         }
-    }
+    })
 }
 
-/// The rows of `answer` as `DataRow`s of `fields`, batch by batch; an error or a cancel
-/// ends them (and dropping them cancels the query).
+/// The rows of `answer` as `DataRow`s of `fields`, batch by batch; an error, a cancel or
+/// the client closing its connection ends them (and dropping them cancels the query).
 fn rows(
     answer: QueryStream,
     fields: Arc<Vec<FieldInfo>>,
     token: CancellationToken,
+    peer: Option<Arc<TcpStream>>,
 ) -> impl futures::Stream<Item = PgWireResult<pgwire::messages::data::DataRow>> + Send + 'static {
     let encoder = types::RowEncoder::new(fields);
-    futures::stream::unfold(Some((answer, encoder, token)), |state| async move {
-        let (mut answer, mut encoder, token) = state?;
+    futures::stream::unfold(Some((answer, encoder, token, peer)), |state| async move {
+        let (mut answer, mut encoder, token, peer) = state?;
         let next = tokio::select! {
             next = answer.next() => next,
             () = token.cancelled() => return Some((vec![Err(canceled())], None)),
+            () = closed(peer.clone()) => return Some((vec![Err(gone())], None)),
         };
         match next? {
             Ok(batch) => match encoder.rows(&batch) {
                 Ok(rows) => Some((
                     rows.into_iter().map(Ok).collect(),
-                    Some((answer, encoder, token)),
+                    Some((answer, encoder, token, peer)),
                 )),
                 Err(e) => Some((vec![Err(e)], None)),
             },
@@ -615,31 +644,64 @@ fn rows(
 
 #[async_trait]
 impl SimpleQueryHandler for Queries {
-    async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+    /// A simple query: its statements one after the other, each answered (its rows
+    /// streamed) before the next starts, the first failure ending the query as in
+    /// PostgreSQL.
+    async fn on_query<C>(&self, client: &mut C, query: Query) -> PgWireResult<()>
     where
         C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::PortalStore: PortalStore,
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
+        if !matches!(client.state(), PgWireConnectionState::ReadyForQuery) {
+            return Err(PgWireError::NotReadyForQuery);
+        }
+        client.set_state(PgWireConnectionState::QueryInProgress);
         let connection = connection(client)?;
         let token = connection.start();
-        let statements = placeholders::statements(query);
+        let mut status = client.transaction_status();
+        let statements = placeholders::statements(&query.query);
         if statements.is_empty() {
-            return Ok(vec![Response::EmptyQuery]);
+            client
+                .feed(PgWireBackendMessage::EmptyQueryResponse(
+                    EmptyQueryResponse::new(),
+                ))
+                .await?;
         }
-        let mut responses = Vec::with_capacity(statements.len());
         for sql in statements {
-            match self.simple(&connection, sql, &token).await {
-                Ok(response) => responses.push(response),
-                Err(e) => {
-                    // The first failure ends the query, as in PostgreSQL.
-                    responses.push(Response::Error(Box::new(e.into())));
-                    break;
+            match self.simple(&connection, sql, &token).await? {
+                Response::Query(answer) => send_query_response(client, answer, true).await?,
+                Response::TransactionStart(tag) => {
+                    send_execution_response(client, tag).await?;
+                    status = status.to_in_transaction_state();
                 }
+                Response::TransactionEnd(tag) => {
+                    send_execution_response(client, tag).await?;
+                    status = status.to_idle_state();
+                }
+                Response::Execution(tag) => send_execution_response(client, tag).await?,
+                Response::Error(e) => return Err(PgWireError::UserError(e)),
+                _ => return Err(error("XX000", "an answer of an unexpected kind")),
             }
         }
-        Ok(responses)
+        client.set_state(PgWireConnectionState::ReadyForQuery);
+        client.set_transaction_status(status);
+        send_ready_for_query(client, status).await
+    }
+
+    async fn do_query<C>(&self, _client: &mut C, _query: &str) -> PgWireResult<Vec<Response>>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        // `on_query` answers each statement as it runs; nothing calls this.
+        Err(error(
+            "XX000",
+            "simple queries are answered statement by statement",
+        ))
     }
 }
 
@@ -675,6 +737,7 @@ impl QueryParser for Parser {
         let queries = &self.queries;
         let connection = connection(client)?;
         let access = queries.access(&connection)?;
+        // A catalog answer ignores parameters: it is computed here, before any is bound.
         if let Some(native) = queries.native(&connection, sql, &access).await? {
             return Ok(Some(Prepared {
                 sql: sql.into(),
@@ -711,13 +774,13 @@ impl QueryParser for Parser {
         statement: &Prepared,
         format: Option<&Format>,
     ) -> PgWireResult<Vec<FieldInfo>> {
-        Ok(match &statement.plan {
+        match &statement.plan {
             Planned::Native(native) => match native.as_ref() {
                 Native::Rows(batch) => types::fields(&batch.schema(), format),
-                _ => Vec::new(),
+                _ => Ok(Vec::new()),
             },
             Planned::Query { schema, .. } => types::fields(schema, format),
-        })
+        }
     }
 }
 
@@ -730,6 +793,54 @@ impl ExtendedQueryHandler for Queries {
         Arc::new(Parser {
             queries: self.clone(),
         })
+    }
+
+    /// `Execute` of a portal with rows writes them as the query makes them: all of them
+    /// (a row limit of 0 or less, what drivers send), or at most the limit, the portal
+    /// suspended until the next `Execute`. (pgwire's own `Execute` gathers a whole answer
+    /// before writing it, and sizes a buffer by the client's limit.) Portals without rows
+    /// (`SET`, `BEGIN`, …) go through pgwire's.
+    async fn on_execute<C>(&self, client: &mut C, message: Execute) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Prepared>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let name = message.name.as_deref().unwrap_or(DEFAULT_NAME);
+        let portal = match client.portal_store().get_portal(name) {
+            Some(Entry::Value(portal)) if has_rows(&portal.statement.statement) => portal,
+            _ => return self._on_execute(client, message).await,
+        };
+        if !matches!(client.state(), PgWireConnectionState::ReadyForQuery) {
+            return Err(PgWireError::NotReadyForQuery);
+        }
+        client.set_state(PgWireConnectionState::QueryInProgress);
+        let state = portal.state();
+        let mut state = state.lock().await;
+        if matches!(*state, PortalExecutionState::Initial) {
+            let Response::Query(answer) =
+                ExtendedQueryHandler::do_query(self, client, &portal, 0).await?
+            else {
+                return Err(error("XX000", "a query answered without rows"));
+            };
+            *state = PortalExecutionState::Suspended(answer);
+        }
+        let limit = usize::try_from(message.max_rows).unwrap_or(0);
+        match &mut *state {
+            PortalExecutionState::Suspended(answer) => {
+                let suspended = send_partial_query_response(client, answer, limit).await?;
+                if !suspended {
+                    *state = PortalExecutionState::Finished;
+                }
+            }
+            _ => {
+                let done = Tag::new("SELECT").with_rows(0);
+                send_execution_response(client, done).await?;
+            }
+        }
+        client.set_state(PgWireConnectionState::ReadyForQuery);
+        Ok(())
     }
 
     async fn do_query<C>(
@@ -746,10 +857,12 @@ impl ExtendedQueryHandler for Queries {
     {
         let connection = connection(client)?;
         let token = connection.start();
+        // Every statement is authorized when it runs, not only when it was parsed.
+        let access = self.access(&connection)?;
         let statement = &portal.statement;
         let format = &portal.result_column_format;
         match &statement.statement.plan {
-            Planned::Native(native) => Ok(respond(native, Some(format))),
+            Planned::Native(native) => respond(native, Some(format)),
             Planned::Query { schema, params } => {
                 let values = types::parameters(
                     &portal.parameters,
@@ -757,13 +870,20 @@ impl ExtendedQueryHandler for Queries {
                     &statement.parameter_types,
                     params,
                 )?;
-                let access = self.access(&connection)?;
                 let ctx = self.session(&connection, &access).await?;
-                let fields = Arc::new(types::fields(schema, Some(format)));
+                let fields = Arc::new(types::fields(schema, Some(format))?);
                 let sql = &statement.statement.sql;
                 self.run(ctx, &access, sql, values, Some(fields), token)
                     .await
             }
         }
+    }
+}
+
+/// Whether `statement` answers rows (a query, or a native answer with rows).
+fn has_rows(statement: &Prepared) -> bool {
+    match &statement.plan {
+        Planned::Query { .. } => true,
+        Planned::Native(native) => matches!(native.as_ref(), Native::Rows(_)),
     }
 }

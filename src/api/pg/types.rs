@@ -28,7 +28,7 @@ use pgwire::error::PgWireResult;
 use pgwire::messages::data::DataRow;
 use postgres_types::FromSql;
 
-use super::error;
+use super::errors::error;
 use crate::api::json;
 
 /// The PostgreSQL type an Arrow column is sent as.
@@ -59,7 +59,8 @@ pub fn pg_type(data_type: &DataType) -> Type {
     }
 }
 
-/// The Arrow type a parameter of PostgreSQL type `t` is read as, where one fits.
+/// The Arrow type a value of PostgreSQL type `t` is read as (a parameter) and cast to
+/// before it is written (a column), where one fits.
 fn arrow_type(t: &Type) -> Option<DataType> {
     Some(match *t {
         Type::BOOL => DataType::Boolean,
@@ -81,8 +82,11 @@ fn arrow_type(t: &Type) -> Option<DataType> {
 
 /// The fields of an answer of `schema`, each in the format `format` asks for (text when
 /// none does).
-pub fn fields(schema: &Schema, format: Option<&Format>) -> Vec<FieldInfo> {
-    schema
+pub fn fields(schema: &Schema, format: Option<&Format>) -> PgWireResult<Vec<FieldInfo>> {
+    if let Some(format) = format {
+        check_formats(format, schema.fields().len(), "result columns")?;
+    }
+    Ok(schema
         .fields()
         .iter()
         .enumerate()
@@ -90,7 +94,21 @@ pub fn fields(schema: &Schema, format: Option<&Format>) -> Vec<FieldInfo> {
             let format = format.map_or(FieldFormat::Text, |fmt| fmt.format_for(i));
             FieldInfo::new(f.name().clone(), None, None, pg_type(f.data_type()), format)
         })
-        .collect()
+        .collect())
+}
+
+/// A `Bind`'s format codes fit `n` values: none, one for all, or one each.
+fn check_formats(format: &Format, n: usize, what: &str) -> PgWireResult<()> {
+    match format {
+        Format::Individual(codes) if codes.len() != n => Err(error(
+            "08P01",
+            format!(
+                "bind message has {} format codes for {n} {what}",
+                codes.len()
+            ),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Encodes batches as `DataRow`s of the fields they were described with.
@@ -146,26 +164,19 @@ enum Column<'a> {
 
 impl<'a> Column<'a> {
     fn new(array: &'a ArrayRef, t: &Type) -> PgWireResult<Self> {
-        let target = match *t {
-            Type::BOOL => DataType::Boolean,
-            Type::INT2 => DataType::Int16,
-            Type::INT4 => DataType::Int32,
-            Type::INT8 => DataType::Int64,
-            Type::FLOAT4 => DataType::Float32,
-            Type::FLOAT8 => DataType::Float64,
-            // To UTC: a zoned timestamp keeps its instant, a naive one is read as UTC.
-            Type::TIMESTAMPTZ => DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into())),
-            Type::DATE => DataType::Date32,
-            Type::BYTEA => DataType::Binary,
-            Type::JSONB => return Ok(Self::Json(array)),
-            _ => match plain(array.data_type()) {
-                DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => DataType::Utf8,
-                _ => {
-                    let formatter = ArrayFormatter::try_new(array.as_ref(), &DISPLAY)
-                        .map_err(|e| error("XX000", e.to_string()))?;
-                    return Ok(Self::Display(formatter, array));
-                }
-            },
+        let string = matches!(
+            plain(array.data_type()),
+            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+        );
+        let target = match (t, arrow_type(t)) {
+            (&Type::JSONB, _) => return Ok(Self::Json(array)),
+            (&Type::TEXT, _) if !string => None,
+            (_, target) => target,
+        };
+        let Some(target) = target else {
+            let formatter = ArrayFormatter::try_new(array.as_ref(), &DISPLAY)
+                .map_err(|e| error("XX000", e.to_string()))?;
+            return Ok(Self::Display(formatter, array));
         };
         let cast = cast_with_options(
             array,
@@ -246,6 +257,7 @@ pub fn parameters(
     declared: &[Option<Type>],
     planned: &[Option<DataType>],
 ) -> PgWireResult<Vec<ScalarValue>> {
+    check_formats(format, values.len(), "parameters")?;
     if values.len() != planned.len() {
         return Err(error(
             "08P01",
@@ -310,11 +322,11 @@ fn binary(t: &Type, bytes: &[u8]) -> Result<ScalarValue, BoxError> {
         Type::FLOAT8 => ScalarValue::Float64(Some(f64::from_sql(t, bytes)?)),
         Type::TIMESTAMPTZ => {
             let at = DateTime::<Utc>::from_sql(t, bytes)?;
-            ScalarValue::TimestampNanosecond(at.timestamp_nanos_opt(), Some("UTC".into()))
+            ScalarValue::TimestampNanosecond(Some(nanos(at)?), Some("UTC".into()))
         }
         Type::TIMESTAMP => {
             let at = NaiveDateTime::from_sql(t, bytes)?.and_utc();
-            ScalarValue::TimestampNanosecond(at.timestamp_nanos_opt(), None)
+            ScalarValue::TimestampNanosecond(Some(nanos(at)?), None)
         }
         Type::DATE => {
             let date = NaiveDate::from_sql(t, bytes)?;
@@ -326,8 +338,17 @@ fn binary(t: &Type, bytes: &[u8]) -> Result<ScalarValue, BoxError> {
             let text = bytes.strip_prefix(&[1]).ok_or("unknown jsonb version")?;
             ScalarValue::Utf8(Some(std::str::from_utf8(text)?.to_string()))
         }
-        _ => ScalarValue::Utf8(Some(String::from_sql(&Type::TEXT, bytes)?)),
+        Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME | Type::UNKNOWN => {
+            ScalarValue::Utf8(Some(String::from_sql(&Type::TEXT, bytes)?))
+        }
+        _ => return Err(format!("binary {} is not read here; send it as text", t.name()).into()),
     })
+}
+
+/// Nanoseconds since the epoch, if the time has them (years 1677 to 2262).
+fn nanos(at: DateTime<Utc>) -> Result<i64, BoxError> {
+    at.timestamp_nanos_opt()
+        .ok_or_else(|| format!("{at} is outside the nanosecond range (years 1677 to 2262)").into())
 }
 
 #[cfg(test)]
@@ -354,7 +375,7 @@ mod tests {
             ("m", Arc::new(map.finish()) as ArrayRef),
         ])
         .unwrap();
-        let fields = Arc::new(fields(&batch.schema(), None));
+        let fields = Arc::new(fields(&batch.schema(), None).unwrap());
         let types: Vec<_> = fields.iter().map(|f| f.datatype().clone()).collect();
         assert_eq!(types, [Type::TIMESTAMPTZ, Type::INT8, Type::JSONB]);
         let rows = RowEncoder::new(fields).rows(&batch).unwrap();
@@ -388,6 +409,15 @@ mod tests {
             &[Some(DataType::Date32)],
         );
         assert!(bad.is_err());
+        let mismatched = Format::Individual(vec![0, 0]);
+        assert!(parameters(&values, &mismatched, &[], &planned).is_err());
+        assert!(
+            fields(
+                &Schema::new(vec![Field::new("x", DataType::Int32, true)]),
+                Some(&mismatched)
+            )
+            .is_err()
+        );
         let field = Field::new("x", DataType::Int32, true);
         assert_eq!(pg_type(field.data_type()), Type::INT4);
     }
