@@ -131,6 +131,13 @@ def check_psycopg(server):
     with server.pg_connect("k-alpha") as conn:
         rows = conn.execute(query).fetchall()
         assert [{"name": n, "n": c} for n, c in rows] == expected, rows
+        # A named (server-side) cursor: DECLARE with a bound parameter, FETCH in pages.
+        with conn.cursor(name="pages") as cur:
+            cur.itersize = 2
+            cur.execute("SELECT name FROM spans WHERE name <> %s ORDER BY name", ("x",))
+            first = cur.fetchmany(2)
+            assert first == [("cart",), ("checkout",)], first
+            assert [r for r in cur] == [("checkout",)]
         conn.commit()
     with server.pg_connect("k-alpha", autocommit=True) as conn:
         tables = conn.execute(
@@ -150,7 +157,7 @@ def check_psycopg(server):
             assert start.tzinfo is not None and start.year == 2024, start
             assert attrs["service.name"] == "alpha", attrs
         print("check_analysts: psycopg lists alpha's tables; GROUP BY and %s parameters "
-              "match POST …/sql; timestamptz and jsonb arrive typed")
+              "match POST …/sql; a named cursor pages; timestamptz and jsonb arrive typed")
 
         pg_refused(conn, "SELECT count(*) FROM beta.spans", "42501", "workspace beta")
         for write in ["DROP TABLE spans", "INSERT INTO spans SELECT * FROM spans",

@@ -121,22 +121,32 @@ pub struct QueryStream {
     /// The answer's schema.
     pub schema: SchemaRef,
     batches: mpsc::Receiver<Result<RecordBatch, QueryError>>,
-    /// Set when the timeout ended the answer while the consumer was not taking batches
-    /// (the channel was full, so the error could not be queued).
+    /// Set once the answer's end (its last batch, or its error) is queued: an answer
+    /// that stops without it was cut (by the timeout while the consumer was not taking
+    /// batches, or by a failure of the query task) and must not look complete.
+    complete: Arc<std::sync::atomic::AtomicBool>,
+    /// Set when the timeout cut it.
     cut: Arc<std::sync::atomic::AtomicBool>,
     timeout: Duration,
 }
 
 impl QueryStream {
     /// The next batch; `None` at the end, an error when the answer ended early (an answer
-    /// cut by its timeout never looks complete).
+    /// cut by its timeout, or by a failed query task, never looks complete).
     pub async fn next(&mut self) -> Option<Result<RecordBatch, QueryError>> {
+        use std::sync::atomic::Ordering;
         match self.batches.recv().await {
             Some(item) => Some(item),
-            None if self.cut.swap(false, std::sync::atomic::Ordering::Relaxed) => {
-                Some(Err(QueryError::Timeout(self.timeout)))
+            None if self.complete.load(Ordering::Acquire) => None,
+            None => {
+                // Said once; then the answer is over.
+                self.complete.store(true, Ordering::Release);
+                Some(Err(if self.cut.load(Ordering::Acquire) {
+                    QueryError::Timeout(self.timeout)
+                } else {
+                    QueryError::Internal("the query ended early".into())
+                }))
             }
-            None => None,
         }
     }
 
@@ -416,7 +426,8 @@ impl QueryEngine {
         let running = self.running.clone();
         let pool = self.runtime_env.memory_pool.clone();
         let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let cut_by_timeout = cut.clone();
+        let complete = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (cut_by_timeout, completed) = (cut.clone(), complete.clone());
         runtime.spawn(async move {
             let start = async {
                 let plan = plan(&ctx, &sql, params, readable.as_deref(), limits).await?;
@@ -453,15 +464,23 @@ impl QueryEngine {
                     () = tx.closed() => break,
                 };
                 let item = match next {
-                    Ok(None) => break,
+                    Ok(None) => {
+                        completed.store(true, std::sync::atomic::Ordering::Release);
+                        break;
+                    }
                     Ok(Some(batch)) => batch.map_err(|e| classify(e, limits)),
                     Err(_) => Err(QueryError::Timeout(limits.timeout)),
                 };
                 let last = item.is_err();
                 let sent = tokio::time::timeout_at(deadline, tx.send(item)).await;
-                if sent.is_err() {
+                match sent {
                     // The consumer took too long: the answer ends cut, and says so.
-                    cut_by_timeout.store(true, std::sync::atomic::Ordering::Relaxed);
+                    Err(_) => cut_by_timeout.store(true, std::sync::atomic::Ordering::Release),
+                    // The error queued is the answer's end.
+                    Ok(Ok(())) if last => {
+                        completed.store(true, std::sync::atomic::Ordering::Release)
+                    }
+                    _ => {}
                 }
                 if last || !matches!(sent, Ok(Ok(()))) {
                     // An error ends the answer; a consumer gone (or too slow) ends the query.
@@ -478,6 +497,7 @@ impl QueryEngine {
         Ok(QueryStream {
             schema,
             batches,
+            complete,
             cut,
             timeout: limits.timeout,
         })

@@ -66,7 +66,12 @@ pub fn statements(sql: &str) -> Vec<&str> {
     for t in &tokens {
         match &t.token {
             Token::SemiColon => {
-                let Some(at) = offset.at(t.span.start.line, t.span.start.column) else {
+                // A location that is not the `;` (the tokenizer re-reads some comments from
+                // their start): the text is one statement, for the planner to judge.
+                let Some(at) = offset
+                    .at(t.span.start.line, t.span.start.column)
+                    .filter(|&at| sql.as_bytes().get(at) == Some(&b';'))
+                else {
                     return vec![sql];
                 };
                 if !empty {
@@ -151,6 +156,7 @@ mod tests {
         let sql = "SELECT ';' AS a; -- only a comment;\n;SELECT 2 /* ; */ ;  ";
         assert_eq!(statements(sql), ["SELECT ';' AS a", "SELECT 2 /* ; */"]);
         assert!(statements("-- ping").is_empty());
+        assert_eq!(statements("SELECT 1 /*!; x */"), ["SELECT 1 /*!; x */"]);
         assert_eq!(statements("SELECT 'unterminated"), ["SELECT 'unterminated"]);
         // Many statements on one line, and characters of several bytes before them.
         let line = "SELECT 'é';".repeat(20_000);

@@ -306,13 +306,19 @@ async fn cancelled_and_abandoned_queries_end() {
     wait_for_no_query(server.http).await;
 
     // A client that closes its connection while its query computes (no row written yet)
-    // ends it too.
-    let (gone, socket) = connect_with_task(&server, "default", None).await.unwrap();
-    let abandoned = tokio::spawn(async move { gone.simple_query(long).await });
-    wait_for_running(&server).await;
-    socket.abort();
-    abandoned.abort();
-    wait_for_no_query(server.http).await;
+    // ends it too: politely (the driver sends Terminate first, as drivers do on close) or
+    // not (the socket just closes).
+    for polite in [true, false] {
+        let (gone, socket) = connect_with_task(&server, "default", None).await.unwrap();
+        let abandoned = tokio::spawn(async move { gone.simple_query(long).await });
+        wait_for_running(&server).await;
+        if !polite {
+            socket.abort();
+        }
+        // Dropping the client makes its connection send Terminate and close.
+        abandoned.abort();
+        wait_for_no_query(server.http).await;
+    }
 }
 
 async fn wait_for_running(server: &TestServer) {
@@ -451,6 +457,54 @@ async fn tls_carries_the_password() {
     // Clients that do not ask for TLS still connect.
     let plain = connect(&server, "default", None).await.unwrap();
     assert_eq!(simple_rows(&plain, "SELECT 1 AS one").await[0]["one"], "1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_side_cursors_page_through_an_answer() {
+    let (server, _keys) = analyst_server().await;
+    let mut alpha = connect(&server, "alpha", Some("k-alpha")).await.unwrap();
+    // The simple protocol, as psql and psycopg's FETCH send it.
+    let names = |messages: Vec<SimpleQueryMessage>| -> Vec<String> {
+        messages
+            .into_iter()
+            .filter_map(|m| match m {
+                SimpleQueryMessage::Row(row) => Some(row.get(0).unwrap().to_string()),
+                _ => None,
+            })
+            .collect()
+    };
+    alpha
+        .batch_execute("BEGIN; DECLARE c CURSOR FOR SELECT name FROM spans ORDER BY name")
+        .await
+        .unwrap();
+    let first = names(alpha.simple_query("FETCH FORWARD 2 FROM c").await.unwrap());
+    assert_eq!(first, ["cart", "checkout"]);
+    let rest = names(alpha.simple_query("FETCH ALL FROM c").await.unwrap());
+    assert_eq!(rest, ["checkout"]);
+    assert!(names(alpha.simple_query("FETCH 5 FROM c").await.unwrap()).is_empty());
+    alpha.batch_execute("CLOSE c; COMMIT").await.unwrap();
+    let e = alpha.simple_query("FETCH 1 FROM c").await.unwrap_err();
+    assert_eq!(state(&e), &SqlState::INVALID_CURSOR_NAME, "{e:?}");
+
+    // The extended protocol, with a parameter bound into the cursor's query (as psycopg's
+    // named cursors declare it), fetched in binary.
+    let transaction = alpha.transaction().await.unwrap();
+    transaction
+        .execute(
+            "DECLARE d CURSOR FOR SELECT name, duration_ns FROM spans WHERE name = $1",
+            &[&"checkout"],
+        )
+        .await
+        .unwrap();
+    let rows = transaction.query("FETCH 10 FROM d", &[]).await.unwrap();
+    assert_eq!(rows.len(), 2);
+    assert!(rows.iter().all(|r| r.get::<_, String>(0) == "checkout"));
+    // A cursor over another key's workspace is refused like any query.
+    let e = transaction
+        .execute("DECLARE e CURSOR FOR SELECT * FROM beta.spans", &[])
+        .await
+        .unwrap_err();
+    assert_eq!(state(&e), &SqlState::INSUFFICIENT_PRIVILEGE);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

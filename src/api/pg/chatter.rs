@@ -42,6 +42,23 @@ pub enum Native {
     Rows(RecordBatch),
     /// A statement refused before planning, as the sandbox refuses it (what it is).
     NotAllowed(String),
+    /// `DECLARE name … CURSOR … FOR query`: a server-side cursor over `query`'s answer.
+    Declare {
+        /// The cursor's name.
+        name: String,
+        /// The query, as sent.
+        query: String,
+    },
+    /// `FETCH [FORWARD] [n | ALL | NEXT] [FROM | IN] name`: the cursor's next `count` rows
+    /// (`None`: all that are left).
+    Fetch {
+        /// The cursor's name.
+        name: String,
+        /// How many rows.
+        count: Option<usize>,
+    },
+    /// `CLOSE name`, or `CLOSE ALL` (`None`).
+    Close(Option<String>),
 }
 
 /// A relation the connection may read.
@@ -135,6 +152,13 @@ pub fn answer(sql: &str, scope: &Scope) -> Option<Native> {
         ["begin", ..] | ["start", "transaction"] => return Some(Native::Begin),
         // `COPY … TO STDOUT` does not even parse in DataFusion: refuse it for what it is.
         ["copy", ..] => return Some(Native::NotAllowed("COPY".into())),
+        ["declare", ..] => return Some(declare(&text, &lower)),
+        ["fetch", ..] => return Some(fetch(&text)),
+        ["close", ..] => {
+            let name = text.split(' ').nth(1).unwrap_or_default();
+            let all = name.eq_ignore_ascii_case("all");
+            return Some(Native::Close((!all).then(|| unquote(name))));
+        }
         ["commit" | "end", ..] => return Some(Native::End("COMMIT")),
         ["rollback" | "abort", ..] => return Some(Native::End("ROLLBACK")),
         ["show", _] if lower == "show transaction isolation level" => {
@@ -172,6 +196,40 @@ fn normalize(sql: &str) -> String {
         out.truncate(out.trim_end().len());
     }
     QUOTED_NAME.replace_all(&out, "$1").into_owned()
+}
+
+/// `DECLARE name [BINARY] [[NO] SCROLL] CURSOR [WITH[OUT] HOLD] FOR query`.
+fn declare(text: &str, lower: &str) -> Native {
+    let name = unquote(text.split(' ').nth(1).unwrap_or_default());
+    let query = lower
+        .find(" cursor ")
+        .and_then(|at| lower[at..].find(" for ").map(|f| at + f + " for ".len()))
+        .map(|at| text[at..].to_string());
+    match query {
+        Some(query) => Native::Declare { name, query },
+        None => Native::NotAllowed("DECLARE without CURSOR … FOR a query".into()),
+    }
+}
+
+/// `FETCH [FORWARD | NEXT] [count | ALL] [FROM | IN] name` (one row when no count).
+fn fetch(text: &str) -> Native {
+    let words: Vec<&str> = text.split(' ').skip(1).collect();
+    let name = words.last().map(|n| unquote(n)).unwrap_or_default();
+    let mut count = Some(1);
+    for word in &words[..words.len().saturating_sub(1)] {
+        let word = word.to_ascii_lowercase();
+        if word == "all" {
+            count = None;
+        } else if let Ok(n) = word.parse::<usize>() {
+            count = Some(n);
+        }
+    }
+    Native::Fetch { name, count }
+}
+
+/// A name as written, without its double quotes.
+fn unquote(name: &str) -> String {
+    name.trim_matches('"').to_string()
 }
 
 /// `SHOW name` of a server parameter clients ask for; other `SHOW`s go to the engine.
@@ -714,6 +772,32 @@ ORDER BY a.attnum;"#;
             matches!(answer("SET extra_float_digits = 3", &[], &[]), Some(Native::Command(t)) if t == "SET")
         );
         assert!(matches!(answer("begin", &[], &[]), Some(Native::Begin)));
+        let declared = answer(
+            "DECLARE \"Big\" NO SCROLL CURSOR WITH HOLD FOR SELECT name FROM spans WHERE a = $1",
+            &[],
+            &[],
+        );
+        assert!(
+            matches!(&declared, Some(Native::Declare { name, query })
+                if name == "Big" && query == "SELECT name FROM spans WHERE a = $1"),
+            "{declared:?}"
+        );
+        for (sql, want) in [
+            ("FETCH FORWARD 100 FROM \"Big\"", Some(100)),
+            ("fetch all in big", None),
+            ("FETCH NEXT FROM big", Some(1)),
+            ("FETCH big", Some(1)),
+        ] {
+            let got = answer(sql, &[], &[]);
+            assert!(
+                matches!(&got, Some(Native::Fetch { name, count }) if name.eq_ignore_ascii_case("big") && *count == want),
+                "{sql}: {got:?}"
+            );
+        }
+        assert!(matches!(
+            answer("CLOSE ALL", &[], &[]),
+            Some(Native::Close(None))
+        ));
         assert!(matches!(
             answer("ROLLBACK;", &[], &[]),
             Some(Native::End("ROLLBACK"))

@@ -10,10 +10,12 @@
 //! Invariants: the key is checked at login and again for every statement; only reads run
 //! (the engine's sandbox refuses anything else; `SET`, transactions and catalog queries are
 //! answered without it, see [`chatter`]); queries run in the engine's memory pool and
-//! timeout; rows are written as the query makes them, never gathered (a fetch of `n` rows
-//! holds `n`); a client that cancels, or closes its connection, ends its query, while it
-//! computes or while its rows stream; the statements of a simple query run one after the
-//! other; at most [`MAX_CONNECTIONS`] connections are open at once.
+//! timeout; rows are written as the query makes them, never gathered (a fetch of `n` rows,
+//! or a server-side cursor's `FETCH n`, holds `n` and about a batch more); a client that
+//! cancels, or closes its connection, ends its statement, while it computes or while its
+//! rows stream; the statements of a simple query run one after the other; at most
+//! [`MAX_CONNECTIONS`] connections are logged in or logging in at once (as many more may
+//! send a cancel request, and are told there are too many).
 
 mod chatter;
 mod errors;
@@ -25,6 +27,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, Weak};
 
 use anyhow::Context as _;
+use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, SchemaRef};
 use async_trait::async_trait;
 use datafusion::common::TableReference;
@@ -44,7 +47,7 @@ use pgwire::api::query::{
     send_query_response, send_ready_for_query,
 };
 use pgwire::api::results::{FieldInfo, QueryResponse, Response, Tag};
-use pgwire::api::stmt::QueryParser;
+use pgwire::api::stmt::{QueryParser, StoredStatement};
 use pgwire::api::store::{Entry, PortalStore};
 use pgwire::api::{
     ClientInfo, ClientPortalStore, DEFAULT_NAME, METADATA_DATABASE, METADATA_USER,
@@ -59,6 +62,7 @@ use pgwire::messages::startup::SecretKey;
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use pgwire::tokio::TlsAcceptor;
 use pgwire::tokio::tokio_rustls::rustls;
+use tokio::io::Interest;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -69,15 +73,20 @@ use crate::query::{CATALOG, QueryEngine, QueryError, QueryStream, placeholders};
 use chatter::Native;
 use errors::{bad_password, canceled, error, fatal, gone, query_error};
 
-/// Connections open at once (PostgreSQL's default `max_connections`); more are closed as
-/// they arrive.
+/// Connections open at once (PostgreSQL's default `max_connections`); as many more are
+/// served a cancel request or told "too many clients", and any beyond are closed.
 pub const MAX_CONNECTIONS: usize = 100;
+
+/// Rows of one `DataRow` batch read from a cursor with no count.
+const FETCH_ALL_ROWS: usize = 8192;
 
 /// The PostgreSQL front end.
 pub struct PgWire {
     engine: Arc<QueryEngine>,
     auth: Arc<Auth>,
     startup: Arc<Startup>,
+    /// Answers a login with "too many clients" (cancel requests still work).
+    full: Arc<Startup>,
     cancels: Arc<Cancels>,
     tls: Option<TlsAcceptor>,
 }
@@ -92,19 +101,24 @@ impl PgWire {
     ) -> anyhow::Result<Self> {
         let tls = tls.map(|(cert, key)| tls_acceptor(cert, key)).transpose()?;
         let cancels = Arc::new(Cancels::default());
-        let startup = Arc::new(Startup {
-            driver: AuthDriver::new(server_parameters()),
-            keys: CleartextPasswordAuth::new(Arc::new(Keys {
-                auth: auth.clone(),
-                engine: engine.clone(),
-            })),
-            open: auth.is_open(),
-            cancels: cancels.clone(),
-        });
+        let startup = |full| {
+            Arc::new(Startup {
+                driver: AuthDriver::new(server_parameters()),
+                keys: CleartextPasswordAuth::new(Arc::new(Keys {
+                    auth: auth.clone(),
+                    engine: engine.clone(),
+                })),
+                open: auth.is_open(),
+                full,
+                cancels: cancels.clone(),
+            })
+        };
+        let (startup, full) = (startup(false), startup(true));
         Ok(Self {
             engine,
             auth,
             startup,
+            full,
             cancels,
             tls,
         })
@@ -114,6 +128,7 @@ impl PgWire {
     /// each connection is its own task.
     pub async fn serve(self, listener: TcpListener, stop: CancellationToken) {
         let open = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let overflow = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         loop {
             let socket = tokio::select! {
                 () = stop.cancelled() => return,
@@ -126,11 +141,19 @@ impl PgWire {
                     }
                 },
             };
-            let Ok(permit) = open.clone().try_acquire_owned() else {
-                tracing::warn!(
-                    "Refused a PostgreSQL connection: {MAX_CONNECTIONS} connections are open."
-                );
-                continue;
+            let (permit, startup) = match open.clone().try_acquire_owned() {
+                Ok(permit) => (permit, self.startup.clone()),
+                // Full: still served, for a cancel request or to be told so.
+                Err(_) => match overflow.clone().try_acquire_owned() {
+                    Ok(permit) => (permit, self.full.clone()),
+                    Err(_) => {
+                        tracing::warn!(
+                            "Closed a PostgreSQL connection: {MAX_CONNECTIONS} are open and as \
+                             many more are being refused."
+                        );
+                        continue;
+                    }
+                },
             };
             let _ = socket.set_nodelay(true);
             let (socket, peer) = match watched(socket) {
@@ -146,7 +169,7 @@ impl PgWire {
                     auth: self.auth.clone(),
                     peer: Some(Arc::new(peer)),
                 }),
-                startup: self.startup.clone(),
+                startup,
                 cancels: self.cancels.clone(),
             };
             let (tls, stop) = (self.tls.clone(), stop.clone());
@@ -172,17 +195,23 @@ fn watched(socket: TcpStream) -> std::io::Result<(TcpStream, TcpStream)> {
     Ok((TcpStream::from_std(socket)?, TcpStream::from_std(peer)?))
 }
 
-/// Resolves when the client behind `peer` has closed its connection. Bytes waiting from it
-/// (a message sent ahead, as the extended protocol does) show it is there; then nothing
-/// more can be told before they are read, and this never resolves.
+/// Resolves when the client behind `peer` has closed its connection (its end shut for
+/// reading: bytes it sent before closing, a `Terminate` or a message sent ahead, do not
+/// hide it).
 async fn closed(peer: Option<Arc<TcpStream>>) {
-    let mut byte = [0u8; 1];
-    match peer {
-        Some(peer) => match peer.peek(&mut byte).await {
-            Ok(0) | Err(_) => {}
-            Ok(_) => std::future::pending().await,
-        },
-        None => std::future::pending().await,
+    let Some(peer) = peer else {
+        return std::future::pending().await;
+    };
+    loop {
+        match peer.ready(Interest::READABLE).await {
+            Ok(ready) if !ready.is_read_closed() => {
+                // Bytes to read, which are the protocol's: wait for the next event.
+                let _ = peer.try_io(Interest::READABLE, || {
+                    Err::<(), _>(std::io::ErrorKind::WouldBlock.into())
+                });
+            }
+            _ => return,
+        }
     }
 }
 
@@ -254,6 +283,8 @@ struct Connection {
     user: String,
     /// Cancels the statement running now.
     current: Mutex<CancellationToken>,
+    /// Its server-side cursors by name.
+    cursors: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Cursor>>>>,
 }
 
 impl Connection {
@@ -277,6 +308,59 @@ impl Connection {
             .lock()
             .expect("the token lock is never poisoned")
             .cancel();
+    }
+
+    /// Resolves when the statement running now is cancelled.
+    fn cancelled(&self) -> tokio_util::sync::WaitForCancellationFutureOwned {
+        self.current
+            .lock()
+            .expect("the token lock is never poisoned")
+            .clone()
+            .cancelled_owned()
+    }
+
+    /// The cursor `name`.
+    fn cursor(&self, name: &str) -> PgWireResult<Arc<tokio::sync::Mutex<Cursor>>> {
+        self.cursors
+            .lock()
+            .expect("the cursor lock is never poisoned")
+            .get(name)
+            .cloned()
+            .ok_or_else(|| error("34000", format!("cursor \"{name}\" does not exist")))
+    }
+}
+
+/// A query's answer read a part at a time: by a server-side cursor, or by a portal.
+struct Cursor {
+    answer: QueryStream,
+    /// The batch being read and the rows of it already read.
+    pending: Option<(RecordBatch, usize)>,
+}
+
+impl Cursor {
+    fn new(answer: QueryStream) -> Self {
+        Self {
+            answer,
+            pending: None,
+        }
+    }
+
+    /// The next rows, at most `limit`; `None` at the end.
+    async fn next(&mut self, limit: usize) -> Option<Result<RecordBatch, QueryError>> {
+        loop {
+            if let Some((batch, read)) = self.pending.take()
+                && read < batch.num_rows()
+            {
+                let n = limit.min(batch.num_rows() - read);
+                let rows = batch.slice(read, n);
+                self.pending = Some((batch, read + n));
+                return Some(Ok(rows));
+            }
+            match self.answer.next().await? {
+                Ok(batch) => self.pending = Some((batch, 0)),
+                Err(e) => return Some(Err(e)),
+            }
+        }
     }
 }
 
@@ -329,6 +413,8 @@ struct Startup {
     driver: AuthDriver<DefaultServerParameterProvider, Principal>,
     keys: CleartextPasswordAuth<Keys>,
     open: bool,
+    /// Refuse every login: [`MAX_CONNECTIONS`] are open.
+    full: bool,
     cancels: Arc<Cancels>,
 }
 
@@ -355,6 +441,7 @@ impl Startup {
             wanted,
             user,
             current: Mutex::default(),
+            cursors: Mutex::default(),
         });
         client
             .session_extensions()
@@ -382,6 +469,9 @@ impl StartupHandler for Startup {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let outcome = match message {
+            PgWireFrontendMessage::Startup(_) if self.full => {
+                return Err(fatal("53300", "sorry, too many clients already"));
+            }
             PgWireFrontendMessage::Startup(ref startup) => {
                 protocol_negotiation(client, startup).await?;
                 save_startup_parameters_to_metadata(client, startup);
@@ -483,6 +573,18 @@ enum Planned {
         schema: SchemaRef,
         params: Arc<[Option<DataType>]>,
     },
+    /// `DECLARE name CURSOR FOR sql`, `sql` planned by the engine with these parameters.
+    Declare {
+        name: Arc<str>,
+        sql: Arc<str>,
+        params: Arc<[Option<DataType>]>,
+    },
+    /// `FETCH count FROM name` of a cursor whose answer has `schema`.
+    Fetch {
+        name: Arc<str>,
+        count: Option<usize>,
+        schema: SchemaRef,
+    },
 }
 
 /// Answers queries, simple and extended, for one connection.
@@ -548,97 +650,197 @@ impl Queries {
         Ok(chatter::answer(sql, &scope))
     }
 
-    /// Runs `sql` with `params`, its rows described by `fields` (those of its answer's
-    /// schema in text when `None`); ends early when `token` is cancelled or the client
-    /// closes its connection.
-    async fn run(
+    /// Starts `sql` with `params` in a session over `access`; fails if the statement is
+    /// cancelled or the client leaves before it is planned.
+    async fn start(
         &self,
-        ctx: SessionContext,
+        connection: &Connection,
         access: &Access,
         sql: &str,
         params: Vec<ScalarValue>,
-        fields: Option<Arc<Vec<FieldInfo>>>,
-        token: CancellationToken,
-    ) -> PgWireResult<Response> {
+    ) -> PgWireResult<QueryStream> {
+        let ctx = self.session(connection, access).await?;
         let started = self
             .engine
             .stream_with(ctx, sql.to_string(), params, access.checked());
-        let answer = tokio::select! {
-            answer = started => answer.map_err(query_error)?,
-            () = token.cancelled() => return Err(canceled()),
-            () = closed(self.peer.clone()) => return Err(gone()),
-        };
+        tokio::select! {
+            answer = started => answer.map_err(query_error),
+            _ = connection.cancelled() => Err(canceled()),
+            () = closed(self.peer.clone()) => Err(gone()),
+        }
+    }
+
+    /// The rows of `answer`, described by `fields` (those of its schema in text when
+    /// `None`).
+    fn respond_rows(
+        &self,
+        connection: &Arc<Connection>,
+        answer: QueryStream,
+        fields: Option<Arc<Vec<FieldInfo>>>,
+    ) -> PgWireResult<Response> {
         let fields = match fields {
             Some(fields) => fields,
             None => Arc::new(types::fields(&answer.schema, None)?),
         };
-        let rows = rows(answer, fields.clone(), token, self.peer.clone());
+        let rows = rows(
+            Box::new(Cursor::new(answer)),
+            None,
+            fields.clone(),
+            connection.clone(),
+            self.peer.clone(),
+        );
         Ok(Response::Query(QueryResponse::new(fields, rows)))
     }
 
-    /// The response to one statement of a simple query.
-    async fn simple(
+    /// Opens the cursor `name` over `sql` with `params`.
+    async fn declare(
         &self,
         connection: &Connection,
+        access: &Access,
+        name: &str,
         sql: &str,
-        token: &CancellationToken,
+        params: Vec<ScalarValue>,
     ) -> PgWireResult<Response> {
+        if connection.cursor(name).is_ok() {
+            return Err(error("42P03", format!("cursor \"{name}\" already exists")));
+        }
+        let answer = self.start(connection, access, sql, params).await?;
+        let cursor = Arc::new(tokio::sync::Mutex::new(Cursor::new(answer)));
+        connection
+            .cursors
+            .lock()
+            .expect("the cursor lock is never poisoned")
+            .insert(name.to_string(), cursor);
+        Ok(Response::Execution(Tag::new("DECLARE CURSOR")))
+    }
+
+    /// The next `count` rows of the cursor `name` (all that are left when `None`), in
+    /// `format`.
+    async fn fetch(
+        &self,
+        connection: &Arc<Connection>,
+        name: &str,
+        count: Option<usize>,
+        format: Option<&Format>,
+    ) -> PgWireResult<Response> {
+        let cursor = connection.cursor(name)?.lock_owned().await;
+        let fields = Arc::new(types::fields(&cursor.answer.schema, format)?);
+        let rows = rows(
+            cursor,
+            count,
+            fields.clone(),
+            connection.clone(),
+            self.peer.clone(),
+        );
+        let mut response = QueryResponse::new(fields, rows);
+        response.set_command_tag("FETCH");
+        Ok(Response::Query(response))
+    }
+
+    /// The response of a native answer, its rows in `format` (text when `None`); a refusal
+    /// is an error.
+    async fn respond(
+        &self,
+        connection: &Arc<Connection>,
+        access: &Access,
+        native: &Native,
+        format: Option<&Format>,
+    ) -> PgWireResult<Response> {
+        Ok(match native {
+            Native::Command(tag) => Response::Execution(Tag::new(tag)),
+            Native::Begin => Response::TransactionStart(Tag::new("BEGIN")),
+            Native::End(tag) => Response::TransactionEnd(Tag::new(tag)),
+            Native::NotAllowed(what) => {
+                return Err(query_error(QueryError::NotAllowed(what.clone())));
+            }
+            Native::Rows(batch) => {
+                let fields = Arc::new(types::fields(&batch.schema(), format)?);
+                let rows = types::RowEncoder::new(fields.clone()).rows(batch)?;
+                Response::Query(QueryResponse::new(
+                    fields,
+                    futures::stream::iter(rows.into_iter().map(Ok)),
+                ))
+            }
+            Native::Declare { name, query } => {
+                return self
+                    .declare(connection, access, name, query, Vec::new())
+                    .await;
+            }
+            Native::Fetch { name, count } => {
+                return self.fetch(connection, name, *count, format).await;
+            }
+            Native::Close(name) => {
+                let mut cursors = connection
+                    .cursors
+                    .lock()
+                    .expect("the cursor lock is never poisoned");
+                match name {
+                    Some(name) => {
+                        if cursors.remove(name).is_none() {
+                            return Err(error(
+                                "34000",
+                                format!("cursor \"{name}\" does not exist"),
+                            ));
+                        }
+                    }
+                    None => cursors.clear(),
+                }
+                Response::Execution(Tag::new("CLOSE CURSOR"))
+            }
+        })
+    }
+
+    /// The response to one statement of a simple query.
+    async fn simple(&self, connection: &Arc<Connection>, sql: &str) -> PgWireResult<Response> {
         let access = self.access(connection)?;
         if let Some(native) = self.native(connection, sql, &access).await? {
-            return respond(&native, None);
+            return self.respond(connection, &access, &native, None).await;
         }
-        let ctx = self.session(connection, &access).await?;
-        self.run(ctx, &access, sql, Vec::new(), None, token.clone())
-            .await
+        let answer = self.start(connection, &access, sql, Vec::new()).await?;
+        self.respond_rows(connection, answer, None)
     }
 }
 
-/// The response of a native answer, its rows in `format` (text when `None`); a refusal is
-/// an error.
-fn respond(native: &Native, format: Option<&Format>) -> PgWireResult<Response> {
-    Ok(match native {
-        Native::Command(tag) => Response::Execution(Tag::new(tag)),
-        Native::Begin => Response::TransactionStart(Tag::new("BEGIN")),
-        Native::NotAllowed(what) => return Err(query_error(QueryError::NotAllowed(what.clone()))),
-        Native::End(tag) => Response::TransactionEnd(Tag::new(tag)),
-        Native::Rows(batch) => {
-            let fields = Arc::new(types::fields(&batch.schema(), format)?);
-            let rows = types::RowEncoder::new(fields.clone()).rows(batch)?;
-            Response::Query(QueryResponse::new(
-                fields,
-                futures::stream::iter(rows.into_iter().map(Ok)),
-            ))
-        }
-    })
-}
-
-/// The rows of `answer` as `DataRow`s of `fields`, batch by batch; an error, a cancel or
-/// the client closing its connection ends them (and dropping them cancels the query).
-fn rows(
-    answer: QueryStream,
+/// At most `count` rows (all when `None`) of `cursor` as `DataRow`s of `fields`, a part at
+/// a time; an error, a cancel or the client closing its connection ends them (and dropping
+/// a query's only cursor cancels the query).
+fn rows<K>(
+    cursor: K,
+    count: Option<usize>,
     fields: Arc<Vec<FieldInfo>>,
-    token: CancellationToken,
+    connection: Arc<Connection>,
     peer: Option<Arc<TcpStream>>,
-) -> impl futures::Stream<Item = PgWireResult<pgwire::messages::data::DataRow>> + Send + 'static {
+) -> impl futures::Stream<Item = PgWireResult<pgwire::messages::data::DataRow>> + Send + 'static
+where
+    K: std::ops::DerefMut<Target = Cursor> + Send + 'static,
+{
     let encoder = types::RowEncoder::new(fields);
-    futures::stream::unfold(Some((answer, encoder, token, peer)), |state| async move {
-        let (mut answer, mut encoder, token, peer) = state?;
-        let next = tokio::select! {
-            next = answer.next() => next,
-            () = token.cancelled() => return Some((vec![Err(canceled())], None)),
-            () = closed(peer.clone()) => return Some((vec![Err(gone())], None)),
-        };
-        match next? {
-            Ok(batch) => match encoder.rows(&batch) {
-                Ok(rows) => Some((
-                    rows.into_iter().map(Ok).collect(),
-                    Some((answer, encoder, token, peer)),
-                )),
-                Err(e) => Some((vec![Err(e)], None)),
-            },
-            Err(e) => Some((vec![Err(query_error(e))], None)),
-        }
-    })
+    let left = count.unwrap_or(usize::MAX);
+    futures::stream::unfold(
+        Some((cursor, left, encoder, connection, peer)),
+        |state| async move {
+            let (mut cursor, left, mut encoder, connection, peer) = state?;
+            if left == 0 {
+                return None;
+            }
+            let next = tokio::select! {
+                next = cursor.next(left.min(FETCH_ALL_ROWS)) => next,
+                _ = connection.cancelled() => return Some((vec![Err(canceled())], None)),
+                () = closed(peer.clone()) => return Some((vec![Err(gone())], None)),
+            };
+            match next? {
+                Ok(batch) => match encoder.rows(&batch) {
+                    Ok(rows) => {
+                        let left = left - batch.num_rows();
+                        let rows = rows.into_iter().map(Ok).collect();
+                        Some((rows, Some((cursor, left, encoder, connection, peer))))
+                    }
+                    Err(e) => Some((vec![Err(e)], None)),
+                },
+                Err(e) => Some((vec![Err(query_error(e))], None)),
+            }
+        },
+    )
     .flat_map(futures::stream::iter)
 }
 
@@ -659,8 +861,7 @@ impl SimpleQueryHandler for Queries {
         }
         client.set_state(PgWireConnectionState::QueryInProgress);
         let connection = connection(client)?;
-        let token = connection.start();
-        let mut status = client.transaction_status();
+        connection.start();
         let statements = placeholders::statements(&query.query);
         if statements.is_empty() {
             client
@@ -670,7 +871,8 @@ impl SimpleQueryHandler for Queries {
                 .await?;
         }
         for sql in statements {
-            match self.simple(&connection, sql, &token).await? {
+            let mut status = client.transaction_status();
+            match self.simple(&connection, sql).await? {
                 Response::Query(answer) => send_query_response(client, answer, true).await?,
                 Response::TransactionStart(tag) => {
                     send_execution_response(client, tag).await?;
@@ -684,10 +886,11 @@ impl SimpleQueryHandler for Queries {
                 Response::Error(e) => return Err(PgWireError::UserError(e)),
                 _ => return Err(error("XX000", "an answer of an unexpected kind")),
             }
+            // Kept at once: a later statement's failure reports the status it left.
+            client.set_transaction_status(status);
         }
         client.set_state(PgWireConnectionState::ReadyForQuery);
-        client.set_transaction_status(status);
-        send_ready_for_query(client, status).await
+        send_ready_for_query(client, client.transaction_status()).await
     }
 
     async fn do_query<C>(&self, _client: &mut C, _query: &str) -> PgWireResult<Vec<Response>>
@@ -737,32 +940,51 @@ impl QueryParser for Parser {
         let queries = &self.queries;
         let connection = connection(client)?;
         let access = queries.access(&connection)?;
+        let prepare = async |sql: &str| {
+            let ctx = queries.session(&connection, &access).await?;
+            queries
+                .engine
+                .prepare(ctx, sql.to_string(), access.checked())
+                .await
+                .map_err(query_error)
+        };
         // A catalog answer ignores parameters: it is computed here, before any is bound.
-        if let Some(native) = queries.native(&connection, sql, &access).await? {
-            return Ok(Some(Prepared {
-                sql: sql.into(),
-                plan: Planned::Native(Arc::new(native)),
-            }));
-        }
-        let ctx = queries.session(&connection, &access).await?;
-        let (schema, params) = queries
-            .engine
-            .prepare(ctx, sql.to_string(), access.checked())
-            .await
-            .map_err(query_error)?;
+        let plan = match queries.native(&connection, sql, &access).await? {
+            Some(Native::Declare { name, query }) => {
+                let (_, params) = prepare(&query).await?;
+                Planned::Declare {
+                    name: name.into(),
+                    sql: query.into(),
+                    params: params.into(),
+                }
+            }
+            Some(Native::Fetch { name, count }) => {
+                let schema = connection.cursor(&name)?.lock().await.answer.schema.clone();
+                Planned::Fetch {
+                    name: name.into(),
+                    count,
+                    schema,
+                }
+            }
+            Some(native) => Planned::Native(Arc::new(native)),
+            None => {
+                let (schema, params) = prepare(sql).await?;
+                Planned::Query {
+                    schema,
+                    params: params.into(),
+                }
+            }
+        };
         Ok(Some(Prepared {
             sql: sql.into(),
-            plan: Planned::Query {
-                schema,
-                params: params.into(),
-            },
+            plan,
         }))
     }
 
     fn get_parameter_types(&self, statement: &Prepared) -> PgWireResult<Vec<Type>> {
         Ok(match &statement.plan {
-            Planned::Native(_) => Vec::new(),
-            Planned::Query { params, .. } => params
+            Planned::Native(_) | Planned::Fetch { .. } => Vec::new(),
+            Planned::Query { params, .. } | Planned::Declare { params, .. } => params
                 .iter()
                 .map(|t| t.as_ref().map_or(Type::UNKNOWN, types::pg_type))
                 .collect(),
@@ -779,7 +1001,10 @@ impl QueryParser for Parser {
                 Native::Rows(batch) => types::fields(&batch.schema(), format),
                 _ => Ok(Vec::new()),
             },
-            Planned::Query { schema, .. } => types::fields(schema, format),
+            Planned::Query { schema, .. } | Planned::Fetch { schema, .. } => {
+                types::fields(schema, format)
+            }
+            Planned::Declare { .. } => Ok(Vec::new()),
         }
     }
 }
@@ -818,29 +1043,49 @@ impl ExtendedQueryHandler for Queries {
         client.set_state(PgWireConnectionState::QueryInProgress);
         let state = portal.state();
         let mut state = state.lock().await;
-        if matches!(*state, PortalExecutionState::Initial) {
-            let Response::Query(answer) =
-                ExtendedQueryHandler::do_query(self, client, &portal, 0).await?
-            else {
-                return Err(error("XX000", "a query answered without rows"));
-            };
-            *state = PortalExecutionState::Suspended(answer);
-        }
-        let limit = usize::try_from(message.max_rows).unwrap_or(0);
-        match &mut *state {
-            PortalExecutionState::Suspended(answer) => {
-                let suspended = send_partial_query_response(client, answer, limit).await?;
-                if !suspended {
-                    *state = PortalExecutionState::Finished;
+        let sent = match &mut *state {
+            PortalExecutionState::Initial => {
+                match ExtendedQueryHandler::do_query(self, client, &portal, 0).await {
+                    Ok(Response::Query(answer)) => {
+                        *state = PortalExecutionState::Suspended(answer);
+                        Ok(())
+                    }
+                    Ok(_) => Err(error("XX000", "a query answered without rows")),
+                    Err(e) => Err(e),
                 }
             }
             _ => {
+                // A later fetch of a suspended portal is the statement running now.
+                connection(client)?.start();
+                Ok(())
+            }
+        };
+        let limit = usize::try_from(message.max_rows).unwrap_or(0);
+        let sent = match (sent, &mut *state) {
+            (Err(e), _) => Err(e),
+            (Ok(()), PortalExecutionState::Suspended(answer)) => {
+                send_partial_query_response(client, answer, limit).await
+            }
+            (Ok(()), _) => {
                 let done = Tag::new("SELECT").with_rows(0);
-                send_execution_response(client, done).await?;
+                send_execution_response(client, done).await.map(|()| false)
+            }
+        };
+        match sent {
+            Ok(suspended) => {
+                if !suspended {
+                    *state = PortalExecutionState::Finished;
+                }
+                client.set_state(PgWireConnectionState::ReadyForQuery);
+                Ok(())
+            }
+            Err(e) => {
+                // A portal whose answer broke off is gone, not finished.
+                drop(state);
+                client.portal_store().rm_portal(name);
+                Err(e)
             }
         }
-        client.set_state(PgWireConnectionState::ReadyForQuery);
-        Ok(())
     }
 
     async fn do_query<C>(
@@ -856,34 +1101,64 @@ impl ExtendedQueryHandler for Queries {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let connection = connection(client)?;
-        let token = connection.start();
+        connection.start();
         // Every statement is authorized when it runs, not only when it was parsed.
         let access = self.access(&connection)?;
         let statement = &portal.statement;
         let format = &portal.result_column_format;
+        let bound = |params: &[Option<DataType>]| {
+            types::parameters(
+                &portal.parameters,
+                &portal.parameter_format,
+                &statement.parameter_types,
+                params,
+            )
+        };
         match &statement.statement.plan {
-            Planned::Native(native) => respond(native, Some(format)),
+            Planned::Native(native) => {
+                self.respond(&connection, &access, native, Some(format))
+                    .await
+            }
             Planned::Query { schema, params } => {
-                let values = types::parameters(
-                    &portal.parameters,
-                    &portal.parameter_format,
-                    &statement.parameter_types,
-                    params,
-                )?;
-                let ctx = self.session(&connection, &access).await?;
+                let values = bound(params)?;
                 let fields = Arc::new(types::fields(schema, Some(format))?);
                 let sql = &statement.statement.sql;
-                self.run(ctx, &access, sql, values, Some(fields), token)
-                    .await
+                let answer = self.start(&connection, &access, sql, values).await?;
+                self.respond_rows(&connection, answer, Some(fields))
+            }
+            Planned::Declare { name, sql, params } => {
+                let values = bound(params)?;
+                let declared = self
+                    .declare(&connection, &access, name, sql, values)
+                    .await?;
+                // In PostgreSQL a cursor is also a portal of its name, which drivers
+                // describe (psycopg does, for the cursor's columns).
+                let schema = connection.cursor(name)?.lock().await.answer.schema.clone();
+                let fetch = Prepared {
+                    sql: sql.clone(),
+                    plan: Planned::Fetch {
+                        name: name.clone(),
+                        count: None,
+                        schema,
+                    },
+                };
+                let statement = StoredStatement::new(name.to_string(), fetch, Vec::new());
+                let portal = Portal::new_cursor(name.to_string(), Arc::new(statement));
+                client.portal_store().put_portal(Arc::new(portal));
+                Ok(declared)
+            }
+            Planned::Fetch { name, count, .. } => {
+                self.fetch(&connection, name, *count, Some(format)).await
             }
         }
     }
 }
 
-/// Whether `statement` answers rows (a query, or a native answer with rows).
+/// Whether `statement` answers rows (a query, a fetch, or a native answer with rows).
 fn has_rows(statement: &Prepared) -> bool {
     match &statement.plan {
-        Planned::Query { .. } => true,
+        Planned::Query { .. } | Planned::Fetch { .. } => true,
+        Planned::Declare { .. } => false,
         Planned::Native(native) => matches!(native.as_ref(), Native::Rows(_)),
     }
 }
