@@ -139,6 +139,14 @@ def check_psycopg(server):
             assert first == [("cart",), ("checkout",)], first
             assert [r for r in cur] == [("checkout",)]
         conn.commit()
+        # Committing closes a cursor without HOLD (psycopg then sends no CLOSE): its name
+        # is free again.
+        for value in (1, 2):
+            cur = conn.cursor(name="again")
+            cur.execute("SELECT %s::BIGINT AS v", (value,))
+            assert cur.fetchone() == (value,)
+            conn.commit()
+            cur.close()
     with server.pg_connect("k-alpha", autocommit=True) as conn:
         tables = conn.execute(
             "SELECT table_schema, table_name FROM information_schema.tables "

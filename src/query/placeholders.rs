@@ -1,6 +1,7 @@
 //! SQL text as clients send it: the `?` placeholders that JDBC, ODBC and ADBC clients
 //! write, numbered as the `$1`, `$2`, … that DataFusion binds; and several statements in
-//! one text, as the PostgreSQL simple query protocol sends them.
+//! one text, as the PostgreSQL simple query protocol sends them; and tokens located in the
+//! text, for statements answered without the engine.
 //!
 //! Input: SQL text. Output: the same text with each bare `?` placeholder replaced by the
 //! next `$n`, or the text's statements, each cut where the tokenizer found its `;` (nothing
@@ -89,6 +90,24 @@ pub fn statements(sql: &str) -> Vec<&str> {
         out.push(sql[start..].trim());
     }
     out
+}
+
+/// The words and symbols of `sql` (no whitespace or comments), each with the byte offset
+/// where it starts; `None` if the tokenizer cannot read the text.
+pub fn tokens(sql: &str) -> Option<Vec<(Token, usize)>> {
+    let tokens = Tokenizer::new(&GenericDialect {}, sql)
+        .tokenize_with_location()
+        .ok()?;
+    let mut offset = Offsets::of(sql);
+    let mut out = Vec::with_capacity(tokens.len());
+    for t in tokens {
+        if matches!(t.token, Token::Whitespace(_) | Token::EOF) {
+            continue;
+        }
+        let at = offset.at(t.span.start.line, t.span.start.column)?;
+        out.push((t.token, at));
+    }
+    Some(out)
 }
 
 /// Byte offsets of the tokenizer's locations (lines split at `\n`, columns in characters,

@@ -499,12 +499,53 @@ async fn server_side_cursors_page_through_an_answer() {
     let rows = transaction.query("FETCH 10 FROM d", &[]).await.unwrap();
     assert_eq!(rows.len(), 2);
     assert!(rows.iter().all(|r| r.get::<_, String>(0) == "checkout"));
+    // A fetch left suspended half way (a portal with a row limit) does not hold the
+    // cursor: the next FETCH goes on from where it stopped.
+    transaction
+        .execute(
+            "DECLARE f CURSOR FOR SELECT name FROM spans ORDER BY name",
+            &[],
+        )
+        .await
+        .unwrap();
+    let all = transaction.bind("FETCH ALL FROM f", &[]).await.unwrap();
+    let first = transaction.query_portal(&all, 1).await.unwrap();
+    assert_eq!(first[0].get::<_, String>(0), "cart");
+    let next = transaction.query("FETCH 1 FROM f", &[]).await.unwrap();
+    assert_eq!(next[0].get::<_, String>(0), "checkout");
     // A cursor over another key's workspace is refused like any query.
     let e = transaction
         .execute("DECLARE e CURSOR FOR SELECT * FROM beta.spans", &[])
         .await
         .unwrap_err();
     assert_eq!(state(&e), &SqlState::INSUFFICIENT_PRIVILEGE);
+    drop(transaction);
+
+    // Outside a transaction only a cursor WITH HOLD may be declared; the end of a
+    // transaction closes the others, as in PostgreSQL.
+    let e = alpha
+        .simple_query("DECLARE g CURSOR FOR SELECT 1")
+        .await
+        .unwrap_err();
+    assert_eq!(state(&e), &SqlState::NO_ACTIVE_SQL_TRANSACTION, "{e:?}");
+    alpha
+        .batch_execute(
+            "BEGIN; DECLARE h CURSOR FOR SELECT 1; \
+             DECLARE held CURSOR WITH HOLD FOR SELECT 2 AS two; COMMIT",
+        )
+        .await
+        .unwrap();
+    let e = alpha.simple_query("FETCH 1 FROM h").await.unwrap_err();
+    assert_eq!(state(&e), &SqlState::INVALID_CURSOR_NAME);
+    assert_eq!(
+        names(alpha.simple_query("FETCH 1 FROM held").await.unwrap()),
+        ["2"]
+    );
+    let e = alpha
+        .simple_query("FETCH BACKWARD 1 FROM held")
+        .await
+        .unwrap_err();
+    assert_eq!(state(&e), &SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

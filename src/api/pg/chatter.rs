@@ -19,7 +19,10 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use pgwire::api::Type;
 use regex::Regex;
 
+use datafusion::sql::sqlparser::tokenizer::Token;
+
 use super::types::pg_type;
+use crate::query::placeholders;
 use crate::workspace::Workspace;
 
 /// The owner every relation is listed with.
@@ -42,12 +45,17 @@ pub enum Native {
     Rows(RecordBatch),
     /// A statement refused before planning, as the sandbox refuses it (what it is).
     NotAllowed(String),
-    /// `DECLARE name … CURSOR … FOR query`: a server-side cursor over `query`'s answer.
+    /// A statement refused before planning for another reason: its SQLSTATE and why.
+    Invalid(&'static str, String),
+    /// `DECLARE name … CURSOR [WITH HOLD] FOR query`: a server-side cursor over `query`'s
+    /// answer.
     Declare {
         /// The cursor's name.
         name: String,
         /// The query, as sent.
         query: String,
+        /// Whether it outlives the transaction (`WITH HOLD`).
+        hold: bool,
     },
     /// `FETCH [FORWARD] [n | ALL | NEXT] [FROM | IN] name`: the cursor's next `count` rows
     /// (`None`: all that are left).
@@ -152,13 +160,9 @@ pub fn answer(sql: &str, scope: &Scope) -> Option<Native> {
         ["begin", ..] | ["start", "transaction"] => return Some(Native::Begin),
         // `COPY … TO STDOUT` does not even parse in DataFusion: refuse it for what it is.
         ["copy", ..] => return Some(Native::NotAllowed("COPY".into())),
-        ["declare", ..] => return Some(declare(&text, &lower)),
-        ["fetch", ..] => return Some(fetch(&text)),
-        ["close", ..] => {
-            let name = text.split(' ').nth(1).unwrap_or_default();
-            let all = name.eq_ignore_ascii_case("all");
-            return Some(Native::Close((!all).then(|| unquote(name))));
-        }
+        ["declare", ..] => return Some(declare(sql)),
+        ["fetch", ..] => return Some(fetch(sql)),
+        ["close", ..] => return Some(close(sql)),
         ["commit" | "end", ..] => return Some(Native::End("COMMIT")),
         ["rollback" | "abort", ..] => return Some(Native::End("ROLLBACK")),
         ["show", _] if lower == "show transaction isolation level" => {
@@ -198,38 +202,120 @@ fn normalize(sql: &str) -> String {
     QUOTED_NAME.replace_all(&out, "$1").into_owned()
 }
 
-/// `DECLARE name [BINARY] [[NO] SCROLL] CURSOR [WITH[OUT] HOLD] FOR query`.
-fn declare(text: &str, lower: &str) -> Native {
-    let name = unquote(text.split(' ').nth(1).unwrap_or_default());
-    let query = lower
-        .find(" cursor ")
-        .and_then(|at| lower[at..].find(" for ").map(|f| at + f + " for ".len()))
-        .map(|at| text[at..].to_string());
-    match query {
-        Some(query) => Native::Declare { name, query },
-        None => Native::NotAllowed("DECLARE without CURSOR … FOR a query".into()),
-    }
-}
-
-/// `FETCH [FORWARD | NEXT] [count | ALL] [FROM | IN] name` (one row when no count).
-fn fetch(text: &str) -> Native {
-    let words: Vec<&str> = text.split(' ').skip(1).collect();
-    let name = words.last().map(|n| unquote(n)).unwrap_or_default();
-    let mut count = Some(1);
-    for word in &words[..words.len().saturating_sub(1)] {
-        let word = word.to_ascii_lowercase();
-        if word == "all" {
-            count = None;
-        } else if let Ok(n) = word.parse::<usize>() {
-            count = Some(n);
+/// `DECLARE name [ASENSITIVE | INSENSITIVE] [[NO] SCROLL] CURSOR [WITH[OUT] HOLD] FOR
+/// query`, read from the text as sent (the query is kept byte for byte).
+fn declare(sql: &str) -> Native {
+    let syntax = |m: &str| Native::Invalid("42601", format!("DECLARE: {m}"));
+    let Some(tokens) = placeholders::tokens(sql) else {
+        return syntax("the statement could not be read");
+    };
+    let Some(name) = tokens.get(1).and_then(|(t, _)| name_of(t)) else {
+        return syntax("a cursor name must follow DECLARE");
+    };
+    let (mut cursor, mut hold) = (false, false);
+    for (i, (token, _)) in tokens.iter().enumerate().skip(2) {
+        let Token::Word(word) = token else {
+            return syntax(&format!("unexpected {token}"));
+        };
+        match word.value.to_ascii_uppercase().as_str() {
+            "BINARY" => {
+                return Native::Invalid(
+                    "0A000",
+                    "binary cursors are not supported; ask for binary results with the \
+                     extended protocol's result formats"
+                        .into(),
+                );
+            }
+            "ASENSITIVE" | "INSENSITIVE" | "NO" | "SCROLL" | "HOLD" => {}
+            "CURSOR" => cursor = true,
+            "WITH" => hold = true,
+            "WITHOUT" => hold = false,
+            "FOR" if cursor => {
+                let Some((_, at)) = tokens.get(i + 1) else {
+                    return syntax("a query must follow FOR");
+                };
+                let query = sql[*at..].trim().to_string();
+                return Native::Declare { name, query, hold };
+            }
+            _ => return syntax(&format!("unexpected {}", word.value)),
         }
     }
+    syntax("CURSOR … FOR a query must follow the name")
+}
+
+/// `FETCH [FORWARD | NEXT] [count | ALL] [FROM | IN] name` (one row without a count); a
+/// cursor here reads forward only.
+fn fetch(sql: &str) -> Native {
+    let forward_only = || {
+        Native::Invalid(
+            "55000",
+            "cursor can only scan forward: FETCH [FORWARD | NEXT] [count | ALL] [FROM | IN] \
+             name"
+                .into(),
+        )
+    };
+    let Some(tokens) = placeholders::tokens(sql) else {
+        return forward_only();
+    };
+    let Some(((last, _), rest)) = tokens.get(1..).and_then(<[_]>::split_last) else {
+        return forward_only();
+    };
+    let Some(name) = name_of(last) else {
+        return forward_only();
+    };
+    let mut rest: Vec<&Token> = rest.iter().map(|(t, _)| t).collect();
+    if rest
+        .last()
+        .is_some_and(|t| keyword(t, "from") || keyword(t, "in"))
+    {
+        rest.pop();
+    }
+    if rest.first().is_some_and(|t| keyword(t, "forward")) {
+        rest.remove(0);
+    }
+    let count = match rest.as_slice() {
+        [] => Some(1),
+        [t] if keyword(t, "next") => Some(1),
+        [t] if keyword(t, "all") => None,
+        [Token::Number(n, _)] => match n.parse::<usize>() {
+            Ok(n) => Some(n),
+            Err(_) => return forward_only(),
+        },
+        _ => return forward_only(),
+    };
     Native::Fetch { name, count }
 }
 
-/// A name as written, without its double quotes.
-fn unquote(name: &str) -> String {
-    name.trim_matches('"').to_string()
+/// `CLOSE name` or `CLOSE ALL`.
+fn close(sql: &str) -> Native {
+    let tokens = placeholders::tokens(sql).unwrap_or_default();
+    let name = match tokens.as_slice() {
+        [_, (t, _)] if keyword(t, "all") => return Native::Close(None),
+        [_, (t, _)] => name_of(t),
+        _ => None,
+    };
+    match name {
+        Some(name) => Native::Close(Some(name)),
+        None => Native::Invalid("42601", "CLOSE: a cursor name, or ALL".into()),
+    }
+}
+
+/// Whether `token` is the unquoted keyword `k`.
+fn keyword(token: &Token, k: &str) -> bool {
+    matches!(token, Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(k))
+}
+
+/// A cursor's name: a quoted name as written, an unquoted one folded to lower case (as
+/// PostgreSQL folds names).
+fn name_of(token: &Token) -> Option<String> {
+    let Token::Word(word) = token else {
+        return None;
+    };
+    let name = match word.quote_style {
+        Some(_) => word.value.clone(),
+        None => word.value.to_lowercase(),
+    };
+    (!name.is_empty()).then_some(name)
 }
 
 /// `SHOW name` of a server parameter clients ask for; other `SHOW`s go to the engine.
@@ -773,27 +859,49 @@ ORDER BY a.attnum;"#;
         );
         assert!(matches!(answer("begin", &[], &[]), Some(Native::Begin)));
         let declared = answer(
-            "DECLARE \"Big\" NO SCROLL CURSOR WITH HOLD FOR SELECT name FROM spans WHERE a = $1",
+            "DECLARE \"Big\" NO SCROLL CURSOR WITH HOLD FOR SELECT name -- the names\n\
+             FROM spans WHERE a = $1 AND b = 'x  y'",
             &[],
             &[],
         );
         assert!(
-            matches!(&declared, Some(Native::Declare { name, query })
-                if name == "Big" && query == "SELECT name FROM spans WHERE a = $1"),
+            matches!(&declared, Some(Native::Declare { name, query, hold: true })
+                if name == "Big"
+                    && query == "SELECT name -- the names\nFROM spans WHERE a = $1 AND b = 'x  y'"),
             "{declared:?}"
         );
         for (sql, want) in [
             ("FETCH FORWARD 100 FROM \"Big\"", Some(100)),
-            ("fetch all in big", None),
-            ("FETCH NEXT FROM big", Some(1)),
+            ("fetch all in BIG", None),
+            ("FETCH FORWARD ALL FROM big", None),
+            ("FETCH NEXT FROM big -- a comment", Some(1)),
             ("FETCH big", Some(1)),
         ] {
             let got = answer(sql, &[], &[]);
+            let want_name = if sql.contains('"') { "Big" } else { "big" };
             assert!(
-                matches!(&got, Some(Native::Fetch { name, count }) if name.eq_ignore_ascii_case("big") && *count == want),
+                matches!(&got, Some(Native::Fetch { name, count }) if name == want_name && *count == want),
                 "{sql}: {got:?}"
             );
         }
+        for backward in [
+            "FETCH BACKWARD 5 FROM c",
+            "FETCH -1 FROM c",
+            "FETCH ABSOLUTE 3 FROM c",
+            "FETCH PRIOR FROM c",
+        ] {
+            assert!(
+                matches!(
+                    answer(backward, &[], &[]),
+                    Some(Native::Invalid("55000", _))
+                ),
+                "{backward}"
+            );
+        }
+        assert!(matches!(
+            answer("DECLARE c BINARY CURSOR FOR SELECT 1", &[], &[]),
+            Some(Native::Invalid("0A000", _))
+        ));
         assert!(matches!(
             answer("CLOSE ALL", &[], &[]),
             Some(Native::Close(None))

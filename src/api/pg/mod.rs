@@ -56,7 +56,7 @@ use pgwire::api::{
 use pgwire::error::{PgWireError, PgWireResult};
 use pgwire::messages::cancel::CancelRequest;
 use pgwire::messages::extendedquery::Execute;
-use pgwire::messages::response::EmptyQueryResponse;
+use pgwire::messages::response::{EmptyQueryResponse, TransactionStatus};
 use pgwire::messages::simplequery::Query;
 use pgwire::messages::startup::SecretKey;
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
@@ -79,6 +79,9 @@ pub const MAX_CONNECTIONS: usize = 100;
 
 /// Rows of one `DataRow` batch read from a cursor with no count.
 const FETCH_ALL_ROWS: usize = 8192;
+
+/// Server-side cursors a connection may have open (each is a running query).
+const MAX_CURSORS: usize = 16;
 
 /// The PostgreSQL front end.
 pub struct PgWire {
@@ -283,8 +286,12 @@ struct Connection {
     user: String,
     /// Cancels the statement running now.
     current: Mutex<CancellationToken>,
+    /// Rows a cursor may still give to the `Execute` running now (the client's row limit):
+    /// a fetch portal reads no more of a cursor than it sends, so the next `FETCH` goes on
+    /// from there.
+    fetch_budget: std::sync::atomic::AtomicUsize,
     /// Its server-side cursors by name.
-    cursors: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Cursor>>>>,
+    cursors: Mutex<HashMap<String, Arc<Declared>>>,
 }
 
 impl Connection {
@@ -320,7 +327,7 @@ impl Connection {
     }
 
     /// The cursor `name`.
-    fn cursor(&self, name: &str) -> PgWireResult<Arc<tokio::sync::Mutex<Cursor>>> {
+    fn cursor(&self, name: &str) -> PgWireResult<Arc<Declared>> {
         self.cursors
             .lock()
             .expect("the cursor lock is never poisoned")
@@ -330,11 +337,23 @@ impl Connection {
     }
 }
 
+/// A server-side cursor (`DECLARE`).
+struct Declared {
+    /// Its answer's schema.
+    schema: SchemaRef,
+    /// Whether it outlives its transaction.
+    hold: bool,
+    /// Locked only while a part is read: a fetch suspended half way does not hold it.
+    cursor: tokio::sync::Mutex<Cursor>,
+}
+
 /// A query's answer read a part at a time: by a server-side cursor, or by a portal.
 struct Cursor {
     answer: QueryStream,
     /// The batch being read and the rows of it already read.
     pending: Option<(RecordBatch, usize)>,
+    /// Whether reading it failed (a later fetch must not read as a clean end).
+    failed: bool,
 }
 
 impl Cursor {
@@ -342,11 +361,17 @@ impl Cursor {
         Self {
             answer,
             pending: None,
+            failed: false,
         }
     }
 
     /// The next rows, at most `limit`; `None` at the end.
     async fn next(&mut self, limit: usize) -> Option<Result<RecordBatch, QueryError>> {
+        if self.failed {
+            return Some(Err(QueryError::Internal(
+                "the cursor's query failed earlier; close the cursor".into(),
+            )));
+        }
         loop {
             if let Some((batch, read)) = self.pending.take()
                 && read < batch.num_rows()
@@ -358,7 +383,10 @@ impl Cursor {
             }
             match self.answer.next().await? {
                 Ok(batch) => self.pending = Some((batch, 0)),
-                Err(e) => return Some(Err(e)),
+                Err(e) => {
+                    self.failed = true;
+                    return Some(Err(e));
+                }
             }
         }
     }
@@ -441,6 +469,7 @@ impl Startup {
             wanted,
             user,
             current: Mutex::default(),
+            fetch_budget: std::sync::atomic::AtomicUsize::new(usize::MAX),
             cursors: Mutex::default(),
         });
         client
@@ -578,6 +607,7 @@ enum Planned {
         name: Arc<str>,
         sql: Arc<str>,
         params: Arc<[Option<DataType>]>,
+        hold: bool,
     },
     /// `FETCH count FROM name` of a cursor whose answer has `schema`.
     Fetch {
@@ -683,7 +713,7 @@ impl Queries {
             None => Arc::new(types::fields(&answer.schema, None)?),
         };
         let rows = rows(
-            Box::new(Cursor::new(answer)),
+            Source::Query(Box::new(Cursor::new(answer))),
             None,
             fields.clone(),
             connection.clone(),
@@ -692,7 +722,9 @@ impl Queries {
         Ok(Response::Query(QueryResponse::new(fields, rows)))
     }
 
-    /// Opens the cursor `name` over `sql` with `params`.
+    /// Opens the cursor `name` over `sql` with `params`; outside a transaction block
+    /// only a cursor `WITH HOLD` may be, as in PostgreSQL.
+    #[allow(clippy::too_many_arguments)]
     async fn declare(
         &self,
         connection: &Connection,
@@ -700,33 +732,65 @@ impl Queries {
         name: &str,
         sql: &str,
         params: Vec<ScalarValue>,
+        hold: bool,
+        in_transaction: bool,
     ) -> PgWireResult<Response> {
-        if connection.cursor(name).is_ok() {
-            return Err(error("42P03", format!("cursor \"{name}\" already exists")));
+        if !hold && !in_transaction {
+            return Err(error(
+                "25P01",
+                "DECLARE CURSOR can only be used in transaction blocks (or WITH HOLD)",
+            ));
+        }
+        {
+            let cursors = connection
+                .cursors
+                .lock()
+                .expect("the cursor lock is never poisoned");
+            if cursors.contains_key(name) {
+                return Err(error("42P03", format!("cursor \"{name}\" already exists")));
+            }
+            if cursors.len() >= MAX_CURSORS {
+                return Err(error(
+                    "54000",
+                    format!("at most {MAX_CURSORS} cursors may be open on a connection; close one"),
+                ));
+            }
         }
         let answer = self.start(connection, access, sql, params).await?;
-        let cursor = Arc::new(tokio::sync::Mutex::new(Cursor::new(answer)));
+        let declared = Arc::new(Declared {
+            schema: answer.schema.clone(),
+            hold,
+            cursor: tokio::sync::Mutex::new(Cursor::new(answer)),
+        });
         connection
             .cursors
             .lock()
             .expect("the cursor lock is never poisoned")
-            .insert(name.to_string(), cursor);
+            .insert(name.to_string(), declared);
         Ok(Response::Execution(Tag::new("DECLARE CURSOR")))
     }
 
     /// The next `count` rows of the cursor `name` (all that are left when `None`), in
-    /// `format`.
+    /// `format`; `planned` is the cursor's schema when the `FETCH` was prepared.
     async fn fetch(
         &self,
         connection: &Arc<Connection>,
         name: &str,
         count: Option<usize>,
         format: Option<&Format>,
+        planned: Option<&SchemaRef>,
     ) -> PgWireResult<Response> {
-        let cursor = connection.cursor(name)?.lock_owned().await;
-        let fields = Arc::new(types::fields(&cursor.answer.schema, format)?);
+        let declared = connection.cursor(name)?;
+        if planned.is_some_and(|schema| *schema != declared.schema) {
+            return Err(error(
+                "0A000",
+                "cached plan must not change result type: the cursor was declared again; \
+                 prepare the FETCH again",
+            ));
+        }
+        let fields = Arc::new(types::fields(&declared.schema, format)?);
         let rows = rows(
-            cursor,
+            Source::Cursor(declared),
             count,
             fields.clone(),
             connection.clone(),
@@ -745,14 +809,24 @@ impl Queries {
         access: &Access,
         native: &Native,
         format: Option<&Format>,
+        in_transaction: bool,
     ) -> PgWireResult<Response> {
         Ok(match native {
             Native::Command(tag) => Response::Execution(Tag::new(tag)),
             Native::Begin => Response::TransactionStart(Tag::new("BEGIN")),
-            Native::End(tag) => Response::TransactionEnd(Tag::new(tag)),
+            Native::End(tag) => {
+                // The transaction's cursors end with it, as in PostgreSQL.
+                connection
+                    .cursors
+                    .lock()
+                    .expect("the cursor lock is never poisoned")
+                    .retain(|_, cursor| cursor.hold);
+                Response::TransactionEnd(Tag::new(tag))
+            }
             Native::NotAllowed(what) => {
                 return Err(query_error(QueryError::NotAllowed(what.clone())));
             }
+            Native::Invalid(code, message) => return Err(error(code, message.clone())),
             Native::Rows(batch) => {
                 let fields = Arc::new(types::fields(&batch.schema(), format)?);
                 let rows = types::RowEncoder::new(fields.clone()).rows(batch)?;
@@ -761,13 +835,21 @@ impl Queries {
                     futures::stream::iter(rows.into_iter().map(Ok)),
                 ))
             }
-            Native::Declare { name, query } => {
+            Native::Declare { name, query, hold } => {
                 return self
-                    .declare(connection, access, name, query, Vec::new())
+                    .declare(
+                        connection,
+                        access,
+                        name,
+                        query,
+                        Vec::new(),
+                        *hold,
+                        in_transaction,
+                    )
                     .await;
             }
             Native::Fetch { name, count } => {
-                return self.fetch(connection, name, *count, format).await;
+                return self.fetch(connection, name, *count, format, None).await;
             }
             Native::Close(name) => {
                 let mut cursors = connection
@@ -791,49 +873,84 @@ impl Queries {
     }
 
     /// The response to one statement of a simple query.
-    async fn simple(&self, connection: &Arc<Connection>, sql: &str) -> PgWireResult<Response> {
+    async fn simple(
+        &self,
+        connection: &Arc<Connection>,
+        sql: &str,
+        in_transaction: bool,
+    ) -> PgWireResult<Response> {
         let access = self.access(connection)?;
         if let Some(native) = self.native(connection, sql, &access).await? {
-            return self.respond(connection, &access, &native, None).await;
+            return self
+                .respond(connection, &access, &native, None, in_transaction)
+                .await;
         }
         let answer = self.start(connection, &access, sql, Vec::new()).await?;
         self.respond_rows(connection, answer, None)
     }
 }
 
-/// At most `count` rows (all when `None`) of `cursor` as `DataRow`s of `fields`, a part at
+/// What rows are read from: a query's own answer, or a server-side cursor (locked for
+/// each part only, so a fetch left suspended does not keep it from the next).
+enum Source {
+    Query(Box<Cursor>),
+    Cursor(Arc<Declared>),
+}
+
+impl Source {
+    async fn next(&mut self, limit: usize) -> Option<Result<RecordBatch, QueryError>> {
+        match self {
+            Self::Query(cursor) => cursor.next(limit).await,
+            Self::Cursor(declared) => declared.cursor.lock().await.next(limit).await,
+        }
+    }
+}
+
+/// At most `count` rows (all when `None`) of `source` as `DataRow`s of `fields`, a part at
 /// a time; an error, a cancel or the client closing its connection ends them (and dropping
-/// a query's only cursor cancels the query).
-fn rows<K>(
-    cursor: K,
+/// a query's own answer cancels the query).
+fn rows(
+    source: Source,
     count: Option<usize>,
     fields: Arc<Vec<FieldInfo>>,
     connection: Arc<Connection>,
     peer: Option<Arc<TcpStream>>,
-) -> impl futures::Stream<Item = PgWireResult<pgwire::messages::data::DataRow>> + Send + 'static
-where
-    K: std::ops::DerefMut<Target = Cursor> + Send + 'static,
-{
+) -> impl futures::Stream<Item = PgWireResult<pgwire::messages::data::DataRow>> + Send + 'static {
     let encoder = types::RowEncoder::new(fields);
     let left = count.unwrap_or(usize::MAX);
     futures::stream::unfold(
-        Some((cursor, left, encoder, connection, peer)),
+        Some((source, left, encoder, connection, peer)),
         |state| async move {
-            let (mut cursor, left, mut encoder, connection, peer) = state?;
+            let (mut source, left, mut encoder, connection, peer) = state?;
             if left == 0 {
                 return None;
             }
+            let mut limit = left.min(FETCH_ALL_ROWS);
+            let budget = &connection.fetch_budget;
+            if matches!(source, Source::Cursor(_)) {
+                limit = limit.min(budget.load(std::sync::atomic::Ordering::Relaxed));
+                if limit == 0 {
+                    return None;
+                }
+            }
             let next = tokio::select! {
-                next = cursor.next(left.min(FETCH_ALL_ROWS)) => next,
+                next = source.next(limit) => next,
                 _ = connection.cancelled() => return Some((vec![Err(canceled())], None)),
                 () = closed(peer.clone()) => return Some((vec![Err(gone())], None)),
             };
             match next? {
                 Ok(batch) => match encoder.rows(&batch) {
                     Ok(rows) => {
+                        if matches!(source, Source::Cursor(_)) {
+                            let _ = budget.fetch_update(
+                                std::sync::atomic::Ordering::Relaxed,
+                                std::sync::atomic::Ordering::Relaxed,
+                                |b| Some(b.saturating_sub(batch.num_rows())),
+                            );
+                        }
                         let left = left - batch.num_rows();
                         let rows = rows.into_iter().map(Ok).collect();
-                        Some((rows, Some((cursor, left, encoder, connection, peer))))
+                        Some((rows, Some((source, left, encoder, connection, peer))))
                     }
                     Err(e) => Some((vec![Err(e)], None)),
                 },
@@ -872,7 +989,8 @@ impl SimpleQueryHandler for Queries {
         }
         for sql in statements {
             let mut status = client.transaction_status();
-            match self.simple(&connection, sql).await? {
+            let in_transaction = !matches!(status, TransactionStatus::Idle);
+            match self.simple(&connection, sql, in_transaction).await? {
                 Response::Query(answer) => send_query_response(client, answer, true).await?,
                 Response::TransactionStart(tag) => {
                     send_execution_response(client, tag).await?;
@@ -950,16 +1068,17 @@ impl QueryParser for Parser {
         };
         // A catalog answer ignores parameters: it is computed here, before any is bound.
         let plan = match queries.native(&connection, sql, &access).await? {
-            Some(Native::Declare { name, query }) => {
+            Some(Native::Declare { name, query, hold }) => {
                 let (_, params) = prepare(&query).await?;
                 Planned::Declare {
                     name: name.into(),
                     sql: query.into(),
                     params: params.into(),
+                    hold,
                 }
             }
             Some(Native::Fetch { name, count }) => {
-                let schema = connection.cursor(&name)?.lock().await.answer.schema.clone();
+                let schema = connection.cursor(&name)?.schema.clone();
                 Planned::Fetch {
                     name: name.into(),
                     count,
@@ -1064,7 +1183,13 @@ impl ExtendedQueryHandler for Queries {
         let sent = match (sent, &mut *state) {
             (Err(e), _) => Err(e),
             (Ok(()), PortalExecutionState::Suspended(answer)) => {
-                send_partial_query_response(client, answer, limit).await
+                let connection = connection(client)?;
+                let budget = if limit == 0 { usize::MAX } else { limit };
+                let ordering = std::sync::atomic::Ordering::Relaxed;
+                connection.fetch_budget.store(budget, ordering);
+                let sent = send_partial_query_response(client, answer, limit).await;
+                connection.fetch_budget.store(usize::MAX, ordering);
+                sent
             }
             (Ok(()), _) => {
                 let done = Tag::new("SELECT").with_rows(0);
@@ -1102,6 +1227,7 @@ impl ExtendedQueryHandler for Queries {
     {
         let connection = connection(client)?;
         connection.start();
+        let in_transaction = !matches!(client.transaction_status(), TransactionStatus::Idle);
         // Every statement is authorized when it runs, not only when it was parsed.
         let access = self.access(&connection)?;
         let statement = &portal.statement;
@@ -1116,7 +1242,7 @@ impl ExtendedQueryHandler for Queries {
         };
         match &statement.statement.plan {
             Planned::Native(native) => {
-                self.respond(&connection, &access, native, Some(format))
+                self.respond(&connection, &access, native, Some(format), in_transaction)
                     .await
             }
             Planned::Query { schema, params } => {
@@ -1126,14 +1252,27 @@ impl ExtendedQueryHandler for Queries {
                 let answer = self.start(&connection, &access, sql, values).await?;
                 self.respond_rows(&connection, answer, Some(fields))
             }
-            Planned::Declare { name, sql, params } => {
+            Planned::Declare {
+                name,
+                sql,
+                params,
+                hold,
+            } => {
                 let values = bound(params)?;
                 let declared = self
-                    .declare(&connection, &access, name, sql, values)
+                    .declare(
+                        &connection,
+                        &access,
+                        name,
+                        sql,
+                        values,
+                        *hold,
+                        in_transaction,
+                    )
                     .await?;
                 // In PostgreSQL a cursor is also a portal of its name, which drivers
                 // describe (psycopg does, for the cursor's columns).
-                let schema = connection.cursor(name)?.lock().await.answer.schema.clone();
+                let schema = connection.cursor(name)?.schema.clone();
                 let fetch = Prepared {
                     sql: sql.clone(),
                     plan: Planned::Fetch {
@@ -1147,8 +1286,13 @@ impl ExtendedQueryHandler for Queries {
                 client.portal_store().put_portal(Arc::new(portal));
                 Ok(declared)
             }
-            Planned::Fetch { name, count, .. } => {
-                self.fetch(&connection, name, *count, Some(format)).await
+            Planned::Fetch {
+                name,
+                count,
+                schema,
+            } => {
+                self.fetch(&connection, name, *count, Some(format), Some(schema))
+                    .await
             }
         }
     }
