@@ -147,6 +147,11 @@ def check_psycopg(server):
             assert cur.fetchone() == (value,)
             conn.commit()
             cur.close()
+        # As in PostgreSQL, a failed statement fails its transaction until it is rolled back.
+        pg_refused(conn, "SELECT count(*) FROM beta.spans", "42501", "workspace beta")
+        pg_refused(conn, "SELECT count(*) FROM spans", "25P02", "transaction is aborted")
+        conn.rollback()
+        assert conn.execute("SELECT count(*) FROM spans").fetchone()[0] == 3
     with server.pg_connect("k-alpha", autocommit=True) as conn:
         tables = conn.execute(
             "SELECT table_schema, table_name FROM information_schema.tables "

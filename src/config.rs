@@ -70,13 +70,15 @@ pub struct ServeConfig {
     /// HTTP listen address (OTLP/HTTP and every other route).
     #[arg(long, env = "SPANLAKE_HTTP_ADDR", default_value = "127.0.0.1:4318")]
     pub http_addr: SocketAddr,
-    /// Arrow Flight SQL listen address (analysts' SQL from ADBC, JDBC, DBeaver, …).
-    #[arg(long, env = "SPANLAKE_FLIGHT_ADDR", default_value = "127.0.0.1:4319")]
-    pub flight_addr: SocketAddr,
+    /// Arrow Flight SQL listen address (analysts' SQL from ADBC, JDBC, DBeaver, …); `off`
+    /// opens no listener.
+    // (Spelled out so clap parses the value, `off` included, instead of making it optional.)
+    #[arg(long, env = "SPANLAKE_FLIGHT_ADDR", default_value = "127.0.0.1:4319", value_parser = parse_listen)]
+    pub flight_addr: ::std::option::Option<SocketAddr>,
     /// PostgreSQL wire protocol listen address (psql, psycopg, Grafana, Metabase, …; the
-    /// password is an API key).
-    #[arg(long, env = "SPANLAKE_PG_ADDR", default_value = "127.0.0.1:5433")]
-    pub pg_addr: SocketAddr,
+    /// password is an API key); `off` opens no listener.
+    #[arg(long, env = "SPANLAKE_PG_ADDR", default_value = "127.0.0.1:5433", value_parser = parse_listen)]
+    pub pg_addr: ::std::option::Option<SocketAddr>,
     /// PEM certificate chain for TLS on the PostgreSQL port (with `--pg-tls-key`); clients
     /// may then ask for `sslmode=require`, so passwords (API keys) do not cross the wire in
     /// clear.
@@ -235,6 +237,17 @@ pub fn storage_location(data_dir: &std::path::Path, storage: Option<&str>) -> St
 }
 
 /// Parses `500ms`, `30s`, `5m`, `1h`, `30d` or a bare number of seconds.
+/// A listen address, or `off` (no listener: `None`).
+pub fn parse_listen(s: &str) -> Result<Option<SocketAddr>, String> {
+    match s.trim() {
+        "off" => Ok(None),
+        addr => addr
+            .parse()
+            .map(Some)
+            .map_err(|e| format!("{e}: expected HOST:PORT (an IP address) or `off`")),
+    }
+}
+
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s
@@ -264,6 +277,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn listeners_may_be_off() {
+        assert_eq!(parse_listen("off").unwrap(), None);
+        assert_eq!(
+            parse_listen("0.0.0.0:5433").unwrap(),
+            "0.0.0.0:5433".parse().ok()
+        );
+        assert!(parse_listen("localhost").unwrap_err().contains("`off`"));
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
         assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
@@ -277,6 +300,8 @@ mod tests {
         let c = ServeConfig::with_data_dir("/tmp/x");
         assert_eq!(c.grpc_addr.to_string(), "127.0.0.1:4317");
         assert_eq!(c.http_addr.to_string(), "127.0.0.1:4318");
+        assert_eq!(c.flight_addr, "127.0.0.1:4319".parse().ok());
+        assert_eq!(c.pg_addr, "127.0.0.1:5433".parse().ok());
         assert_eq!(c.wal_sync, WalSync::Always);
         assert_eq!(c.max_message_bytes, 64 * MIB);
     }

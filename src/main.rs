@@ -1,5 +1,7 @@
 //! The `spanlake` binary: parses the command line and runs the chosen command.
 
+use std::net::SocketAddr;
+
 use anyhow::Context as _;
 use clap::Parser as _;
 use spanlake::app::{Listeners, Server};
@@ -123,6 +125,17 @@ async fn migrate(args: spanlake::config::MigrateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A listener on `addr`, none when it is `off`.
+async fn bind(addr: Option<SocketAddr>, what: &str) -> anyhow::Result<Option<TcpListener>> {
+    let Some(addr) = addr else {
+        return Ok(None);
+    };
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the {what} address {addr}"))?;
+    Ok(Some(listener))
+}
+
 async fn serve(config: spanlake::config::ServeConfig) -> anyhow::Result<()> {
     let grpc = TcpListener::bind(config.grpc_addr)
         .await
@@ -130,18 +143,14 @@ async fn serve(config: spanlake::config::ServeConfig) -> anyhow::Result<()> {
     let http = TcpListener::bind(config.http_addr)
         .await
         .with_context(|| format!("binding the HTTP address {}", config.http_addr))?;
-    let flight = TcpListener::bind(config.flight_addr)
-        .await
-        .with_context(|| format!("binding the Flight SQL address {}", config.flight_addr))?;
-    let pg = TcpListener::bind(config.pg_addr)
-        .await
-        .with_context(|| format!("binding the PostgreSQL address {}", config.pg_addr))?;
+    let flight = bind(config.flight_addr, "Flight SQL").await?;
+    let pg = bind(config.pg_addr, "PostgreSQL").await?;
     let location = spanlake::config::storage_location(&config.data_dir, config.storage.as_deref());
     let listeners = Listeners {
         grpc,
         http,
-        flight: Some(flight),
-        pg: Some(pg),
+        flight,
+        pg,
     };
     let server = Server::start_on(config, listeners).await?;
     println!("spanlake: OTLP/gRPC listening on {}", server.grpc_addr());

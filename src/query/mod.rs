@@ -72,7 +72,9 @@ pub struct QueryLimits {
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {
     /// The SQL is not a read-only query (DDL, DML, COPY, SET, …).
-    #[error("not allowed: {0}; only read-only queries (SELECT, WITH, EXPLAIN, SHOW, DESCRIBE) are")]
+    #[error(
+        "not allowed: {0}; only read-only queries are allowed (SELECT, WITH, EXPLAIN, SHOW, DESCRIBE)"
+    )]
     NotAllowed(String),
     /// The SQL does not parse, plan or run.
     #[error("{0}")]

@@ -25,13 +25,14 @@ impl Spanlake {
         Self::start_with_env(dir, extra, &[])
     }
 
-    /// Starts the binary with extra environment variables (e.g. `SPANLAKE_FAULT`).
+    /// Starts the binary with extra environment variables (e.g. `SPANLAKE_FAULT`). These
+    /// tests ingest only: the analysts' listeners are `off`, and none is opened.
     pub(crate) fn start_with_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_spanlake"))
             .args(["serve", "--data-dir"])
             .arg(dir)
             .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
-            .args(["--flight-addr", "127.0.0.1:0", "--pg-addr", "127.0.0.1:0"])
+            .args(["--flight-addr", "off", "--pg-addr", "off"])
             .args(extra)
             .env("RUST_LOG", "warn")
             .envs(env.iter().copied())
@@ -56,6 +57,10 @@ impl Spanlake {
             if let Some(rest) = line.strip_prefix("spanlake: HTTP listening on ") {
                 http = rest.split_whitespace().next().and_then(|a| a.parse().ok());
             }
+            assert!(
+                !line.contains("Flight SQL listening") && !line.contains("PostgreSQL wire"),
+                "an analysts' listener is off: {line}"
+            );
             ready |= line.starts_with("spanlake: ready");
         }
         Self {

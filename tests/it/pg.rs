@@ -460,6 +460,61 @@ async fn tls_carries_the_password() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_transaction_answers_nothing_until_it_ends() {
+    let (server, _keys) = analyst_server().await;
+    let mut alpha = connect(&server, "alpha", Some("k-alpha")).await.unwrap();
+    for end in ["ROLLBACK", "COMMIT"] {
+        alpha.batch_execute("BEGIN").await.unwrap();
+        let e = alpha
+            .simple_query("SELECT count(*) FROM beta.spans")
+            .await
+            .unwrap_err();
+        assert_eq!(state(&e), &SqlState::INSUFFICIENT_PRIVILEGE);
+        // As in PostgreSQL: queries, catalog answers and cursors are refused over both
+        // protocols until the transaction ends.
+        for sql in [
+            "SELECT count(*) FROM spans",
+            "SELECT relname FROM pg_catalog.pg_class",
+            "SHOW search_path",
+            "DECLARE c CURSOR FOR SELECT 1",
+        ] {
+            let e = alpha.simple_query(sql).await.unwrap_err();
+            assert_eq!(state(&e), &SqlState::IN_FAILED_SQL_TRANSACTION, "{sql}");
+            assert!(message(&e).contains("transaction is aborted"), "{e:?}");
+            let e = alpha.query(sql, &[]).await.unwrap_err();
+            assert_eq!(state(&e), &SqlState::IN_FAILED_SQL_TRANSACTION, "{sql}");
+        }
+        alpha.batch_execute(end).await.unwrap();
+        // Ended: no transaction is open (a cursor without HOLD needs one), and queries
+        // are answered again.
+        let e = alpha
+            .simple_query("DECLARE g CURSOR FOR SELECT 1")
+            .await
+            .unwrap_err();
+        assert_eq!(state(&e), &SqlState::NO_ACTIVE_SQL_TRANSACTION, "{end}");
+        let n: i64 = alpha
+            .query_one("SELECT count(*) FROM spans", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 3);
+    }
+    // The extended protocol, as drivers end a transaction (tokio-postgres rolls back a
+    // dropped one).
+    let transaction = alpha.transaction().await.unwrap();
+    let e = transaction
+        .query("SELECT count(*) FROM beta.spans", &[])
+        .await
+        .unwrap_err();
+    assert_eq!(state(&e), &SqlState::INSUFFICIENT_PRIVILEGE);
+    let e = transaction.query("SELECT 1", &[]).await.unwrap_err();
+    assert_eq!(state(&e), &SqlState::IN_FAILED_SQL_TRANSACTION);
+    transaction.rollback().await.unwrap();
+    let rows = alpha.query("SELECT 1", &[]).await.unwrap();
+    assert_eq!(rows.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_side_cursors_page_through_an_answer() {
     let (server, _keys) = analyst_server().await;
     let mut alpha = connect(&server, "alpha", Some("k-alpha")).await.unwrap();

@@ -801,16 +801,17 @@ impl Queries {
         Ok(Response::Query(response))
     }
 
-    /// The response of a native answer, its rows in `format` (text when `None`); a refusal
-    /// is an error.
+    /// The response of a native answer, its rows in `format` (text when `None`), in a
+    /// connection whose transaction is in `status`; a refusal is an error.
     async fn respond(
         &self,
         connection: &Arc<Connection>,
         access: &Access,
         native: &Native,
         format: Option<&Format>,
-        in_transaction: bool,
+        status: TransactionStatus,
     ) -> PgWireResult<Response> {
+        let in_transaction = status != TransactionStatus::Idle;
         Ok(match native {
             Native::Command(tag) => Response::Execution(Tag::new(tag)),
             Native::Begin => Response::TransactionStart(Tag::new("BEGIN")),
@@ -821,6 +822,11 @@ impl Queries {
                     .lock()
                     .expect("the cursor lock is never poisoned")
                     .retain(|_, cursor| cursor.hold);
+                // A failed transaction only rolls back, whatever ends it.
+                let tag = match status {
+                    TransactionStatus::Error => "ROLLBACK",
+                    _ => tag,
+                };
                 Response::TransactionEnd(Tag::new(tag))
             }
             Native::NotAllowed(what) => {
@@ -872,17 +878,20 @@ impl Queries {
         })
     }
 
-    /// The response to one statement of a simple query.
+    /// The response to one statement of a simple query, in a connection whose transaction
+    /// is in `status`.
     async fn simple(
         &self,
         connection: &Arc<Connection>,
         sql: &str,
-        in_transaction: bool,
+        status: TransactionStatus,
     ) -> PgWireResult<Response> {
         let access = self.access(connection)?;
-        if let Some(native) = self.native(connection, sql, &access).await? {
+        let native = self.native(connection, sql, &access).await?;
+        failed_transaction(status, native.as_ref())?;
+        if let Some(native) = native {
             return self
-                .respond(connection, &access, &native, None, in_transaction)
+                .respond(connection, &access, &native, None, status)
                 .await;
         }
         let answer = self.start(connection, &access, sql, Vec::new()).await?;
@@ -989,8 +998,7 @@ impl SimpleQueryHandler for Queries {
         }
         for sql in statements {
             let mut status = client.transaction_status();
-            let in_transaction = !matches!(status, TransactionStatus::Idle);
-            match self.simple(&connection, sql, in_transaction).await? {
+            match self.simple(&connection, sql, status).await? {
                 Response::Query(answer) => send_query_response(client, answer, true).await?,
                 Response::TransactionStart(tag) => {
                     send_execution_response(client, tag).await?;
@@ -1067,7 +1075,9 @@ impl QueryParser for Parser {
                 .map_err(query_error)
         };
         // A catalog answer ignores parameters: it is computed here, before any is bound.
-        let plan = match queries.native(&connection, sql, &access).await? {
+        let native = queries.native(&connection, sql, &access).await?;
+        failed_transaction(client.transaction_status(), native.as_ref())?;
+        let plan = match native {
             Some(Native::Declare { name, query, hold }) => {
                 let (_, params) = prepare(&query).await?;
                 Planned::Declare {
@@ -1227,10 +1237,18 @@ impl ExtendedQueryHandler for Queries {
     {
         let connection = connection(client)?;
         connection.start();
-        let in_transaction = !matches!(client.transaction_status(), TransactionStatus::Idle);
+        let status = client.transaction_status();
+        let in_transaction = status != TransactionStatus::Idle;
+        let statement = &portal.statement;
+        failed_transaction(
+            status,
+            match &statement.statement.plan {
+                Planned::Native(native) => Some(native.as_ref()),
+                _ => None,
+            },
+        )?;
         // Every statement is authorized when it runs, not only when it was parsed.
         let access = self.access(&connection)?;
-        let statement = &portal.statement;
         let format = &portal.result_column_format;
         let bound = |params: &[Option<DataType>]| {
             types::parameters(
@@ -1242,7 +1260,7 @@ impl ExtendedQueryHandler for Queries {
         };
         match &statement.statement.plan {
             Planned::Native(native) => {
-                self.respond(&connection, &access, native, Some(format), in_transaction)
+                self.respond(&connection, &access, native, Some(format), status)
                     .await
             }
             Planned::Query { schema, params } => {
@@ -1296,6 +1314,19 @@ impl ExtendedQueryHandler for Queries {
             }
         }
     }
+}
+
+/// In a transaction a statement failed in (`status` is `Error`), only a statement that
+/// ends it may run, as in PostgreSQL: anything else (`native` is `None` for a query) is
+/// refused with 25P02 until then.
+fn failed_transaction(status: TransactionStatus, native: Option<&Native>) -> PgWireResult<()> {
+    if status == TransactionStatus::Error && !matches!(native, Some(Native::End(_))) {
+        return Err(error(
+            "25P02",
+            "current transaction is aborted, commands ignored until end of transaction block",
+        ));
+    }
+    Ok(())
 }
 
 /// Whether `statement` answers rows (a query, a fetch, or a native answer with rows).
