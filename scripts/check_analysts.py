@@ -151,6 +151,8 @@ def check_psycopg(server):
         pg_refused(conn, "SELECT count(*) FROM beta.spans", "42501", "workspace beta")
         pg_refused(conn, "SELECT count(*) FROM spans", "25P02", "transaction is aborted")
         conn.rollback()
+        pg_refused(conn, "SELECT count(*) FROM beta.spans", "42501", "workspace beta")
+        assert conn.execute("COMMIT").statusmessage == "ROLLBACK"  # what ends a failed one
         assert conn.execute("SELECT count(*) FROM spans").fetchone()[0] == 3
     with server.pg_connect("k-alpha", autocommit=True) as conn:
         tables = conn.execute(

@@ -236,7 +236,6 @@ pub fn storage_location(data_dir: &std::path::Path, storage: Option<&str>) -> St
     }
 }
 
-/// Parses `500ms`, `30s`, `5m`, `1h`, `30d` or a bare number of seconds.
 /// A listen address, or `off` (no listener: `None`).
 pub fn parse_listen(s: &str) -> Result<Option<SocketAddr>, String> {
     match s.trim() {
@@ -248,6 +247,7 @@ pub fn parse_listen(s: &str) -> Result<Option<SocketAddr>, String> {
     }
 }
 
+/// Parses `500ms`, `30s`, `5m`, `1h`, `30d` or a bare number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s

@@ -49,8 +49,9 @@ impl Spanlake {
                 }
             }
         });
-        let (mut http, mut ready) = (None, false);
-        while http.is_none() || !ready {
+        // The listeners are printed before the storage line, readiness whenever replay ends.
+        let (mut http, mut listed, mut ready) = (None, false, false);
+        while http.is_none() || !listed || !ready {
             let line = rx
                 .recv_timeout(Duration::from_secs(60))
                 .expect("spanlake prints its addresses and readiness");
@@ -61,6 +62,7 @@ impl Spanlake {
                 !line.contains("Flight SQL listening") && !line.contains("PostgreSQL wire"),
                 "an analysts' listener is off: {line}"
             );
+            listed |= line.starts_with("spanlake: storing spans");
             ready |= line.starts_with("spanlake: ready");
         }
         Self {

@@ -499,19 +499,38 @@ async fn a_failed_transaction_answers_nothing_until_it_ends() {
             .get(0);
         assert_eq!(n, 3);
     }
-    // The extended protocol, as drivers end a transaction (tokio-postgres rolls back a
-    // dropped one).
+    // The extended protocol: statements prepared before the failure are refused when they
+    // run, a portal left suspended is not resumed, and a prepared ROLLBACK ends it.
+    let select = alpha
+        .prepare("SELECT name FROM spans ORDER BY name")
+        .await
+        .unwrap();
+    let rollback = alpha.prepare("ROLLBACK").await.unwrap();
     let transaction = alpha.transaction().await.unwrap();
+    let portal = transaction.bind(&select, &[]).await.unwrap();
+    let first = transaction.query_portal(&portal, 1).await.unwrap();
+    assert_eq!(first[0].get::<_, String>(0), "cart");
     let e = transaction
         .query("SELECT count(*) FROM beta.spans", &[])
         .await
         .unwrap_err();
     assert_eq!(state(&e), &SqlState::INSUFFICIENT_PRIVILEGE);
-    let e = transaction.query("SELECT 1", &[]).await.unwrap_err();
+    let e = transaction.query(&select, &[]).await.unwrap_err();
     assert_eq!(state(&e), &SqlState::IN_FAILED_SQL_TRANSACTION);
-    transaction.rollback().await.unwrap();
-    let rows = alpha.query("SELECT 1", &[]).await.unwrap();
-    assert_eq!(rows.len(), 1);
+    let e = transaction.query_portal(&portal, 1).await.unwrap_err();
+    assert_eq!(state(&e), &SqlState::IN_FAILED_SQL_TRANSACTION);
+    transaction.execute(&rollback, &[]).await.unwrap();
+    let e = transaction
+        .simple_query("DECLARE g CURSOR FOR SELECT 1")
+        .await
+        .unwrap_err();
+    assert_eq!(state(&e), &SqlState::NO_ACTIVE_SQL_TRANSACTION);
+    // Savepoints are refused for what they are.
+    let e = transaction.simple_query("SAVEPOINT s").await.unwrap_err();
+    assert_eq!(state(&e), &SqlState::FEATURE_NOT_SUPPORTED);
+    drop(transaction);
+    let rows = alpha.query(&select, &[]).await.unwrap();
+    assert_eq!(rows.len(), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -108,6 +108,29 @@ pub fn reads_catalog(sql: &str) -> bool {
     is_catalog_query(&normalize(sql).to_ascii_lowercase())
 }
 
+/// Whether `sql` ends a transaction (`COMMIT`, `END`, `ROLLBACK`, `ABORT`): what a
+/// transaction a statement failed in still runs.
+pub fn ends_transaction(sql: &str) -> bool {
+    let lower = normalize(sql).to_ascii_lowercase();
+    end_tag(&first_words(&lower)).is_some()
+}
+
+/// The first two words of normalized text.
+fn first_words(lower: &str) -> Vec<&str> {
+    lower.split(' ').take(2).collect()
+}
+
+/// The tag answering a statement that ends a transaction, from its first two words;
+/// `None` for any other (`ROLLBACK TO` a savepoint and `COMMIT PREPARED` end none).
+fn end_tag(words: &[&str]) -> Option<&'static str> {
+    match words {
+        ["commit" | "end" | "rollback" | "abort", "prepared" | "to"] => None,
+        ["commit" | "end", ..] => Some("COMMIT"),
+        ["rollback" | "abort", ..] => Some("ROLLBACK"),
+        _ => None,
+    }
+}
+
 /// [`reads_catalog`] of normalized, lowercased text: a catalog table or function named
 /// outside string literals (`pg_prod.spans`, a workspace's table, is not one).
 fn is_catalog_query(lower: &str) -> bool {
@@ -149,7 +172,10 @@ pub struct Scope<'a> {
 pub fn answer(sql: &str, scope: &Scope) -> Option<Native> {
     let text = normalize(sql);
     let lower = text.to_ascii_lowercase();
-    let words: Vec<&str> = lower.split(' ').take(2).collect();
+    let words = first_words(&lower);
+    if let Some(tag) = end_tag(&words) {
+        return Some(Native::End(tag));
+    }
     match words.as_slice() {
         [
             "set" | "reset" | "discard" | "deallocate" | "unlisten" | "listen",
@@ -163,8 +189,20 @@ pub fn answer(sql: &str, scope: &Scope) -> Option<Native> {
         ["declare", ..] => return Some(declare(sql)),
         ["fetch", ..] => return Some(fetch(sql)),
         ["close", ..] => return Some(close(sql)),
-        ["commit" | "end", ..] => return Some(Native::End("COMMIT")),
-        ["rollback" | "abort", ..] => return Some(Native::End("ROLLBACK")),
+        // Every statement only reads: there is nothing a savepoint or a prepared
+        // transaction could keep.
+        ["savepoint" | "release", ..] | ["rollback" | "abort", "to"] => {
+            return Some(Native::Invalid(
+                "0A000",
+                "savepoints are not supported (every statement only reads)".into(),
+            ));
+        }
+        ["prepare", "transaction"] | ["commit" | "end" | "rollback" | "abort", "prepared"] => {
+            return Some(Native::Invalid(
+                "0A000",
+                "prepared transactions are not supported (every statement only reads)".into(),
+            ));
+        }
         ["show", _] if lower == "show transaction isolation level" => {
             return show("transaction_isolation", scope).map(Native::Rows);
         }
@@ -744,6 +782,40 @@ mod tests {
     }
 
     use arrow::array::Array;
+
+    #[test]
+    fn transactions_end_with_commit_or_rollback_only() {
+        for sql in [
+            "COMMIT",
+            "end;",
+            "ROLLBACK WORK",
+            "abort",
+            "  commit\n transaction ;",
+        ] {
+            assert!(ends_transaction(sql), "{sql}");
+        }
+        for sql in [
+            "ROLLBACK TO SAVEPOINT s",
+            "COMMIT PREPARED 'x'",
+            "SELECT 1",
+            "BEGIN",
+            "-- ROLLBACK",
+        ] {
+            assert!(!ends_transaction(sql), "{sql}");
+        }
+        let (ws, rels) = (workspaces(), rels());
+        for sql in ["SAVEPOINT s", "RELEASE SAVEPOINT s", "ROLLBACK TO s"] {
+            let native = answer(sql, &ws, &rels);
+            assert!(
+                matches!(&native, Some(Native::Invalid("0A000", m)) if m.contains("savepoints")),
+                "{sql}: {native:?}"
+            );
+        }
+        assert!(matches!(
+            answer("ROLLBACK", &ws, &rels),
+            Some(Native::End("ROLLBACK"))
+        ));
+    }
 
     #[test]
     fn psql_lists_tables_and_describes_one() {

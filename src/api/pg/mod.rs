@@ -886,10 +886,9 @@ impl Queries {
         sql: &str,
         status: TransactionStatus,
     ) -> PgWireResult<Response> {
+        failed_transaction(status, sql)?;
         let access = self.access(connection)?;
-        let native = self.native(connection, sql, &access).await?;
-        failed_transaction(status, native.as_ref())?;
-        if let Some(native) = native {
+        if let Some(native) = self.native(connection, sql, &access).await? {
             return self
                 .respond(connection, &access, &native, None, status)
                 .await;
@@ -1063,6 +1062,7 @@ impl QueryParser for Parser {
                 ));
             }
         };
+        failed_transaction(client.transaction_status(), sql)?;
         let queries = &self.queries;
         let connection = connection(client)?;
         let access = queries.access(&connection)?;
@@ -1075,9 +1075,7 @@ impl QueryParser for Parser {
                 .map_err(query_error)
         };
         // A catalog answer ignores parameters: it is computed here, before any is bound.
-        let native = queries.native(&connection, sql, &access).await?;
-        failed_transaction(client.transaction_status(), native.as_ref())?;
-        let plan = match native {
+        let plan = match queries.native(&connection, sql, &access).await? {
             Some(Native::Declare { name, query, hold }) => {
                 let (_, params) = prepare(&query).await?;
                 Planned::Declare {
@@ -1169,6 +1167,8 @@ impl ExtendedQueryHandler for Queries {
         if !matches!(client.state(), PgWireConnectionState::ReadyForQuery) {
             return Err(PgWireError::NotReadyForQuery);
         }
+        // A portal left suspended is not resumed in a failed transaction either.
+        failed_transaction(client.transaction_status(), &portal.statement.statement.sql)?;
         client.set_state(PgWireConnectionState::QueryInProgress);
         let state = portal.state();
         let mut state = state.lock().await;
@@ -1240,13 +1240,7 @@ impl ExtendedQueryHandler for Queries {
         let status = client.transaction_status();
         let in_transaction = status != TransactionStatus::Idle;
         let statement = &portal.statement;
-        failed_transaction(
-            status,
-            match &statement.statement.plan {
-                Planned::Native(native) => Some(native.as_ref()),
-                _ => None,
-            },
-        )?;
+        failed_transaction(status, &statement.statement.sql)?;
         // Every statement is authorized when it runs, not only when it was parsed.
         let access = self.access(&connection)?;
         let format = &portal.result_column_format;
@@ -1317,10 +1311,10 @@ impl ExtendedQueryHandler for Queries {
 }
 
 /// In a transaction a statement failed in (`status` is `Error`), only a statement that
-/// ends it may run, as in PostgreSQL: anything else (`native` is `None` for a query) is
-/// refused with 25P02 until then.
-fn failed_transaction(status: TransactionStatus, native: Option<&Native>) -> PgWireResult<()> {
-    if status == TransactionStatus::Error && !matches!(native, Some(Native::End(_))) {
+/// ends it may run, as in PostgreSQL: `sql` is refused with 25P02 otherwise, before any
+/// work (a query's rows resumed included).
+fn failed_transaction(status: TransactionStatus, sql: &str) -> PgWireResult<()> {
+    if status == TransactionStatus::Error && !chatter::ends_transaction(sql) {
         return Err(error(
             "25P02",
             "current transaction is aborted, commands ignored until end of transaction block",
