@@ -125,26 +125,29 @@ async fn migrate(args: spanlake::config::MigrateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A listener on `addr`, none when it is `off`.
-async fn bind(addr: Option<SocketAddr>, what: &str) -> anyhow::Result<Option<TcpListener>> {
-    let Some(addr) = addr else {
-        return Ok(None);
-    };
-    let listener = TcpListener::bind(addr)
+/// A listener on `addr`, for `what` (named in the error).
+async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
         .await
-        .with_context(|| format!("binding the {what} address {addr}"))?;
-    Ok(Some(listener))
+        .with_context(|| format!("binding the {what} address {addr}"))
+}
+
+/// [`bind`], or no listener when `addr` is `off`.
+async fn bind_unless_off(
+    addr: Option<SocketAddr>,
+    what: &str,
+) -> anyhow::Result<Option<TcpListener>> {
+    match addr {
+        Some(addr) => Ok(Some(bind(addr, what).await?)),
+        None => Ok(None),
+    }
 }
 
 async fn serve(config: spanlake::config::ServeConfig) -> anyhow::Result<()> {
-    let grpc = TcpListener::bind(config.grpc_addr)
-        .await
-        .with_context(|| format!("binding the gRPC address {}", config.grpc_addr))?;
-    let http = TcpListener::bind(config.http_addr)
-        .await
-        .with_context(|| format!("binding the HTTP address {}", config.http_addr))?;
-    let flight = bind(config.flight_addr, "Flight SQL").await?;
-    let pg = bind(config.pg_addr, "PostgreSQL").await?;
+    let grpc = bind(config.grpc_addr, "gRPC").await?;
+    let http = bind(config.http_addr, "HTTP").await?;
+    let flight = bind_unless_off(config.flight_addr, "Flight SQL").await?;
+    let pg = bind_unless_off(config.pg_addr, "PostgreSQL").await?;
     let location = spanlake::config::storage_location(&config.data_dir, config.storage.as_deref());
     let listeners = Listeners {
         grpc,

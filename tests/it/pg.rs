@@ -9,7 +9,7 @@ use std::process::{Command, Output};
 
 use chrono::{DateTime, Utc};
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
+use tokio_postgres::{Client, GenericClient, NoTls, SimpleQueryMessage};
 
 use crate::common::{
     TestServer, analyst_server, eightfold_chain, ingest_spans, metric, route_rows,
@@ -57,6 +57,24 @@ fn message(e: &tokio_postgres::Error) -> &str {
     e.as_db_error()
         .unwrap_or_else(|| panic!("not a server error: {e:?}"))
         .message()
+}
+
+/// The number of spans in the client's home workspace.
+async fn span_count(client: &impl GenericClient) -> i64 {
+    client
+        .query_one("SELECT count(*) FROM spans", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Asserts that the client has no transaction open: a cursor without HOLD needs one.
+async fn assert_no_transaction(client: &impl GenericClient) {
+    let e = client
+        .simple_query("DECLARE probe CURSOR FOR SELECT 1")
+        .await
+        .unwrap_err();
+    assert_eq!(state(&e), &SqlState::NO_ACTIVE_SQL_TRANSACTION, "{e:?}");
 }
 
 /// The rows of a simple query as text by column name.
@@ -245,12 +263,7 @@ async fn refusals_are_clear_and_the_server_keeps_answering() {
     let e = alpha.simple_query(&eightfold_chain()).await.err().unwrap();
     assert_eq!(state(&e), &SqlState::OUT_OF_MEMORY);
     assert!(message(&e).contains("memory limit"), "{e:?}");
-    let n: i64 = alpha
-        .query_one("SELECT count(*) FROM spans", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(n, 3);
+    assert_eq!(span_count(&alpha).await, 3);
     // The other key reads its own workspace on its own connection.
     let beta = connect(&server, "beta", Some("k-beta")).await.unwrap();
     let rows = simple_rows(&beta, "SELECT count(*) AS n FROM spans").await;
@@ -279,12 +292,7 @@ async fn cancelled_and_abandoned_queries_end() {
     let e = answer.expect_err("the query is cancelled");
     assert_eq!(state(&e), &SqlState::QUERY_CANCELED);
     wait_for_no_query(server.http).await;
-    let n: i64 = client
-        .query_one("SELECT count(*) FROM spans", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(n, 2000);
+    assert_eq!(span_count(&client).await, 2000);
 
     // The extended protocol streams rows too (no gathering of 8·10⁹ rows before the
     // first): the first row arrives, then a cancel request ends the query.
@@ -485,19 +493,9 @@ async fn a_failed_transaction_answers_nothing_until_it_ends() {
             assert_eq!(state(&e), &SqlState::IN_FAILED_SQL_TRANSACTION, "{sql}");
         }
         alpha.batch_execute(end).await.unwrap();
-        // Ended: no transaction is open (a cursor without HOLD needs one), and queries
-        // are answered again.
-        let e = alpha
-            .simple_query("DECLARE g CURSOR FOR SELECT 1")
-            .await
-            .unwrap_err();
-        assert_eq!(state(&e), &SqlState::NO_ACTIVE_SQL_TRANSACTION, "{end}");
-        let n: i64 = alpha
-            .query_one("SELECT count(*) FROM spans", &[])
-            .await
-            .unwrap()
-            .get(0);
-        assert_eq!(n, 3);
+        // Ended, and queries are answered again.
+        assert_no_transaction(&alpha).await;
+        assert_eq!(span_count(&alpha).await, 3);
     }
     // The extended protocol: statements prepared before the failure are refused when they
     // run, a portal left suspended is not resumed, and a prepared ROLLBACK ends it.
@@ -520,11 +518,7 @@ async fn a_failed_transaction_answers_nothing_until_it_ends() {
     let e = transaction.query_portal(&portal, 1).await.unwrap_err();
     assert_eq!(state(&e), &SqlState::IN_FAILED_SQL_TRANSACTION);
     transaction.execute(&rollback, &[]).await.unwrap();
-    let e = transaction
-        .simple_query("DECLARE g CURSOR FOR SELECT 1")
-        .await
-        .unwrap_err();
-    assert_eq!(state(&e), &SqlState::NO_ACTIVE_SQL_TRANSACTION);
+    assert_no_transaction(&transaction).await;
     // Savepoints are refused for what they are.
     let e = transaction.simple_query("SAVEPOINT s").await.unwrap_err();
     assert_eq!(state(&e), &SqlState::FEATURE_NOT_SUPPORTED);
@@ -651,10 +645,5 @@ async fn a_query_past_its_timeout_ends_with_an_error_not_a_short_answer() {
     assert!(message(&e).contains("timed out"), "{e:?}");
     drop(transaction);
     wait_for_no_query(server.http).await;
-    let n: i64 = client
-        .query_one("SELECT count(*) FROM spans", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(n, 2000);
+    assert_eq!(span_count(&client).await, 2000);
 }
